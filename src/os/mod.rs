@@ -1,0 +1,237 @@
+//! Every syscall and external tool the backends use, behind small traits with fakes.
+//!
+//! Backends never call `mount(2)`, ioctls or `Command::new` themselves; they go through here so
+//! that unit tests can record the exact call sequence and inject failures.
+//!
+//! - [`BlockOs`]: the trait the block pipeline and the `loop` backend use.
+//! - [`linux`]: the real implementation (the only code with `Command::new` or `unsafe`).
+//! - [`fake`]: a recording fake with a small simulated world, for unit and service tests.
+//! - [`mountinfo`]: a parser for `/proc/self/mountinfo`.
+
+pub mod fake;
+pub mod linux;
+pub mod mountinfo;
+
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+
+pub use mountinfo::MountEntry;
+/// Mount flags (`MS_*`), as taken by [`BlockOs::mount`].
+pub use rustix::mount::MountFlags;
+
+/// Errors from the operating system layer. Display texts name the operation and its subject.
+#[derive(Debug, thiserror::Error)]
+pub enum OsError {
+    /// An external tool ran and failed.
+    #[error("{tool} failed ({status}): {stderr}")]
+    Tool {
+        /// The command line, shortened to the program and its main argument.
+        tool: String,
+        /// Exit status as text.
+        status: String,
+        /// What it printed on stderr (trimmed).
+        stderr: String,
+    },
+    /// A syscall or file operation failed.
+    #[error("{op}")]
+    Sys {
+        /// The operation and its subject, e.g. `mount /dev/loop3 on /var/lib/rexray/volumes/v1`.
+        op: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something the OS reported could not be understood.
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+impl OsError {
+    /// Whether the cause is `EBUSY` (a mount still in use, a device held open).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, OsError::Sys { source, .. } if source.kind() == std::io::ErrorKind::ResourceBusy)
+    }
+
+    /// Whether the cause is `ENOENT` (the subject does not exist).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, OsError::Sys { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+/// A file system the block backends can make, mount and grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FsType {
+    /// ext4 (`mkfs.ext4`, `resize2fs`).
+    Ext4,
+    /// XFS (`mkfs.xfs`, `xfs_growfs`; always mounted with `nouuid`).
+    Xfs,
+}
+
+impl FsType {
+    /// Every supported type, in the order shown to users.
+    pub const ALL: [FsType; 2] = [FsType::Ext4, FsType::Xfs];
+
+    /// The name mount(2) and blkid use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "ext4",
+            FsType::Xfs => "xfs",
+        }
+    }
+
+    /// Parses a type name (case-insensitive); `None` for anything unsupported.
+    pub fn parse(name: &str) -> Option<FsType> {
+        FsType::ALL.into_iter().find(|fs| fs.as_str().eq_ignore_ascii_case(name.trim()))
+    }
+}
+
+impl std::fmt::Display for FsType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a low-level probe (`blkid -p`) found on a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// No signature at all: safe to format.
+    Blank,
+    /// A file-system signature (`TYPE=`), e.g. `ext4`, `xfs`, `swap`, `ntfs`, `crypto_LUKS`.
+    Filesystem(String),
+    /// A partition table (`PTTYPE=`), e.g. `dos`, `gpt`. Never formatted.
+    PartitionTable(String),
+    /// Something is there but the probe could not say what (several signatures, …). Never formatted.
+    Unrecognized(String),
+}
+
+/// Mode and owner for a directory the backend creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirSpec {
+    /// Permission bits (e.g. `0o700`), applied regardless of the umask.
+    pub mode: u32,
+    /// Owner to set, if any.
+    pub uid: Option<u32>,
+    /// Group to set, if any.
+    pub gid: Option<u32>,
+}
+
+/// Every syscall and external tool the block pipeline and the `loop` backend use.
+///
+/// Synchronous on purpose: callers run it inside `tokio::task::spawn_blocking`. The real
+/// implementation is [`linux::LinuxOs`]; [`fake::FakeOs`] records the calls for tests.
+pub trait BlockOs: Send + Sync + Debug {
+    /// Probes `device` for signatures without using the blkid cache.
+    ///
+    /// # Errors
+    /// The device does not exist or the probe failed.
+    fn probe(&self, device: &Path) -> Result<Probe, OsError>;
+
+    /// Makes a file system of type `fs` on `device`, passing `extra` arguments to the tool
+    /// after the built-in ones (so they win).
+    ///
+    /// # Errors
+    /// The tool failed.
+    fn mkfs(&self, device: &Path, fs: FsType, extra: &[String]) -> Result<(), OsError>;
+
+    /// `mount(2)`s `device` on `target` as `fs` with `flags` and the `data` string (may be empty).
+    ///
+    /// # Errors
+    /// The kernel refused.
+    fn mount(&self, device: &Path, target: &Path, fs: FsType, flags: MountFlags, data: &str)
+        -> Result<(), OsError>;
+
+    /// `umount2(2)`s `target`; `lazy` adds `MNT_DETACH`.
+    ///
+    /// # Errors
+    /// The kernel refused (see [`OsError::is_busy`]).
+    fn unmount(&self, target: &Path, lazy: bool) -> Result<(), OsError>;
+
+    /// `syncfs(2)` on the file system mounted at `target`.
+    ///
+    /// # Errors
+    /// The directory could not be opened or the sync reported an I/O error.
+    fn syncfs(&self, target: &Path) -> Result<(), OsError>;
+
+    /// The topmost mount at `target` per `/proc/self/mountinfo`, if any. `target` is compared
+    /// after resolving symbolic links in it.
+    ///
+    /// # Errors
+    /// The mount table could not be read.
+    fn mounted_at(&self, target: &Path) -> Result<Option<MountEntry>, OsError>;
+
+    /// Grows the file system on `device` (mounted at `mountpoint`) to fill the device. A no-op
+    /// when it already does.
+    ///
+    /// # Errors
+    /// The tool failed.
+    fn grow(&self, device: &Path, mountpoint: &Path, fs: FsType) -> Result<(), OsError>;
+
+    /// Creates `path` and its missing parents with mode 0755 (`mkdir -p`).
+    ///
+    /// # Errors
+    /// A directory could not be created, or `path` exists and is not a directory.
+    fn make_dir(&self, path: &Path) -> Result<(), OsError>;
+
+    /// Creates the directory `path` (parents 0755) with `spec`'s mode and owner; an existing
+    /// directory is left as it is. Returns whether it was created.
+    ///
+    /// # Errors
+    /// It could not be created, or exists and is not a directory (a symbolic link is refused).
+    fn ensure_dir(&self, path: &Path, spec: DirSpec) -> Result<bool, OsError>;
+
+    /// Sets the mode and owner of the existing `path`.
+    ///
+    /// # Errors
+    /// `chmod`/`chown` failed.
+    fn set_owner_mode(&self, path: &Path, spec: DirSpec) -> Result<(), OsError>;
+
+    /// Removes `path` if it is an empty directory. Returns whether it was removed; a missing or
+    /// non-empty directory is `false`.
+    ///
+    /// # Errors
+    /// Any other failure.
+    fn remove_empty_dir(&self, path: &Path) -> Result<bool, OsError>;
+
+    /// The loop device backed by `image`, if one is attached.
+    ///
+    /// # Errors
+    /// The loop devices could not be listed.
+    fn loop_find(&self, image: &Path) -> Result<Option<PathBuf>, OsError>;
+
+    /// Attaches `image` to a free loop device and returns the device.
+    ///
+    /// # Errors
+    /// The image is missing or no loop device could be set up.
+    fn loop_attach(&self, image: &Path) -> Result<PathBuf, OsError>;
+
+    /// Detaches the loop device `device`.
+    ///
+    /// # Errors
+    /// The kernel refused.
+    fn loop_detach(&self, device: &Path) -> Result<(), OsError>;
+
+    /// The size of the regular file `path` in bytes, or `None` when it does not exist.
+    ///
+    /// # Errors
+    /// It could not be examined, or is not a regular file.
+    fn file_size(&self, path: &Path) -> Result<Option<u64>, OsError>;
+
+    /// Creates `path` (mode 0600) as a sparse file of `size` bytes. Returns `false`, changing
+    /// nothing, when it already exists.
+    ///
+    /// # Errors
+    /// It could not be created; a partly created file is removed.
+    fn create_sparse(&self, path: &Path, size: u64) -> Result<bool, OsError>;
+
+    /// Bytes available to unprivileged users on the file system holding `dir` (`statvfs`).
+    ///
+    /// # Errors
+    /// `statvfs` failed.
+    fn free_space(&self, dir: &Path) -> Result<u64, OsError>;
+
+    /// Removes the file `path`. Returns whether it existed.
+    ///
+    /// # Errors
+    /// Any failure but "not found".
+    fn remove_file(&self, path: &Path) -> Result<bool, OsError>;
+}

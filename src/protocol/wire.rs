@@ -1,0 +1,115 @@
+//! Request and response bodies, exactly as dockerd and dvdcli send and expect them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The media type of our replies.
+pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
+
+/// `/VolumeDriver.Create`. `Opts` may be `null` or absent (`docker run -v`).
+#[derive(Debug, Deserialize)]
+pub struct CreateRequest {
+    /// Volume name.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// Driver options; values are strings.
+    #[serde(rename = "Opts", default)]
+    pub opts: Option<BTreeMap<String, String>>,
+}
+
+/// `/VolumeDriver.{Remove,Path,Get}`.
+#[derive(Debug, Deserialize)]
+pub struct NameRequest {
+    /// Volume name.
+    #[serde(rename = "Name")]
+    pub name: String,
+}
+
+/// `/VolumeDriver.{Mount,Unmount}`. `ID` is absent when dvdcli calls.
+#[derive(Debug, Deserialize)]
+pub struct MountRequest {
+    /// Volume name.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// The caller's mount ID.
+    #[serde(rename = "ID", default)]
+    pub id: Option<String>,
+}
+
+/// `/Plugin.Activate` reply.
+#[derive(Debug, Serialize)]
+pub struct ActivateResponse {
+    /// Always `["VolumeDriver"]`.
+    #[serde(rename = "Implements")]
+    pub implements: [&'static str; 1],
+}
+
+/// `/VolumeDriver.{Mount,Path}` reply.
+#[derive(Debug, Serialize)]
+pub struct MountpointResponse {
+    /// Host path; empty when the volume is not mounted (Path only).
+    #[serde(rename = "Mountpoint")]
+    pub mountpoint: String,
+}
+
+/// A volume as Get and List describe it.
+#[derive(Debug, Serialize)]
+pub struct Volume {
+    /// Name.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// Host path, only while mounted.
+    #[serde(rename = "Mountpoint", skip_serializing_if = "Option::is_none")]
+    pub mountpoint: Option<String>,
+    /// RFC 3339; omitted rather than empty (an empty string breaks Docker's decoding).
+    #[serde(rename = "CreatedAt", skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// Shown by `docker volume inspect` (Get only).
+    #[serde(rename = "Status", skip_serializing_if = "Option::is_none")]
+    pub status: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// `/VolumeDriver.Get` reply.
+#[derive(Debug, Serialize)]
+pub struct GetResponse {
+    /// The volume.
+    #[serde(rename = "Volume")]
+    pub volume: Volume,
+}
+
+/// `/VolumeDriver.List` reply.
+#[derive(Debug, Serialize)]
+pub struct ListResponse {
+    /// Every volume.
+    #[serde(rename = "Volumes")]
+    pub volumes: Vec<Volume>,
+}
+
+/// `/VolumeDriver.Capabilities` reply.
+#[derive(Debug, Serialize)]
+pub struct CapabilitiesResponse {
+    /// The capabilities.
+    #[serde(rename = "Capabilities")]
+    pub capabilities: Capabilities,
+}
+
+/// The driver's capabilities.
+#[derive(Debug, Serialize)]
+pub struct Capabilities {
+    /// `local` or `global`.
+    #[serde(rename = "Scope")]
+    pub scope: &'static str,
+}
+
+/// An empty success reply: `{}`.
+#[derive(Debug, Serialize)]
+pub struct Empty {}
+
+/// An error reply.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    /// The message Docker shows.
+    #[serde(rename = "Err")]
+    pub err: String,
+}

@@ -1,0 +1,85 @@
+//! The service layer's error: which operation, on which volume, and why.
+
+use crate::backend::BackendError;
+
+use super::name::NameError;
+use super::state::StateError;
+
+/// A failed volume operation. Its Display names the operation and the volume; the cause is the
+/// [`Cause`] in `source`, so the whole chain reads like `mount "v1": volume "v1" does not exist`.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {volume:?}")]
+pub struct ServiceError {
+    /// The operation (`create`, `mount`, …).
+    pub op: &'static str,
+    /// The volume name as the caller gave it.
+    pub volume: String,
+    /// Why it failed.
+    #[source]
+    pub cause: Cause,
+}
+
+/// Why a volume operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    /// The name is not acceptable.
+    #[error("invalid name")]
+    InvalidName(#[source] NameError),
+    /// No such volume.
+    #[error("no such volume")]
+    NotFound,
+    /// The volume is mounted by someone.
+    #[error("volume is in use ({holders} mount(s) held)")]
+    InUse {
+        /// How many holders.
+        holders: u64,
+    },
+    /// The volume was created by another backend than this service's.
+    #[error("volume belongs to backend {recorded}, but this service uses {configured}")]
+    WrongBackend {
+        /// The backend in the state file.
+        recorded: String,
+        /// The configured backend.
+        configured: &'static str,
+    },
+    /// The backend failed.
+    #[error("{backend} backend")]
+    Backend {
+        /// The backend name.
+        backend: &'static str,
+        /// Its error.
+        #[source]
+        source: BackendError,
+    },
+    /// The durable state could not be written or read.
+    #[error("state")]
+    State(#[source] StateError),
+    /// The service could not start (state directory unusable, backend unavailable).
+    #[error("service {service} is not available")]
+    Unavailable {
+        /// The service name.
+        service: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl ServiceError {
+    /// Builds an error for `op` on `volume`.
+    pub fn new(op: &'static str, volume: impl Into<String>, cause: Cause) -> Self {
+        Self { op, volume: volume.into(), cause }
+    }
+
+    /// The error and all its causes, joined with `": "`.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    }
+}

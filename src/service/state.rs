@@ -1,0 +1,217 @@
+//! Durable per-volume state: one small JSON file per volume, written atomically.
+//!
+//! Each write is temp file + fsync + rename + fsync of the directory, and touches only the
+//! volume's own file, so the cost of an operation does not grow with the number of volumes.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Options;
+
+/// What is kept about one volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    /// The volume name.
+    pub name: String,
+    /// The backend that owns it (`vfs`, `loop`, …), to catch a config that changed driver.
+    pub backend: String,
+    /// When it was created, RFC 3339.
+    pub created_at: String,
+    /// The validated create options, with the defaults fixed at create time.
+    pub options: Options,
+    /// Docker mount IDs → how many times each is mounted.
+    #[serde(default)]
+    pub holders: BTreeMap<String, u32>,
+    /// Whether the anonymous holder (a caller with no ID: dvdcli, Mesos) holds it.
+    #[serde(default)]
+    pub anonymous: bool,
+    /// Whether the backend has the volume activated (mounted) on this host.
+    #[serde(default)]
+    pub active: bool,
+}
+
+impl VolumeRecord {
+    /// How many holders in all.
+    pub fn holder_count(&self) -> u64 {
+        self.holders.values().map(|c| u64::from(*c)).sum::<u64>() + u64::from(self.anonymous)
+    }
+}
+
+/// Errors reading or writing state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A state file or directory could not be read or written.
+    #[error("{op} {}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A record could not be encoded.
+    #[error("encode state of volume {name:?}")]
+    Encode {
+        /// The volume.
+        name: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The state directory of one service.
+#[derive(Debug)]
+pub struct StateStore {
+    /// `<dir>/volumes/<name>`: one file per volume.
+    volumes: PathBuf,
+    /// `<dir>/tmp`: where new versions are written before the rename.
+    tmp: PathBuf,
+    /// Makes temp file names unique within the process.
+    counter: AtomicU64,
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
+    let path = path.to_path_buf();
+    move |source| StateError::Io { op, path, source }
+}
+
+impl StateStore {
+    /// Opens (creating if needed) the state directory `dir`.
+    ///
+    /// # Errors
+    /// The directories could not be created.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        let volumes = dir.join("volumes");
+        let tmp = dir.join("tmp");
+        for d in [&volumes, &tmp] {
+            fs::create_dir_all(d).map_err(io_err("create state directory", d))?;
+        }
+        // Leftovers of writes interrupted by a crash; the renamed files are the truth.
+        if let Ok(entries) = fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        Ok(Self { volumes, tmp, counter: AtomicU64::new(0) })
+    }
+
+    /// Reads every record. A file that cannot be parsed is logged and left in place (never
+    /// deleted), and its volume is skipped.
+    ///
+    /// # Errors
+    /// The directory could not be listed.
+    pub fn load(&self) -> Result<Vec<VolumeRecord>, StateError> {
+        let mut out = Vec::new();
+        let entries = fs::read_dir(&self.volumes).map_err(io_err("list state directory", &self.volumes))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("list state directory", &self.volumes))?;
+            let path = entry.path();
+            let parsed = fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| serde_json::from_slice::<VolumeRecord>(&bytes).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(record) if path.file_name() == Some(std::ffi::OsStr::new(&record.name)) => out.push(record),
+                Ok(record) => tracing::error!(path = %path.display(), name = %record.name, "state file name does not match the volume it holds; skipped"),
+                Err(e) => tracing::error!(path = %path.display(), error = %e, "unreadable state file; volume skipped, file kept"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `record` durably.
+    ///
+    /// # Errors
+    /// The record could not be written; the previous version is intact.
+    pub fn save(&self, record: &VolumeRecord) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec_pretty(record)
+            .map_err(|source| StateError::Encode { name: record.name.clone(), source })?;
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.tmp.join(format!("{}-{n}", std::process::id()));
+        let result = (|| {
+            let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+            f.write_all(&bytes).map_err(io_err("write", &tmp))?;
+            f.sync_all().map_err(io_err("sync", &tmp))?;
+            let dest = self.volumes.join(&record.name);
+            fs::rename(&tmp, &dest).map_err(io_err("rename into place", &dest))?;
+            self.sync_dir()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Deletes the record of `name` durably. A missing record is success.
+    ///
+    /// # Errors
+    /// The file could not be removed.
+    pub fn delete(&self, name: &str) -> Result<(), StateError> {
+        let path = self.volumes.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => self.sync_dir(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", &path)(e)),
+        }
+    }
+
+    fn sync_dir(&self) -> Result<(), StateError> {
+        File::open(&self.volumes)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("sync", &self.volumes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str) -> VolumeRecord {
+        VolumeRecord {
+            name: name.into(),
+            backend: "vfs".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            options: Options::from([("size".into(), "1".into())]),
+            holders: BTreeMap::from([("abc".into(), 2)]),
+            anonymous: true,
+            active: true,
+        }
+    }
+
+    #[test]
+    fn save_load_delete_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        store.save(&record("v1")).unwrap();
+        store.save(&record("a b@c")).unwrap();
+        let mut again = record("v1");
+        again.holders.clear();
+        store.save(&again).unwrap();
+        let reopened = StateStore::open(dir.path()).unwrap();
+        let mut all = reopened.load().unwrap();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(all, vec![record("a b@c"), again]);
+        assert_eq!(all[0].holder_count(), 3);
+        reopened.delete("v1").unwrap();
+        reopened.delete("v1").unwrap();
+        assert_eq!(reopened.load().unwrap().len(), 1);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn corrupt_file_is_skipped_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        store.save(&record("good")).unwrap();
+        fs::write(dir.path().join("volumes/bad"), b"{not json").unwrap();
+        assert_eq!(store.load().unwrap(), vec![record("good")]);
+        assert!(dir.path().join("volumes/bad").exists());
+    }
+}

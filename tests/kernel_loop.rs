@@ -1,0 +1,382 @@
+//! The `loop` backend against the real kernel: loop devices, mkfs, mount(2), resize, blkid.
+//!
+//! Needs root. As another user every test prints why it is skipped and passes. Each test works
+//! in its own temporary directory; a guard unmounts and detaches everything under it on drop,
+//! so a failing test leaves no mounts or loop devices behind.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rexray::backend::loopback::LoopBackend;
+use rexray::backend::{Backend, BackendError, Options};
+use rexray::config::{BackendKind, ServiceConfig};
+use rexray::service::name::VolumeName;
+
+const GIB: u64 = 1 << 30;
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Returns early (passing) from a test that cannot run here, saying why.
+macro_rules! require {
+    (root) => {
+        if !is_root() {
+            eprintln!("skipping: needs root for loop devices and mount(2)");
+            return;
+        }
+    };
+    (xfs) => {
+        require!(root);
+        if !has_tool("mkfs.xfs") || !has_tool("xfs_growfs") {
+            eprintln!("skipping: mkfs.xfs/xfs_growfs not installed (apt-get install xfsprogs)");
+            return;
+        }
+    };
+}
+
+fn has_tool(name: &str) -> bool {
+    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].iter().any(|d| Path::new(d).join(name).exists())
+}
+
+/// A temporary world: `loop.root` and `mount.path` under one temp dir, torn down on drop.
+struct World {
+    dir: tempfile::TempDir,
+    service: ServiceConfig,
+}
+
+impl World {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let env = BTreeMap::from([("REXRAY_HOME".to_owned(), dir.path().display().to_string())]);
+        let config = rexray::config::parse("", None, &env).expect("default config");
+        let mut service = config.services.into_iter().next().expect("a default service");
+        service.name = "loop".into();
+        service.backend = BackendKind::Loop;
+        service.loop_root = dir.path().join("loop");
+        service.integration.mount_path = dir.path().join("volumes");
+        service.integration.root_path = "/data".into();
+        service.integration.file_mode = 0o700;
+        service.integration.default_size_gib = 1;
+        service.integration.default_fs_type = "ext4".into();
+        Self { dir, service }
+    }
+
+    fn backend(&self) -> LoopBackend {
+        LoopBackend::new(&self.service).unwrap()
+    }
+
+    fn image(&self, name: &str) -> PathBuf {
+        self.dir.path().join("loop").join(format!("{name}.img"))
+    }
+
+    fn mount_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join("volumes").join(name)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let Ok(root) = std::fs::canonicalize(self.dir.path()) else { return };
+        // Deepest mounts first.
+        let mut mounts: Vec<PathBuf> =
+            mounts().into_iter().map(|m| m.mount_point).filter(|p| p.starts_with(&root)).collect();
+        mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for m in mounts {
+            eprintln!("cleanup: unmounting {}", m.display());
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
+        for (device, backing) in loop_devices() {
+            if backing.starts_with(&root) {
+                eprintln!("cleanup: detaching {device} ({})", backing.display());
+                let _ = Command::new("losetup").arg("-d").arg(&device).status();
+            }
+        }
+    }
+}
+
+fn mounts() -> Vec<rexray::os::MountEntry> {
+    rexray::os::mountinfo::parse(&std::fs::read_to_string("/proc/self/mountinfo").unwrap())
+}
+
+fn mount_at(path: &Path) -> Option<rexray::os::MountEntry> {
+    let path = std::fs::canonicalize(path).ok()?;
+    mounts().into_iter().rev().find(|m| m.mount_point == path)
+}
+
+/// Every bound loop device and its backing file.
+fn loop_devices() -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) {
+            out.push((format!("/dev/{name}"), PathBuf::from(backing.trim_end())));
+        }
+    }
+    out
+}
+
+/// What `losetup -j IMAGE` prints: one line per loop device over the image.
+fn losetup_j(image: &Path) -> Vec<String> {
+    let out = Command::new("losetup").arg("-j").arg(image).output().unwrap();
+    assert!(out.status.success(), "losetup -j: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+}
+
+fn name(s: &str) -> VolumeName {
+    VolumeName::new(s).unwrap()
+}
+
+fn opts(b: &LoopBackend, pairs: &[(&str, &str)]) -> Options {
+    b.parse_options(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap()
+}
+
+/// Total size of the file system holding `path`, as `df` would show it.
+fn fs_bytes(path: &Path) -> u64 {
+    let st = rustix::fs::statvfs(path).unwrap();
+    st.f_blocks * st.f_frsize
+}
+
+/// create → activate → write → deactivate → activate (no reformat, data kept) → deactivate → remove.
+async fn lifecycle(fs: &str) {
+    let w = World::new();
+    let b = w.backend();
+    let v = name("v1");
+    let o = opts(&b, &[("size", "1"), ("fsType", fs)]);
+    assert_eq!(o["fsType"], fs, "the stored options record fsType");
+
+    b.create(&v, &o).await.unwrap();
+    let img = w.image("v1");
+    let meta = std::fs::metadata(&img).unwrap();
+    assert_eq!(meta.len(), GIB);
+    assert!(meta.blocks() < 64, "the image must start sparse");
+
+    let path = b.activate(&v, &o).await.unwrap();
+    assert_eq!(path, w.mount_dir("v1").join("data"));
+    assert_eq!(path, b.mountpoint(&v, &o));
+    let m = mount_at(&w.mount_dir("v1")).expect("mounted");
+    assert_eq!(m.fs_type, fs);
+    if fs == "xfs" {
+        let super_opts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let line = super_opts.lines().find(|l| l.contains(&*w.mount_dir("v1").to_string_lossy())).unwrap();
+        assert!(line.contains("nouuid"), "xfs is mounted with nouuid: {line}");
+    }
+    assert!(b.is_active(&v, &o).await.unwrap());
+    let device = b.status(&v, &o)["device"].as_str().unwrap().to_owned();
+    assert_eq!(losetup_j(&img).len(), 1);
+    assert!(losetup_j(&img)[0].starts_with(&format!("{device}:")));
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o700);
+
+    std::fs::write(path.join("hello.txt"), b"kept across mounts").unwrap();
+    b.deactivate(&v, &o).await.unwrap();
+    assert!(mount_at(&w.mount_dir("v1")).is_none(), "unmounted");
+    assert!(losetup_j(&img).is_empty(), "detached: {:?}", losetup_j(&img));
+    assert!(!b.is_active(&v, &o).await.unwrap());
+    b.deactivate(&v, &o).await.unwrap();
+
+    let again = b.activate(&v, &o).await.unwrap();
+    assert_eq!(again, path);
+    assert_eq!(std::fs::read(path.join("hello.txt")).unwrap(), b"kept across mounts", "formatted only once");
+    b.deactivate(&v, &o).await.unwrap();
+
+    b.remove(&v, &o).await.unwrap();
+    assert!(!img.exists());
+    assert!(!w.mount_dir("v1").exists(), "the empty mount directory goes with the volume");
+    b.remove(&v, &o).await.unwrap();
+}
+
+#[tokio::test]
+async fn ext4_lifecycle() {
+    require!(root);
+    lifecycle("ext4").await;
+}
+
+#[tokio::test]
+async fn xfs_lifecycle() {
+    require!(xfs);
+    lifecycle("xfs").await;
+}
+
+/// activate → deactivate → enlarge the image → activate: the file system grew.
+async fn grows(fs: &str) {
+    let w = World::new();
+    let b = w.backend();
+    let v = name("g");
+    let o = opts(&b, &[("size", "1"), ("fsType", fs)]);
+    b.create(&v, &o).await.unwrap();
+    let path = b.activate(&v, &o).await.unwrap();
+    let before = fs_bytes(&path);
+    assert!(before < GIB, "{before}");
+    b.deactivate(&v, &o).await.unwrap();
+
+    std::fs::OpenOptions::new().write(true).open(w.image("g")).unwrap().set_len(3 * GIB).unwrap();
+    let path = b.activate(&v, &o).await.unwrap();
+    let after = fs_bytes(&path);
+    assert!(after > 2 * GIB, "{fs} grew from {before} to {after} bytes");
+    assert_eq!(b.status(&v, &o)["sizeGiB"], 3);
+    b.deactivate(&v, &o).await.unwrap();
+}
+
+#[tokio::test]
+async fn ext4_grows_after_the_image_is_enlarged() {
+    require!(root);
+    grows("ext4").await;
+}
+
+#[tokio::test]
+async fn xfs_grows_after_the_image_is_enlarged() {
+    require!(xfs);
+    grows("xfs").await;
+}
+
+#[tokio::test]
+async fn data_directory_mode_and_owner() {
+    require!(root);
+    let w = World::new();
+    let b = w.backend();
+    let v = name("owned");
+    let o = opts(&b, &[("size", "1"), ("mode", "0750"), ("uid", "1000"), ("gid", "1000")]);
+    b.create(&v, &o).await.unwrap();
+    let path = b.activate(&v, &o).await.unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+    // A later activation leaves the directory as its owner made it.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    b.deactivate(&v, &o).await.unwrap();
+    let path = b.activate(&v, &o).await.unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o755);
+    b.deactivate(&v, &o).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_mount_point_rolls_back_the_attachment() {
+    require!(root);
+    let w = World::new();
+    let b = w.backend();
+    let v = name("rb");
+    let o = opts(&b, &[("size", "1")]);
+    b.create(&v, &o).await.unwrap();
+    // The mount point is a regular file: the step after formatting fails.
+    std::fs::create_dir_all(w.dir.path().join("volumes")).unwrap();
+    std::fs::write(w.mount_dir("rb"), b"in the way").unwrap();
+    let err = b.activate(&v, &o).await.unwrap_err();
+    assert!(matches!(err, BackendError::Step { step: "create mount directory", .. }), "{err}");
+    assert!(losetup_j(&w.image("rb")).is_empty(), "rolled back: {:?}", losetup_j(&w.image("rb")));
+    std::fs::remove_file(w.mount_dir("rb")).unwrap();
+    b.activate(&v, &o).await.unwrap();
+    b.deactivate(&v, &o).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_mount_the_kernel_refuses_rolls_back_the_attachment() {
+    require!(xfs);
+    let w = World::new();
+    let b = w.backend();
+    let v = name("kr");
+    // Passes validation (allocsize=N[k|m|g]) but the kernel wants at least the page size.
+    let o = opts(&b, &[("size", "1"), ("fsType", "xfs"), ("mountOptions", "allocsize=1k")]);
+    b.create(&v, &o).await.unwrap();
+    let err = b.activate(&v, &o).await.unwrap_err();
+    let msg = format!("{err}: {}", std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default());
+    assert!(matches!(&err, BackendError::Step { step: "mount", device, .. } if device.starts_with("/dev/loop")), "{msg}");
+    assert!(mount_at(&w.mount_dir("kr")).is_none());
+    assert!(losetup_j(&w.image("kr")).is_empty(), "rolled back: {:?}", losetup_j(&w.image("kr")));
+}
+
+#[tokio::test]
+async fn rediscovers_its_devices_after_a_restart() {
+    require!(root);
+    let w = World::new();
+    let v = name("r");
+    let path = {
+        let b = w.backend();
+        let o = opts(&b, &[("size", "1")]);
+        b.create(&v, &o).await.unwrap();
+        let path = b.activate(&v, &o).await.unwrap();
+        std::fs::write(path.join("f"), b"x").unwrap();
+        path
+        // The backend is dropped here with the volume attached and mounted, as after kill -9.
+    };
+    let b = w.backend();
+    let o = opts(&b, &[("size", "1")]);
+    assert!(b.is_active(&v, &o).await.unwrap());
+    let before = losetup_j(&w.image("r"));
+    assert_eq!(before.len(), 1);
+    assert_eq!(b.activate(&v, &o).await.unwrap(), path);
+    assert_eq!(losetup_j(&w.image("r")), before, "no second loop device");
+    assert_eq!(std::fs::read(path.join("f")).unwrap(), b"x");
+    b.deactivate(&v, &o).await.unwrap();
+    assert!(losetup_j(&w.image("r")).is_empty());
+}
+
+#[tokio::test]
+async fn remove_is_refused_while_attached() {
+    require!(root);
+    let w = World::new();
+    let b = w.backend();
+    let v = name("busy");
+    let o = opts(&b, &[("size", "1")]);
+    b.create(&v, &o).await.unwrap();
+    b.activate(&v, &o).await.unwrap();
+    let device = b.status(&v, &o)["device"].as_str().unwrap().to_owned();
+    let err = b.remove(&v, &o).await.unwrap_err();
+    assert!(matches!(err, BackendError::Refused(_)), "{err}");
+    assert!(err.to_string().contains(&device), "{err}");
+    assert!(w.image("busy").exists());
+    b.deactivate(&v, &o).await.unwrap();
+    b.remove(&v, &o).await.unwrap();
+    assert!(!w.image("busy").exists());
+}
+
+#[tokio::test]
+async fn create_beyond_free_space_is_refused() {
+    require!(root);
+    let w = World::new();
+    let b = w.backend();
+    let v = name("huge");
+    let err = b.create(&v, &opts(&b, &[("size", "1000000")])).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, BackendError::Refused(_)), "{msg}");
+    assert!(msg.contains("1000000 GiB") && msg.contains("free"), "{msg}");
+    assert!(!w.image("huge").exists());
+}
+
+#[tokio::test]
+async fn foreign_signatures_are_refused_and_left_alone() {
+    require!(root);
+    let w = World::new();
+    let b = w.backend();
+    let o = opts(&b, &[("size", "1")]);
+
+    // A swap signature.
+    let swap = name("swap");
+    b.create(&swap, &o).await.unwrap();
+    let out = Command::new("mkswap").arg(w.image("swap")).output().unwrap();
+    assert!(out.status.success(), "mkswap: {}", String::from_utf8_lossy(&out.stderr));
+    let err = b.activate(&swap, &o).await.unwrap_err();
+    assert!(err.to_string().contains("swap signature"), "{err}");
+    assert!(losetup_j(&w.image("swap")).is_empty());
+    let out = Command::new("blkid").args(["-p", "-s", "TYPE", "-o", "value"]).arg(w.image("swap")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "swap", "not formatted");
+
+    // A DOS partition table: one Linux partition from sector 2048.
+    let part = name("part");
+    b.create(&part, &o).await.unwrap();
+    let mut mbr = vec![0u8; 512];
+    mbr[0x1BE + 4] = 0x83;
+    mbr[0x1BE + 8..0x1BE + 12].copy_from_slice(&2048u32.to_le_bytes());
+    mbr[0x1BE + 12..0x1BE + 16].copy_from_slice(&8192u32.to_le_bytes());
+    mbr[0x1FE] = 0x55;
+    mbr[0x1FF] = 0xAA;
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(w.image("part")).unwrap();
+        f.write_all(&mbr).unwrap();
+    }
+    let err = b.activate(&part, &o).await.unwrap_err();
+    assert!(err.to_string().contains("partition table (dos)"), "{err}");
+    assert!(losetup_j(&w.image("part")).is_empty());
+}
