@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use rexray::config::{self, BackendKind};
 
 fn example(name: &str) -> config::Config {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("config")
-        .join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config").join(name);
     let cfg = match config::load(Some(&path), &BTreeMap::new()) {
         Ok(c) => c,
         Err(e) => panic!("{}: {e}", path.display()),
@@ -21,20 +19,9 @@ fn example(name: &str) -> config::Config {
 #[test]
 fn rexray_yml() {
     let cfg = example("rexray.yml");
-    let services: Vec<(&str, BackendKind)> = cfg
-        .services
-        .iter()
-        .map(|s| (s.name.as_str(), s.backend))
-        .collect();
-    assert_eq!(
-        services,
-        [("vfs", BackendKind::Vfs), ("loop", BackendKind::Loop)]
-    );
-    let modules: Vec<(&str, &str)> = cfg
-        .modules
-        .iter()
-        .map(|m| (m.name.as_str(), m.service.as_str()))
-        .collect();
+    let services: Vec<(&str, BackendKind)> = cfg.services.iter().map(|s| (s.name.as_str(), s.backend)).collect();
+    assert_eq!(services, [("vfs", BackendKind::Vfs), ("loop", BackendKind::Loop)]);
+    let modules: Vec<(&str, &str)> = cfg.modules.iter().map(|m| (m.name.as_str(), m.service.as_str())).collect();
     assert_eq!(modules, [("rexray", "vfs"), ("rexray-loop", "loop")]);
 }
 

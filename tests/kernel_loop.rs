@@ -281,7 +281,7 @@ async fn a_mount_the_kernel_refuses_rolls_back_the_attachment() {
     b.create(&v, &o).await.unwrap();
     let err = b.activate(&v, &o).await.unwrap_err();
     let msg = format!("{err}: {}", std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default());
-    assert!(matches!(&err, BackendError::Step { step: "mount", device, .. } if device.starts_with("/dev/loop")), "{msg}");
+    assert!(matches!(&err, BackendError::Step { step: "mount", device, .. } if device.to_string_lossy().starts_with("/dev/loop")), "{msg}");
     assert!(mount_at(&w.mount_dir("kr")).is_none());
     assert!(losetup_j(&w.image("kr")).is_empty(), "rolled back: {:?}", losetup_j(&w.image("kr")));
 }

@@ -90,7 +90,9 @@ async fn raw(socket: &Path, request: &[u8]) -> (u16, String, Vec<u8>) {
     let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
     let len = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+        .find_map(|l| {
+            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())
+        })
         .unwrap_or(0);
     let mut body = vec![0; len];
     reader.read_exact(&mut body).await.unwrap();
@@ -129,7 +131,8 @@ async fn activate_with_empty_body_and_odd_host() {
     assert!(head.to_ascii_lowercase().contains("content-type: application/vnd.docker.plugins.v1.2+json"));
     assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), serde_json::json!({"Implements": ["VolumeDriver"]}));
     // No Content-Length and no body at all (HTTP/1.0 style close).
-    let (status, _, _) = raw(&s.socket, b"POST /Plugin.Activate HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await;
+    let (status, _, _) =
+        raw(&s.socket, b"POST /Plugin.Activate HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await;
     assert_eq!(status, 200);
     s.stop().await;
 }
@@ -238,7 +241,16 @@ async fn engine_call_sequences() {
     no_err(&call(&s, "VolumeDriver.Remove", "{\"Name\":\"v\"}\n").await);
     assert_eq!(
         s.fake.calls(),
-        ["create:v", "activate:v", "deactivate:v", "activate:v", "deactivate:v", "activate:v", "deactivate:v", "remove:v"]
+        [
+            "create:v",
+            "activate:v",
+            "deactivate:v",
+            "activate:v",
+            "deactivate:v",
+            "activate:v",
+            "deactivate:v",
+            "remove:v"
+        ]
     );
     s.stop().await;
 }
@@ -261,7 +273,8 @@ async fn dvdcli_sequence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_parallel_mounts_then_unmounts() {
-    let s = start_with(tempfile::tempdir().unwrap(), Arc::new(FakeBackend::with_delay(Duration::from_millis(20)))).await;
+    let s =
+        start_with(tempfile::tempdir().unwrap(), Arc::new(FakeBackend::with_delay(Duration::from_millis(20)))).await;
     call(&s, "VolumeDriver.Create", "{\"Name\":\"p\"}\n").await;
     let socket = s.socket.clone();
     let run = |endpoint: &'static str| {
@@ -270,7 +283,8 @@ async fn sixteen_parallel_mounts_then_unmounts() {
             .map(move |i| {
                 let socket = socket.clone();
                 tokio::spawn(async move {
-                    let (status, _, _) = raw(&socket, &docker_request(endpoint, &format!("{{\"Name\":\"p\",\"ID\":\"{i}\"}}\n"))).await;
+                    let (status, _, _) =
+                        raw(&socket, &docker_request(endpoint, &format!("{{\"Name\":\"p\",\"ID\":\"{i}\"}}\n"))).await;
                     assert_eq!(status, 200);
                 })
             })

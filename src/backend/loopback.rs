@@ -401,7 +401,10 @@ mod tests {
         os.take_calls();
         assert_eq!(b.activate(&name("v1"), &o).await.unwrap(), Path::new("/mnt/v1/data"));
         let calls = os.take_calls();
-        assert!(!calls.iter().any(|c| matches!(c.kind(), CallKind::LoopAttach | CallKind::Mount | CallKind::Mkfs)), "{calls:?}");
+        assert!(
+            !calls.iter().any(|c| matches!(c.kind(), CallKind::LoopAttach | CallKind::Mount | CallKind::Mkfs)),
+            "{calls:?}"
+        );
         assert_eq!(b.status(&name("v1"), &o)["device"], "/dev/loop0");
     }
 
@@ -429,10 +432,16 @@ mod tests {
         let (os, b) = backend();
         os.fail_next(CallKind::LoopAttach, Failure::Io(std::io::ErrorKind::NotFound));
         let err = b.activate(&name("ghost"), &opts(&b, &[])).await.unwrap_err();
-        assert!(matches!(&err, BackendError::Step { step: "attach", device, .. } if device == Path::new("/loop/ghost.img")), "{err}");
+        assert!(
+            matches!(&err, BackendError::Step { step: "attach", device, .. } if device == Path::new("/loop/ghost.img")),
+            "{err}"
+        );
         assert_eq!(
             os.calls(),
-            vec![Call::LoopFind { image: "/loop/ghost.img".into() }, Call::LoopAttach { image: "/loop/ghost.img".into() }]
+            vec![
+                Call::LoopFind { image: "/loop/ghost.img".into() },
+                Call::LoopAttach { image: "/loop/ghost.img".into() }
+            ]
         );
     }
 }

@@ -4,8 +4,8 @@
 //! one volume. It keeps no mount accounting: the service decides when to activate and
 //! deactivate, holding the volume's lock, so a backend sees at most one call per volume at a time.
 
-pub mod fake;
 pub mod block;
+pub mod fake;
 pub mod loopback;
 pub mod options;
 pub mod vfs;

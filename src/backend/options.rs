@@ -92,13 +92,8 @@ fn canonical_value(kind: Kind, value: &str) -> Result<String, String> {
             Ok(n) if n >= 1 => Ok(n.to_string()),
             _ => Err("expected a whole number of GiB, at least 1".into()),
         },
-        Kind::Count => value
-            .parse::<u64>()
-            .map(|n| n.to_string())
-            .map_err(|_| "expected a whole number".into()),
-        Kind::Bool => parse_bool(value)
-            .map(|b| b.to_string())
-            .ok_or_else(|| "expected true or false".into()),
+        Kind::Count => value.parse::<u64>().map(|n| n.to_string()).map_err(|_| "expected a whole number".into()),
+        Kind::Bool => parse_bool(value).map(|b| b.to_string()).ok_or_else(|| "expected true or false".into()),
         Kind::Choice(choices) => choices
             .iter()
             .find(|c| c.eq_ignore_ascii_case(value))
@@ -177,7 +172,14 @@ mod tests {
 
     #[test]
     fn malformed_values_are_refused() {
-        for (k, v) in [("size", "abc"), ("size", "0"), ("size", "1.5"), ("fsType", "btrfs"), ("mode", "999"), ("encrypted", "maybe")] {
+        for (k, v) in [
+            ("size", "abc"),
+            ("size", "0"),
+            ("size", "1.5"),
+            ("fsType", "btrfs"),
+            ("mode", "999"),
+            ("encrypted", "maybe"),
+        ] {
             let err = normalize(SPECS, &raw(&[(k, v)])).unwrap_err().to_string();
             assert!(err.contains(k) && err.contains(v), "{err}");
         }

@@ -141,7 +141,9 @@ mod tests {
         std::fs::write(tmp.path().join("vfs/v1/f"), b"x").unwrap();
         b.create(&name("v1"), &opts).await.unwrap();
         assert!(tmp.path().join("vfs/v1/f").exists(), "create must not wipe an existing volume");
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(tmp.path().join("vfs/v1")).unwrap().permissions());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(tmp.path().join("vfs/v1")).unwrap().permissions(),
+        );
         assert_eq!(mode & 0o7777, 0o750);
         assert_eq!(b.activate(&name("v1"), &opts).await.unwrap(), tmp.path().join("vfs/v1"));
         assert!(b.is_active(&name("v1"), &opts).await.unwrap());

@@ -78,10 +78,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for warning in &config.warnings {
                 tracing::warn!("{warning}");
             }
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("start the async runtime")?;
+            let runtime =
+                tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")?;
             runtime.block_on(daemon::run(config, crate::server::shutdown_signal()))
         }
         Command::Version => {

@@ -29,11 +29,7 @@ pub(crate) struct Setting {
 
 /// A setting with no alias and no shortcut.
 const fn plain(key: &'static str) -> Setting {
-    Setting {
-        key,
-        aliases: &[],
-        shortcuts: &[],
-    }
+    Setting { key, aliases: &[], shortcuts: &[] }
 }
 
 /// A file-only old spelling.
@@ -53,10 +49,7 @@ pub(crate) const LOG_FORMAT: Setting = plain("rexray.logFormat");
 /// `…mount.preempt`.
 pub(crate) const PREEMPT: Setting = Setting {
     key: "libstorage.integration.volume.operations.mount.preempt",
-    aliases: &[
-        old("rexray.volume.mount.preempt"),
-        old("volume.mount.preempt"),
-    ],
+    aliases: &[old("rexray.volume.mount.preempt"), old("volume.mount.preempt")],
     shortcuts: &["REXRAY_PREEMPT"],
 };
 /// `…mount.path`.
@@ -68,40 +61,27 @@ pub(crate) const MOUNT_PATH: Setting = Setting {
 /// `…mount.rootPath`.
 pub(crate) const ROOT_PATH: Setting = Setting {
     key: "libstorage.integration.volume.operations.mount.rootPath",
-    aliases: &[Alias {
-        key: "linux.volume.rootpath",
-        env: true,
-    }],
+    aliases: &[Alias { key: "linux.volume.rootpath", env: true }],
     shortcuts: &[],
 };
 /// `…unmount.ignoreusedcount`.
 pub(crate) const IGNORE_USED_COUNT: Setting = Setting {
     key: "libstorage.integration.volume.operations.unmount.ignoreusedcount",
-    aliases: &[
-        old("rexray.volume.unmount.ignoreusedcount"),
-        old("volume.unmount.ignoreusedcount"),
-    ],
+    aliases: &[old("rexray.volume.unmount.ignoreusedcount"), old("volume.unmount.ignoreusedcount")],
     shortcuts: &[],
 };
 /// `…create.implicit`.
-pub(crate) const IMPLICIT_CREATE: Setting =
-    plain("libstorage.integration.volume.operations.create.implicit");
+pub(crate) const IMPLICIT_CREATE: Setting = plain("libstorage.integration.volume.operations.create.implicit");
 /// `…create.disable`.
 pub(crate) const CREATE_DISABLE: Setting = Setting {
     key: "libstorage.integration.volume.operations.create.disable",
-    aliases: &[
-        old("rexray.volume.create.disable"),
-        old("volume.create.disable"),
-    ],
+    aliases: &[old("rexray.volume.create.disable"), old("volume.create.disable")],
     shortcuts: &[],
 };
 /// `…remove.disable`.
 pub(crate) const REMOVE_DISABLE: Setting = Setting {
     key: "libstorage.integration.volume.operations.remove.disable",
-    aliases: &[
-        old("rexray.volume.remove.disable"),
-        old("volume.remove.disable"),
-    ],
+    aliases: &[old("rexray.volume.remove.disable"), old("volume.remove.disable")],
     shortcuts: &[],
 };
 /// `…create.default.size`.
@@ -166,46 +146,14 @@ pub(crate) const SERVICE_SETTINGS: &[Setting] = &[
 /// The EBS settings, collected into `ServiceConfig::ebs` under the lower-cased name after `ebs.`.
 /// `ec2.*` and `aws.*` are the 0.3 spellings of the first eight.
 pub(crate) const EBS_SETTINGS: &[Setting] = &[
-    Setting {
-        key: "ebs.accessKey",
-        aliases: &[old("ec2.accessKey"), old("aws.accessKey")],
-        shortcuts: &[],
-    },
-    Setting {
-        key: "ebs.secretKey",
-        aliases: &[old("ec2.secretKey"), old("aws.secretKey")],
-        shortcuts: &[],
-    },
-    Setting {
-        key: "ebs.region",
-        aliases: &[old("ec2.region"), old("aws.region")],
-        shortcuts: &[],
-    },
-    Setting {
-        key: "ebs.endpoint",
-        aliases: &[old("ec2.endpoint"), old("aws.endpoint")],
-        shortcuts: &[],
-    },
-    Setting {
-        key: "ebs.maxRetries",
-        aliases: &[old("ec2.maxRetries"), old("aws.maxRetries")],
-        shortcuts: &[],
-    },
-    Setting {
-        key: "ebs.tag",
-        aliases: &[old("ec2.tag"), old("aws.tag")],
-        shortcuts: &[],
-    },
-    Setting {
-        key: "ebs.rexrayTag",
-        aliases: &[old("ec2.rexrayTag"), old("aws.rexrayTag")],
-        shortcuts: &[],
-    },
-    Setting {
-        key: "ebs.kmsKeyID",
-        aliases: &[old("ec2.kmsKeyID"), old("aws.kmsKeyID")],
-        shortcuts: &[],
-    },
+    Setting { key: "ebs.accessKey", aliases: &[old("ec2.accessKey"), old("aws.accessKey")], shortcuts: &[] },
+    Setting { key: "ebs.secretKey", aliases: &[old("ec2.secretKey"), old("aws.secretKey")], shortcuts: &[] },
+    Setting { key: "ebs.region", aliases: &[old("ec2.region"), old("aws.region")], shortcuts: &[] },
+    Setting { key: "ebs.endpoint", aliases: &[old("ec2.endpoint"), old("aws.endpoint")], shortcuts: &[] },
+    Setting { key: "ebs.maxRetries", aliases: &[old("ec2.maxRetries"), old("aws.maxRetries")], shortcuts: &[] },
+    Setting { key: "ebs.tag", aliases: &[old("ec2.tag"), old("aws.tag")], shortcuts: &[] },
+    Setting { key: "ebs.rexrayTag", aliases: &[old("ec2.rexrayTag"), old("aws.rexrayTag")], shortcuts: &[] },
+    Setting { key: "ebs.kmsKeyID", aliases: &[old("ec2.kmsKeyID"), old("aws.kmsKeyID")], shortcuts: &[] },
     plain("ebs.statusMaxAttempts"),
     plain("ebs.statusInitialDelay"),
     plain("ebs.statusTimeout"),
@@ -218,15 +166,7 @@ pub(crate) const EBS_SETTINGS: &[Setting] = &[
 ];
 
 /// Keys that may appear under `rexray.modules.<mod>.`.
-pub(crate) const MODULE_KEYS: &[&str] = &[
-    "type",
-    "host",
-    "disabled",
-    "desc",
-    "spec",
-    "group",
-    "libstorage.service",
-];
+pub(crate) const MODULE_KEYS: &[&str] = &["type", "host", "disabled", "desc", "spec", "group", "libstorage.service"];
 
 /// Keys REX-Ray accepted that we do not act on; `.*` also accepts everything below.
 /// They are accepted at the root and under a service or module scope.
@@ -308,31 +248,25 @@ impl Pattern {
             Some(k) => (k, true),
             None => (key, false),
         };
-        let segs = prefix
-            .split('.')
-            .chain(key.split('.'))
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                if s == "*" {
-                    Seg::Name
-                } else {
-                    Seg::Lit {
-                        lower: s.to_ascii_lowercase(),
-                        display: s.to_string(),
+        let segs =
+            prefix
+                .split('.')
+                .chain(key.split('.'))
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    if s == "*" {
+                        Seg::Name
+                    } else {
+                        Seg::Lit { lower: s.to_ascii_lowercase(), display: s.to_string() }
                     }
-                }
-            })
-            .collect();
+                })
+                .collect();
         Pattern { segs, rest, kind }
     }
 
     /// Whether `parts` (lower-cased components) is this key (or below it, when `rest`).
     fn matches(&self, parts: &[&str]) -> bool {
-        let len_ok = if self.rest {
-            parts.len() >= self.segs.len()
-        } else {
-            parts.len() == self.segs.len()
-        };
+        let len_ok = if self.rest { parts.len() >= self.segs.len() } else { parts.len() == self.segs.len() };
         len_ok && self.segs.iter().zip(parts).all(|(s, p)| seg_matches(s, p))
     }
 
@@ -398,9 +332,7 @@ fn scope_of_segs(segs: &[Seg]) -> Scope {
         })
         .collect();
     match lits.as_slice() {
-        [Some("libstorage"), Some("server"), Some("services"), ..] if segs.len() > 4 => {
-            Scope::Service
-        }
+        [Some("libstorage"), Some("server"), Some("services"), ..] if segs.len() > 4 => Scope::Service,
         [Some("rexray"), Some("modules"), ..] if segs.len() > 3 => Scope::Module,
         _ => Scope::Root,
     }
@@ -477,9 +409,7 @@ fn check_key(all: &[Pattern], lower: &str, written: &str, is_section: bool) -> O
         return None;
     }
     if let (Scope::Module, Some(rest)) = (scope_of_parts(&parts), parts.get(3..)) {
-        let as_root = all
-            .iter()
-            .any(|p| p.scope() == Scope::Root && p.kind != Kind::Ignored && p.matches(rest));
+        let as_root = all.iter().any(|p| p.scope() == Scope::Root && p.kind != Kind::Ignored && p.matches(rest));
         if as_root {
             let module: Vec<&str> = written.split('.').take(3).collect();
             return Some(format!(
@@ -557,10 +487,7 @@ mod tests {
 
     #[test]
     fn env_names() {
-        assert_eq!(
-            env_name(PREEMPT.key),
-            "LIBSTORAGE_INTEGRATION_VOLUME_OPERATIONS_MOUNT_PREEMPT"
-        );
+        assert_eq!(env_name(PREEMPT.key), "LIBSTORAGE_INTEGRATION_VOLUME_OPERATIONS_MOUNT_PREEMPT");
         assert_eq!(env_name("vfs.root"), "VFS_ROOT");
         assert_eq!(env_name("rexray.logLevel"), "REXRAY_LOGLEVEL");
     }
@@ -595,20 +522,10 @@ mod tests {
     #[test]
     fn sections_pass_only_as_sections() {
         let known = Known::new();
-        assert_eq!(
-            known.check("libstorage.integration", "libstorage.integration", true),
-            None
-        );
-        assert_eq!(
-            known.check("libstorage.server.services.vfs", "x", true),
-            None
-        );
-        assert!(known
-            .check("libstorage.nope", "libstorage.nope", true)
-            .is_some());
-        assert!(known
-            .check("libstorage.integration", "libstorage.integration", false)
-            .is_some());
+        assert_eq!(known.check("libstorage.integration", "libstorage.integration", true), None);
+        assert_eq!(known.check("libstorage.server.services.vfs", "x", true), None);
+        assert!(known.check("libstorage.nope", "libstorage.nope", true).is_some());
+        assert!(known.check("libstorage.integration", "libstorage.integration", false).is_some());
     }
 
     #[test]
@@ -621,29 +538,19 @@ mod tests {
         let w = check("ebs.regoin").expect("unknown");
         assert!(w.contains("did you mean \"ebs.region\""), "{w}");
         let w = check("libstorage.server.services.ebs2.drivr").expect("unknown");
-        assert!(
-            w.contains("did you mean \"libstorage.server.services.ebs2.driver\""),
-            "{w}"
-        );
+        assert!(w.contains("did you mean \"libstorage.server.services.ebs2.driver\""), "{w}");
         let w = check("libstorage.volume.operations.mount.preempt").expect("unknown");
-        assert!(
-            w.contains("did you mean \"libstorage.integration.volume.operations.mount.preempt\""),
-            "{w}"
-        );
+        assert!(w.contains("did you mean \"libstorage.integration.volume.operations.mount.preempt\""), "{w}");
         let w = check("rexray.modules.m.hots").expect("unknown");
         assert!(w.contains("did you mean \"rexray.modules.m.host\""), "{w}");
-        assert_eq!(
-            check("completely.different").as_deref(),
-            Some("unknown key \"completely.different\"")
-        );
+        assert_eq!(check("completely.different").as_deref(), Some("unknown key \"completely.different\""));
         let w = check("ebs.bogus").expect("unknown");
         assert!(!w.contains("did you mean"), "{w}");
     }
 
     #[test]
     fn module_scoped_service_keys_warn() {
-        let w = check("rexray.modules.m.libstorage.integration.volume.operations.mount.preempt")
-            .expect("warning");
+        let w = check("rexray.modules.m.libstorage.integration.volume.operations.mount.preempt").expect("warning");
         assert!(w.contains("no effect under a module"), "{w}");
     }
 

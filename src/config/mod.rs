@@ -243,11 +243,7 @@ fn prefixed(at: &str, text: &str) -> String {
 
 /// Problems, one per line.
 fn join_lines(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
+    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
 }
 
 /// The directories, from `REXRAY_HOME` and `REXRAY_HOME_{ETC,LIB,RUN,LOG}`.
@@ -277,15 +273,9 @@ pub fn paths_from_env(env: &BTreeMap<String, String>) -> Paths {
 ///
 /// [`ConfigError::Read`] if `explicit` is missing or a file cannot be read, and everything
 /// [`parse`] returns.
-pub fn load(
-    explicit: Option<&Path>,
-    env: &BTreeMap<String, String>,
-) -> Result<Config, ConfigError> {
+pub fn load(explicit: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
     if let Some(path) = explicit {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         return parse(&text, Some(path), env);
     }
     let etc = paths_from_env(env).etc;
@@ -307,11 +297,7 @@ pub fn load(
 /// - [`ConfigError::Syntax`] if `text` is not YAML or its top level is not a mapping;
 /// - [`ConfigError::Invalid`] listing every invalid value (bad boolean, size, driver, …);
 /// - [`ConfigError::NoSuchService`] if a module names a service that is not configured.
-pub fn parse(
-    text: &str,
-    file: Option<&Path>,
-    env: &BTreeMap<String, String>,
-) -> Result<Config, ConfigError> {
+pub fn parse(text: &str, file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
     let (doc, warnings) = yaml::parse_document(text, file).map_err(|e| ConfigError::Syntax {
         file: file.map(Path::to_path_buf),
         line: e.line,
@@ -325,10 +311,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn ok(text: &str, pairs: &[(&str, &str)]) -> Config {
@@ -340,18 +323,13 @@ mod tests {
 
     fn problems(text: &str, pairs: &[(&str, &str)]) -> Vec<String> {
         match parse(text, Some(Path::new("/etc/rexray/rexray.yml")), &env(pairs)) {
-            Err(ConfigError::Invalid { problems }) => {
-                problems.iter().map(ToString::to_string).collect()
-            }
+            Err(ConfigError::Invalid { problems }) => problems.iter().map(ToString::to_string).collect(),
             other => panic!("expected Invalid, got {other:?}"),
         }
     }
 
     fn service<'a>(c: &'a Config, name: &str) -> &'a ServiceConfig {
-        c.services
-            .iter()
-            .find(|s| s.name == name)
-            .unwrap_or_else(|| panic!("no service {name} in {:?}", c.services))
+        c.services.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no service {name} in {:?}", c.services))
     }
 
     fn default_integration(lib: &Path) -> Integration {
@@ -422,10 +400,7 @@ mod tests {
         let s = service(&c, "vfs");
         assert_eq!(s.vfs_root, Path::new("/opt/rr/var/lib/rexray/vfs"));
         assert_eq!(s.loop_root, Path::new("/opt/rr/var/lib/rexray/loop"));
-        assert_eq!(
-            s.integration.mount_path,
-            Path::new("/opt/rr/var/lib/rexray/volumes")
-        );
+        assert_eq!(s.integration.mount_path, Path::new("/opt/rr/var/lib/rexray/volumes"));
     }
 
     #[test]
@@ -611,14 +586,8 @@ libstorage.service: ebs
         assert_eq!(s.integration.default_size_gib, 7);
         assert_eq!(s.integration.default_fs_type, "xfs");
         assert_eq!(s.ebs.get("region").map(String::as_str), Some("c"));
-        let c = ok(
-            "libstorage.service: ebs\naws: {region: a}\nec2: {region: b}\n",
-            &[],
-        );
-        assert_eq!(
-            service(&c, "ebs").ebs.get("region").map(String::as_str),
-            Some("b")
-        );
+        let c = ok("libstorage.service: ebs\naws: {region: a}\nec2: {region: b}\n", &[]);
+        assert_eq!(service(&c, "ebs").ebs.get("region").map(String::as_str), Some("b"));
     }
 
     /// §2.3 of the reference (with the `...` placeholders filled in).
@@ -648,10 +617,7 @@ ebs: {accessKey: AKIA, secretKey: s3cr3t}
         assert_eq!(s.ebs.get("accesskey").map(String::as_str), Some("AKIA"));
         assert_eq!(s.ebs.get("secretkey").map(String::as_str), Some("s3cr3t"));
         assert_eq!(c.modules[0].service, "ebs");
-        assert_eq!(
-            c.modules[0].socket,
-            Path::new("/run/docker/plugins/rexray.sock")
-        );
+        assert_eq!(c.modules[0].socket, Path::new("/run/docker/plugins/rexray.sock"));
     }
 
     #[test]
@@ -664,10 +630,7 @@ ebs: {accessKey: AKIA, secretKey: s3cr3t}
         assert_eq!(c.services[0].name, "aws");
         assert_eq!(c.services[0].backend, BackendKind::Ebs);
         // libstorage.service wins over rexray.storageDrivers.
-        let c = ok(
-            "libstorage.service: vfs\nrexray.storageDrivers: [ec2]\n",
-            &[],
-        );
+        let c = ok("libstorage.service: vfs\nrexray.storageDrivers: [ec2]\n", &[]);
         assert_eq!(c.services[0].name, "vfs");
         // REXRAY_STORAGEDRIVERS (space-separated) works too.
         let c = ok("", &[("REXRAY_STORAGEDRIVERS", "loop vfs")]);
@@ -696,10 +659,7 @@ libstorage:
             ("REXRAY_LOGLEVEL", "debug"),
             ("REXRAY_PREEMPT", "false"),
             ("HTTP_PROXY", ""),
-            (
-                "LIBSTORAGE_INTEGRATION_VOLUME_OPERATIONS_MOUNT_ROOTPATH",
-                "",
-            ),
+            ("LIBSTORAGE_INTEGRATION_VOLUME_OPERATIONS_MOUNT_ROOTPATH", ""),
             ("LINUX_VOLUME_ROOTPATH", ""),
             ("LINUX_VOLUME_FILEMODE", ""),
             ("EBS_ACCESSKEY", "AK"),
@@ -720,14 +680,10 @@ libstorage:
         assert_eq!(s.integration.default_fs_type, "xfs");
         assert_eq!(s.integration.root_path, "/data");
         assert_eq!(s.integration.file_mode, 0o700);
-        let expect: BTreeMap<String, String> = [
-            ("accesskey", "AK"),
-            ("region", "us-east-1"),
-            ("statustimeout", "5m"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let expect: BTreeMap<String, String> = [("accesskey", "AK"), ("region", "us-east-1"), ("statustimeout", "5m")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         assert_eq!(s.ebs, expect);
     }
 
@@ -773,10 +729,7 @@ linux: {volume: {filemode: "0700"}}
         let c = ok(
             text,
             &[
-                (
-                    "LIBSTORAGE_INTEGRATION_VOLUME_OPERATIONS_MOUNT_PREEMPT",
-                    "true",
-                ),
+                ("LIBSTORAGE_INTEGRATION_VOLUME_OPERATIONS_MOUNT_PREEMPT", "true"),
                 ("REXRAY_PREEMPT", "false"),
                 ("LIBSTORAGE_SERVICE", "loop"),
                 ("VFS_ROOT", "/env/vfs"),
@@ -790,10 +743,7 @@ linux: {volume: {filemode: "0700"}}
         assert_eq!(c.log_level, "error");
         assert!(c.log_json);
         let s = service(&c, "loop");
-        assert!(
-            s.integration.preempt,
-            "the long env name beats REXRAY_PREEMPT"
-        );
+        assert!(s.integration.preempt, "the long env name beats REXRAY_PREEMPT");
         assert_eq!(s.integration.root_path, "/a");
         assert_eq!(s.integration.file_mode, 0o755);
         assert_eq!(s.vfs_root, Path::new("/env/vfs"));
@@ -808,21 +758,13 @@ linux: {volume: {filemode: "0700"}}
         assert_eq!(c.services[0].integration.root_path, "/r");
 
         // REXRAY_DEBUG beats everything for the log level.
-        let c = ok(
-            "rexray.logLevel: warn\n",
-            &[("REXRAY_DEBUG", "true"), ("REXRAY_LOGLEVEL", "info")],
-        );
+        let c = ok("rexray.logLevel: warn\n", &[("REXRAY_DEBUG", "true"), ("REXRAY_LOGLEVEL", "info")]);
         assert_eq!(c.log_level, "debug");
         let c = ok("rexray.logLevel: warn\n", &[("REXRAY_DEBUG", "false")]);
         assert_eq!(c.log_level, "warn");
 
         // Log level aliases.
-        for (given, want) in [
-            ("warning", "warn"),
-            ("fatal", "error"),
-            ("PANIC", "error"),
-            ("trace", "trace"),
-        ] {
+        for (given, want) in [("warning", "warn"), ("fatal", "error"), ("PANIC", "error"), ("trace", "trace")] {
             assert_eq!(ok("", &[("REXRAY_LOGLEVEL", given)]).log_level, want);
         }
     }
@@ -841,20 +783,11 @@ libstorage:
       big:
         driver: loop
 ";
-        let c = ok(
-            text,
-            &[(
-                "LIBSTORAGE_INTEGRATION_VOLUME_OPERATIONS_CREATE_DEFAULT_SIZE",
-                "50",
-            )],
-        );
+        let c = ok(text, &[("LIBSTORAGE_INTEGRATION_VOLUME_OPERATIONS_CREATE_DEFAULT_SIZE", "50")]);
         assert_eq!(service(&c, "small").integration.default_size_gib, 1);
         assert_eq!(service(&c, "small").loop_root, Path::new("/small"));
         assert_eq!(service(&c, "big").integration.default_size_gib, 50);
-        assert_eq!(
-            service(&c, "big").loop_root,
-            Path::new("/var/lib/rexray/loop")
-        );
+        assert_eq!(service(&c, "big").loop_root, Path::new("/var/lib/rexray/loop"));
     }
 
     #[test]
@@ -878,26 +811,17 @@ ebs: {maxRetries: 4, nvmeBinPath: /bin/nvme}
         let c = ok(text, &[("EBS_STATUSTIMEOUT", "1m")]);
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         let one = service(&c, "ebs1");
-        assert_eq!(
-            one.ebs.get("region").map(String::as_str),
-            Some("eu-central-1")
-        );
+        assert_eq!(one.ebs.get("region").map(String::as_str), Some("eu-central-1"));
         assert_eq!(one.ebs.get("tag").map(String::as_str), Some("root"));
         assert_eq!(one.ebs.get("accesskey").map(String::as_str), Some("AK"));
         assert_eq!(one.ebs.get("kmskeyid").map(String::as_str), Some("key"));
         assert_eq!(one.ebs.get("maxretries").map(String::as_str), Some("4"));
-        assert_eq!(
-            one.ebs.get("nvmebinpath").map(String::as_str),
-            Some("/bin/nvme")
-        );
+        assert_eq!(one.ebs.get("nvmebinpath").map(String::as_str), Some("/bin/nvme"));
         assert_eq!(one.ebs.get("statustimeout").map(String::as_str), Some("1m"));
         let two = service(&c, "ebs2");
         assert_eq!(two.backend, BackendKind::Ebs);
         assert_eq!(two.ebs.get("region").map(String::as_str), Some("us-west-2"));
-        assert_eq!(
-            two.ebs.get("uselargedevicerange").map(String::as_str),
-            Some("true")
-        );
+        assert_eq!(two.ebs.get("uselargedevicerange").map(String::as_str), Some("true"));
         assert_eq!(two.ebs.get("tag").map(String::as_str), Some("scoped"));
         assert!(service(&c, "plain").ebs.is_empty());
         // Every module defaults to libstorage.service.
@@ -1004,20 +928,14 @@ libstorage:
 
     #[test]
     fn module_defaults_to_first_service() {
-        let c = ok(
-            "libstorage.server.services: {b: {driver: loop}, a: {driver: vfs}}\nrexray.modules.m: {}\n",
-            &[],
-        );
+        let c = ok("libstorage.server.services: {b: {driver: loop}, a: {driver: vfs}}\nrexray.modules.m: {}\n", &[]);
         assert_eq!(c.modules[0].service, "b");
         assert_eq!(c.modules[0].socket, Path::new("/run/docker/plugins/m.sock"));
     }
 
     #[test]
     fn auto_mode_creates_services_named_by_modules() {
-        let c = ok(
-            "rexray.modules:\n  a: {libstorage.service: loop}\n  b: {}\n",
-            &[],
-        );
+        let c = ok("rexray.modules:\n  a: {libstorage.service: loop}\n  b: {}\n", &[]);
         assert_eq!(c.services.len(), 1);
         assert_eq!(c.services[0].backend, BackendKind::Loop);
         assert_eq!(c.modules[1].service, "loop");
@@ -1054,10 +972,7 @@ libstorage.server.services:
     fn all_modules_disabled() {
         let c = ok("rexray.modules.rexray.disabled: true\n", &[]);
         assert!(c.modules.is_empty());
-        assert!(c
-            .warnings
-            .iter()
-            .any(|w| w.contains("every module is disabled")));
+        assert!(c.warnings.iter().any(|w| w.contains("every module is disabled")));
     }
 
     // ----- invalid values --------------------------------------------------------------
@@ -1073,12 +988,7 @@ libstorage:
           default:
             size: abc
 ";
-        let err = parse(
-            text,
-            Some(Path::new("/etc/rexray/rexray.yml")),
-            &BTreeMap::new(),
-        )
-        .expect_err("invalid");
+        let err = parse(text, Some(Path::new("/etc/rexray/rexray.yml")), &BTreeMap::new()).expect_err("invalid");
         assert_eq!(
             err.to_string(),
             "/etc/rexray/rexray.yml:7: libstorage.integration.volume.operations.create.default.size: \"abc\" is not a whole number of GiB"
@@ -1160,10 +1070,7 @@ linux.volume.filemode: "0999"
             "",
             &[
                 ("REXRAY_PREEMPT", "maybe"),
-                (
-                    "LIBSTORAGE_INTEGRATION_VOLUME_OPERATIONS_CREATE_DEFAULT_SIZE",
-                    "1.5",
-                ),
+                ("LIBSTORAGE_INTEGRATION_VOLUME_OPERATIONS_CREATE_DEFAULT_SIZE", "1.5"),
                 ("REXRAY_FSTYPE", "zfs"),
                 ("LINUX_VOLUME_FILEMODE", "rwx"),
                 ("LIBSTORAGE_SERVICE", "nfs"),
@@ -1186,21 +1093,13 @@ linux.volume.filemode: "0999"
     #[test]
     fn shape_errors() {
         let p = problems("libstorage.service: [a, b]\n", &[]);
-        assert_eq!(
-            p,
-            vec![
-                "/etc/rexray/rexray.yml:1: libstorage.service: expected a single value, not a list"
-            ]
-        );
+        assert_eq!(p, vec!["/etc/rexray/rexray.yml:1: libstorage.service: expected a single value, not a list"]);
         let p = problems("libstorage.server.services: vfs\n", &[]);
         assert_eq!(
             p,
             vec!["/etc/rexray/rexray.yml:1: libstorage.server.services: expected a mapping of service names to their settings"]
         );
-        let p = problems(
-            "rexray.modules:\n  a: {}\n  b: {host: \"unix:///run/docker/plugins/a.sock\"}\n",
-            &[],
-        );
+        let p = problems("rexray.modules:\n  a: {}\n  b: {host: \"unix:///run/docker/plugins/a.sock\"}\n", &[]);
         assert_eq!(
             p,
             vec!["/etc/rexray/rexray.yml:3: rexray.modules.b.host: socket /run/docker/plugins/a.sock is already used by module \"a\""]
@@ -1210,10 +1109,7 @@ linux.volume.filemode: "0999"
     #[test]
     fn problems_without_a_file() {
         match parse("vfs.root: x\n", None, &BTreeMap::new()) {
-            Err(e) => assert_eq!(
-                e.to_string(),
-                "line 1: vfs.root: \"x\" is not an absolute path"
-            ),
+            Err(e) => assert_eq!(e.to_string(), "line 1: vfs.root: \"x\" is not an absolute path"),
             Ok(c) => panic!("{c:?}"),
         }
     }
@@ -1227,27 +1123,16 @@ linux.volume.filemode: "0999"
         )
         .expect_err("syntax");
         match &err {
-            ConfigError::Syntax {
-                file,
-                line,
-                message,
-            } => {
+            ConfigError::Syntax { file, line, message } => {
                 assert_eq!(file.as_deref(), Some(Path::new("/etc/rexray/rexray.yml")));
                 assert_eq!(*line, Some(3));
                 assert!(!message.is_empty());
             }
             other => panic!("expected Syntax, got {other:?}"),
         }
-        assert!(
-            err.to_string()
-                .starts_with("/etc/rexray/rexray.yml:3: invalid YAML: "),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("/etc/rexray/rexray.yml:3: invalid YAML: "), "{err}");
         let err = parse("just a string", None, &BTreeMap::new()).expect_err("not a map");
-        assert_eq!(
-            err.to_string(),
-            "line 1: invalid YAML: the top level must be a mapping of keys to values"
-        );
+        assert_eq!(err.to_string(), "line 1: invalid YAML: the top level must be a mapping of keys to values");
     }
 
     #[test]
@@ -1279,11 +1164,7 @@ linux.volume.filemode: "0999"
         ];
         for input in inputs {
             let _ = parse(input, None, &BTreeMap::new());
-            let _ = parse(
-                input,
-                None,
-                &env(&[("REXRAY_HOME", "relative"), ("LIBSTORAGE_SERVICE", "\u{0}")]),
-            );
+            let _ = parse(input, None, &env(&[("REXRAY_HOME", "relative"), ("LIBSTORAGE_SERVICE", "\u{0}")]));
         }
     }
 
@@ -1298,16 +1179,9 @@ linux.volume.filemode: "0999"
         assert_eq!(service(&c, "vfs").integration.default_size_gib, 16);
         assert_eq!(service(&c, "loop").backend, BackendKind::Loop);
         assert_eq!(service(&c, "loop").integration.default_size_gib, 8);
-        let bound: Vec<(&str, &str)> = c
-            .modules
-            .iter()
-            .map(|m| (m.name.as_str(), m.service.as_str()))
-            .collect();
+        let bound: Vec<(&str, &str)> = c.modules.iter().map(|m| (m.name.as_str(), m.service.as_str())).collect();
         assert_eq!(bound, vec![("rexray", "vfs"), ("rexray-loop", "loop")]);
-        assert_eq!(
-            c.modules[1].socket,
-            Path::new("/run/docker/plugins/rexray-loop.sock")
-        );
+        assert_eq!(c.modules[1].socket, Path::new("/run/docker/plugins/rexray-loop.sock"));
     }
 
     #[test]

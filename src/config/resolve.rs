@@ -5,10 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::keys::{self, env_name, Known, Setting, MODULES, SERVICES};
 use super::yaml::{Document, Value};
-use super::{
-    location, BackendKind, Config, ConfigError, Integration, ModuleConfig, Paths, Problem,
-    ServiceConfig,
-};
+use super::{location, BackendKind, Config, ConfigError, Integration, ModuleConfig, Paths, Problem, ServiceConfig};
 
 /// Where Docker looks for plugin sockets.
 const PLUGIN_DIR: &str = "/run/docker/plugins";
@@ -95,30 +92,18 @@ pub(crate) fn resolve(
     env: &BTreeMap<String, String>,
 ) -> Result<Config, ConfigError> {
     let paths = super::paths_from_env(env);
-    let mut r = Resolver {
-        doc,
-        env,
-        file,
-        problems: Vec::new(),
-        warnings,
-    };
+    let mut r = Resolver { doc, env, file, problems: Vec::new(), warnings };
     let log_level = r.log_level();
     let log_json = r.log_json();
     let root_service = r.root_service();
     let drafts = r.module_drafts();
     let services = r.services(root_service.as_ref(), &drafts, &paths);
-    let first = services
-        .first()
-        .map_or_else(|| BackendKind::Vfs.as_str().to_string(), |s| s.name.clone());
+    let first = services.first().map_or_else(|| BackendKind::Vfs.as_str().to_string(), |s| s.name.clone());
     let root_name = root_service.map(|(name, _)| name);
     let modules: Vec<ModuleConfig> = drafts
         .into_iter()
         .map(|d| ModuleConfig {
-            service: d
-                .service
-                .map(|(name, _)| name)
-                .or_else(|| root_name.clone())
-                .unwrap_or_else(|| first.clone()),
+            service: d.service.map(|(name, _)| name).or_else(|| root_name.clone()).unwrap_or_else(|| first.clone()),
             name: d.name,
             socket: d.socket,
             group: d.group,
@@ -127,9 +112,7 @@ pub(crate) fn resolve(
     r.unknown_keys();
 
     if !r.problems.is_empty() {
-        return Err(ConfigError::Invalid {
-            problems: r.problems,
-        });
+        return Err(ConfigError::Invalid { problems: r.problems });
     }
     for m in &modules {
         if !services.iter().any(|s| s.name == m.service) {
@@ -157,29 +140,17 @@ impl Resolver<'_> {
     /// A non-empty env var.
     fn env_found(&self, var: &str, key: &str) -> Option<Found> {
         let value = self.env.get(var).filter(|v| !v.trim().is_empty())?;
-        Some(Found {
-            value: value.clone(),
-            origin: Origin::Env {
-                var: var.to_string(),
-                key: key.to_string(),
-            },
-        })
+        Some(Found { value: value.clone(), origin: Origin::Env { var: var.to_string(), key: key.to_string() } })
     }
 
     /// A scalar file value for a lower-cased key; `None` if absent or null. A list where a
     /// single value is expected is a problem.
     fn file_value(&mut self, lower: &str) -> Option<Found> {
         let entry = self.doc.get(lower)?;
-        let origin = Origin::File {
-            key: entry.key.clone(),
-            line: entry.line,
-        };
+        let origin = Origin::File { key: entry.key.clone(), line: entry.line };
         match &entry.value {
             Value::Null => None,
-            Value::Scalar(s) => Some(Found {
-                value: s.clone(),
-                origin,
-            }),
+            Value::Scalar(s) => Some(Found { value: s.clone(), origin }),
             Value::List(_) | Value::Nested => {
                 self.problem(&origin, "expected a single value, not a list".to_string());
                 None
@@ -233,13 +204,9 @@ impl Resolver<'_> {
                 key: key.clone(),
                 message,
             },
-            Origin::Env { var, key } => Problem {
-                file: None,
-                line: None,
-                env: Some(var.clone()),
-                key: key.clone(),
-                message,
-            },
+            Origin::Env { var, key } => {
+                Problem { file: None, line: None, env: Some(var.clone()), key: key.clone(), message }
+            }
         };
         if !self.problems.contains(&problem) {
             self.problems.push(problem);
@@ -253,11 +220,7 @@ impl Resolver<'_> {
             Some(Origin::Env { var, .. }) => format!("env {var}"),
             None => String::new(),
         };
-        let warning = if at.is_empty() {
-            text
-        } else {
-            format!("{at}: {text}")
-        };
+        let warning = if at.is_empty() { text } else { format!("{at}: {text}") };
         if !self.warnings.contains(&warning) {
             self.warnings.push(warning);
         }
@@ -269,10 +232,7 @@ impl Resolver<'_> {
     fn found_bool(&mut self, found: Option<Found>, default: bool) -> bool {
         let Some(f) = found else { return default };
         parse_bool(&f.value).unwrap_or_else(|| {
-            self.problem(
-                &f.origin,
-                format!("{:?} is not a boolean (true/false, yes/no, 1/0)", f.value),
-            );
+            self.problem(&f.origin, format!("{:?} is not a boolean (true/false, yes/no, 1/0)", f.value));
             default
         })
     }
@@ -303,10 +263,7 @@ impl Resolver<'_> {
             }
             Ok(n) => n,
             Err(_) => {
-                self.problem(
-                    &f.origin,
-                    format!("{:?} is not a whole number of GiB", f.value),
-                );
+                self.problem(&f.origin, format!("{:?} is not a whole number of GiB", f.value));
                 DEFAULT
             }
         }
@@ -335,10 +292,7 @@ impl Resolver<'_> {
         match v.as_str() {
             "ext4" | "xfs" => v,
             _ => {
-                self.problem(
-                    &f.origin,
-                    format!("{:?} is not a supported filesystem (ext4, xfs)", f.value),
-                );
+                self.problem(&f.origin, format!("{:?} is not a supported filesystem (ext4, xfs)", f.value));
                 DEFAULT.to_string()
             }
         }
@@ -366,10 +320,7 @@ impl Resolver<'_> {
         };
         let v = f.value.trim();
         if v.contains('\0') || v.split('/').any(|c| c == "..") {
-            self.problem(
-                &f.origin,
-                format!("{:?} must stay inside the volume (no \"..\")", f.value),
-            );
+            self.problem(&f.origin, format!("{:?} must stay inside the volume (no \"..\")", f.value));
             return DEFAULT.to_string();
         }
         v.to_string()
@@ -382,10 +333,7 @@ impl Resolver<'_> {
             return DEFAULT;
         };
         parse_mode(&f.value).unwrap_or_else(|| {
-            self.problem(
-                &f.origin,
-                format!("{:?} is not an octal file mode such as 0700", f.value),
-            );
+            self.problem(&f.origin, format!("{:?} is not an octal file mode such as 0700", f.value));
             DEFAULT
         })
     }
@@ -411,10 +359,7 @@ impl Resolver<'_> {
             _ => {
                 self.problem(
                     &f.origin,
-                    format!(
-                        "{:?} is not a log level (trace, debug, info, warn, error, fatal, panic)",
-                        f.value
-                    ),
+                    format!("{:?} is not a log level (trace, debug, info, warn, error, fatal, panic)", f.value),
                 );
                 "info"
             }
@@ -431,10 +376,7 @@ impl Resolver<'_> {
             "json" => true,
             "text" => false,
             _ => {
-                self.problem(
-                    &f.origin,
-                    format!("{:?} is not a log format (text, json)", f.value),
-                );
+                self.problem(&f.origin, format!("{:?} is not a log format (text, json)", f.value));
                 false
             }
         }
@@ -453,17 +395,11 @@ impl Resolver<'_> {
             Some(f) => (split_list(&f.value), f.origin),
             None => {
                 let entry = self.doc.get(&key.to_ascii_lowercase())?;
-                let origin = Origin::File {
-                    key: entry.key.clone(),
-                    line: entry.line,
-                };
+                let origin = Origin::File { key: entry.key.clone(), line: entry.line };
                 match &entry.value {
                     Value::Null => return None,
                     Value::Scalar(s) => (split_list(s), origin),
-                    Value::List(items) => (
-                        items.iter().flat_map(|i| split_list(i)).collect::<Vec<_>>(),
-                        origin,
-                    ),
+                    Value::List(items) => (items.iter().flat_map(|i| split_list(i)).collect::<Vec<_>>(), origin),
                     Value::Nested => {
                         self.problem(&origin, "expected a list of driver names".to_string());
                         return None;
@@ -492,14 +428,8 @@ impl Resolver<'_> {
         for (lower, entry) in doc.iter() {
             if lower == prefix {
                 if entry.value != Value::Null {
-                    let origin = Origin::File {
-                        key: entry.key.clone(),
-                        line: entry.line,
-                    };
-                    self.problem(
-                        &origin,
-                        format!("expected a mapping of {what} names to their settings"),
-                    );
+                    let origin = Origin::File { key: entry.key.clone(), line: entry.line };
+                    self.problem(&origin, format!("expected a mapping of {what} names to their settings"));
                 }
                 continue;
             }
@@ -507,21 +437,10 @@ impl Resolver<'_> {
                 continue;
             };
             let name = rest.split('.').next().unwrap_or_default().to_string();
-            let written = entry
-                .key
-                .split('.')
-                .take(depth + 1)
-                .collect::<Vec<_>>()
-                .join(".");
-            let origin = Origin::File {
-                key: written,
-                line: entry.line,
-            };
+            let written = entry.key.split('.').take(depth + 1).collect::<Vec<_>>().join(".");
+            let origin = Origin::File { key: written, line: entry.line };
             if rest == name && entry.value != Value::Null {
-                self.problem(
-                    &origin,
-                    format!("expected a mapping of settings for the {what}"),
-                );
+                self.problem(&origin, format!("expected a mapping of settings for the {what}"));
                 continue;
             }
             if !names.iter().any(|(n, _)| *n == name) {
@@ -534,13 +453,8 @@ impl Resolver<'_> {
     /// Checks a service or module name; records a problem if it is not usable.
     fn check_name(&mut self, name: &str, origin: &Origin, what: &str) -> bool {
         let ok = name.len() <= MAX_NAME
-            && name
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if !ok {
             self.problem(
                 origin,
@@ -598,13 +512,7 @@ impl Resolver<'_> {
     }
 
     /// One service. `scoped` services read `libstorage.server.services.<name>.*` first.
-    fn service(
-        &mut self,
-        name: &str,
-        origin: Option<&Origin>,
-        scoped: bool,
-        paths: &Paths,
-    ) -> ServiceConfig {
+    fn service(&mut self, name: &str, origin: Option<&Origin>, scoped: bool, paths: &Paths) -> ServiceConfig {
         let scope_key = format!("{SERVICES}.{name}");
         let scope = scoped.then_some(scope_key.as_str());
         let backend = self.backend(name, origin, scope);
@@ -634,24 +542,14 @@ impl Resolver<'_> {
                 }
             }
         }
-        ServiceConfig {
-            name: name.to_string(),
-            backend,
-            integration,
-            vfs_root,
-            loop_root,
-            ebs,
-        }
+        ServiceConfig { name: name.to_string(), backend, integration, vfs_root, loop_root, ebs }
     }
 
     /// The service's driver: its scoped `driver`, else its name.
     fn backend(&mut self, name: &str, origin: Option<&Origin>, scope: Option<&str>) -> BackendKind {
         if let Some(f) = scope.and_then(|s| self.file_value(&format!("{s}.driver"))) {
             return parse_driver(&f.value).unwrap_or_else(|| {
-                self.problem(
-                    &f.origin,
-                    format!("{:?} is not a supported driver ({DRIVERS})", f.value),
-                );
+                self.problem(&f.origin, format!("{:?} is not a supported driver ({DRIVERS})", f.value));
                 BackendKind::Vfs
             });
         }
@@ -699,10 +597,7 @@ impl Resolver<'_> {
                         continue;
                     }
                     _ => {
-                        self.problem(
-                            &f.origin,
-                            format!("{:?} is not a supported module type (docker)", f.value),
-                        );
+                        self.problem(&f.origin, format!("{:?} is not a supported module type (docker)", f.value));
                         continue;
                     }
                 }
@@ -720,21 +615,14 @@ impl Resolver<'_> {
                     }
                 },
                 None => {
-                    let file = if name == REXRAY_DEFAULT_MODULE {
-                        DEFAULT_MODULE
-                    } else {
-                        name.as_str()
-                    };
+                    let file = if name == REXRAY_DEFAULT_MODULE { DEFAULT_MODULE } else { name.as_str() };
                     (Path::new(PLUGIN_DIR).join(format!("{file}.sock")), origin)
                 }
             };
             if let Some(other) = sockets.get(&socket) {
                 self.problem(
                     &socket_origin,
-                    format!(
-                        "socket {} is already used by module \"{other}\"",
-                        socket.display()
-                    ),
+                    format!("socket {} is already used by module \"{other}\"", socket.display()),
                 );
                 continue;
             }
@@ -747,18 +635,10 @@ impl Resolver<'_> {
                 .file_value(&format!("{scope}.libstorage.service"))
                 .map(|f| (f.value.trim().to_ascii_lowercase(), f.origin))
                 .filter(|(s, _)| !s.is_empty());
-            drafts.push(ModuleDraft {
-                name,
-                socket,
-                group,
-                service,
-            });
+            drafts.push(ModuleDraft { name, socket, group, service });
         }
         if drafts.is_empty() && self.problems.is_empty() {
-            self.warn(
-                None,
-                "every module is disabled: no Docker plugin socket will be served".to_string(),
-            );
+            self.warn(None, "every module is disabled: no Docker plugin socket will be served".to_string());
         }
         drafts
     }
@@ -771,10 +651,7 @@ impl Resolver<'_> {
         let doc = self.doc;
         for (lower, entry) in doc.iter() {
             if let Some(text) = known.check(&lower, &entry.key, entry.value == Value::Null) {
-                let origin = Origin::File {
-                    key: entry.key.clone(),
-                    line: entry.line,
-                };
+                let origin = Origin::File { key: entry.key.clone(), line: entry.line };
                 self.warn(Some(&origin), text);
             }
         }
@@ -793,12 +670,8 @@ fn parse_bool(v: &str) -> Option<bool> {
 /// An octal mode: `0755`, `755` or `0o755`, at most `07777`.
 fn parse_mode(v: &str) -> Option<u32> {
     let v = v.trim();
-    let digits = v
-        .strip_prefix("0o")
-        .or_else(|| v.strip_prefix("0O"))
-        .unwrap_or(v);
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
-    {
+    let digits = v.strip_prefix("0o").or_else(|| v.strip_prefix("0O")).unwrap_or(v);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
         return None;
     }
     u32::from_str_radix(digits, 8).ok().filter(|&m| m <= 0o7777)
@@ -822,23 +695,16 @@ fn parse_host(v: &str) -> Result<PathBuf, String> {
         .filter(|scheme| scheme.eq_ignore_ascii_case("unix://"))
         .and_then(|_| trimmed.get(7..))
         .filter(|p| p.starts_with('/') && p.len() > 1 && !p.contains('\0'))
-        .ok_or_else(|| {
-            format!("{v:?} is not a unix socket address (expected unix:///absolute/path.sock)")
-        })?;
+        .ok_or_else(|| format!("{v:?} is not a unix socket address (expected unix:///absolute/path.sock)"))?;
     if path.len() > MAX_SOCKET_PATH {
-        return Err(format!(
-            "socket path {path:?} is longer than {MAX_SOCKET_PATH} bytes"
-        ));
+        return Err(format!("socket path {path:?} is longer than {MAX_SOCKET_PATH} bytes"));
     }
     Ok(PathBuf::from(path))
 }
 
 /// A space- or comma-separated list (`REXRAY_STORAGEDRIVERS="ec2 xtremio"`).
 fn split_list(v: &str) -> Vec<String> {
-    v.split(|c: char| c.is_whitespace() || c == ',')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
+    v.split(|c: char| c.is_whitespace() || c == ',').filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
 #[cfg(test)]
@@ -864,16 +730,7 @@ mod tests {
         assert_eq!(parse_mode("755"), Some(0o755));
         assert_eq!(parse_mode("0o644"), Some(0o644));
         assert_eq!(parse_mode("07777"), Some(0o7777));
-        for bad in [
-            "",
-            "0o",
-            "999",
-            "0x1f",
-            "17777",
-            "-1",
-            "rwx",
-            "000000000000000700",
-        ] {
+        for bad in ["", "0o", "999", "0x1f", "17777", "-1", "rwx", "000000000000000700"] {
             assert_eq!(parse_mode(bad), None, "{bad}");
         }
     }
@@ -890,29 +747,15 @@ mod tests {
 
     #[test]
     fn hosts() {
-        assert_eq!(
-            parse_host("unix:///run/docker/plugins/x.sock"),
-            Ok(PathBuf::from("/run/docker/plugins/x.sock"))
-        );
-        assert_eq!(
-            parse_host("UNIX:///tmp/a.sock"),
-            Ok(PathBuf::from("/tmp/a.sock"))
-        );
-        for bad in [
-            "",
-            "unix://",
-            "unix:///",
-            "unix://relative.sock",
-            "tcp://127.0.0.1:7979",
-            "/run/x.sock",
-            "ünix:///x",
-        ] {
+        assert_eq!(parse_host("unix:///run/docker/plugins/x.sock"), Ok(PathBuf::from("/run/docker/plugins/x.sock")));
+        assert_eq!(parse_host("UNIX:///tmp/a.sock"), Ok(PathBuf::from("/tmp/a.sock")));
+        for bad in
+            ["", "unix://", "unix:///", "unix://relative.sock", "tcp://127.0.0.1:7979", "/run/x.sock", "ünix:///x"]
+        {
             assert!(parse_host(bad).is_err(), "{bad}");
         }
         let long = format!("unix:///{}", "a".repeat(120));
-        assert!(parse_host(&long)
-            .expect_err("too long")
-            .contains("longer than"));
+        assert!(parse_host(&long).expect_err("too long").contains("longer than"));
     }
 
     #[test]

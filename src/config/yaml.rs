@@ -62,11 +62,7 @@ impl Document {
     /// value in place and yields a warning.
     fn insert(&mut self, entry: Entry, file: Option<&Path>, warnings: &mut Vec<String>) {
         let lower = entry.key.to_lowercase();
-        match self
-            .index
-            .get(&lower)
-            .and_then(|&i| self.entries.get_mut(i))
-        {
+        match self.index.get(&lower).and_then(|&i| self.entries.get_mut(i)) {
             Some(existing) => {
                 warnings.push(format!(
                     "{}: duplicate key \"{}\" (also set at line {}); the later value is used",
@@ -99,10 +95,7 @@ pub(crate) struct SyntaxError {
 ///
 /// [`SyntaxError`] when the text is not YAML, holds several documents, or its top level is not
 /// a mapping.
-pub(crate) fn parse_document(
-    text: &str,
-    file: Option<&Path>,
-) -> Result<(Document, Vec<String>), SyntaxError> {
+pub(crate) fn parse_document(text: &str, file: Option<&Path>) -> Result<(Document, Vec<String>), SyntaxError> {
     let mut options = serde_saphyr::Options::default();
     // Keep `0755` (file modes) and `1_000` as written instead of reading them as numbers.
     options.leading_zero_numbers_as_strings = true;
@@ -113,8 +106,7 @@ pub(crate) fn parse_document(
     // Duplicates are merged by `Document::insert` with a warning, like viper's last-wins.
     options.duplicate_keys = serde_saphyr::options::DuplicateKeyPolicy::PassThrough;
 
-    let root: Spanned<Node> =
-        serde_saphyr::from_str_with_options(text, options).map_err(|e| syntax_error(&e))?;
+    let root: Spanned<Node> = serde_saphyr::from_str_with_options(text, options).map_err(|e| syntax_error(&e))?;
     let mut doc = Document::default();
     let mut warnings = Vec::new();
     match root.value {
@@ -141,12 +133,7 @@ fn syntax_error(err: &serde_saphyr::Error) -> SyntaxError {
             message = stripped.to_string();
         }
     }
-    let message = message
-        .lines()
-        .next()
-        .unwrap_or("invalid YAML")
-        .trim()
-        .to_string();
+    let message = message.lines().next().unwrap_or("invalid YAML").trim().to_string();
     SyntaxError { line, message }
 }
 
@@ -166,20 +153,12 @@ fn flatten(
                 warnings.push(format!(
                     "{}: ignored a key that is not a plain string{}",
                     location(file, Some(line)),
-                    if prefix.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" under \"{prefix}\"")
-                    }
+                    if prefix.is_empty() { String::new() } else { format!(" under \"{prefix}\"") }
                 ));
                 continue;
             }
         };
-        let full = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}.{name}")
-        };
+        let full = if prefix.is_empty() { name } else { format!("{prefix}.{name}") };
         let value = match value.value {
             Node::Null => Value::Null,
             Node::Scalar(s) => Value::Scalar(s),
@@ -205,15 +184,7 @@ fn flatten(
                 }
             }
         };
-        doc.insert(
-            Entry {
-                key: full,
-                line,
-                value,
-            },
-            file,
-            warnings,
-        );
+        doc.insert(Entry { key: full, line, value }, file, warnings);
     }
 }
 
@@ -341,13 +312,8 @@ mod tests {
         );
         assert!(warnings.is_empty());
         assert_eq!(scalar(&doc, "libstorage.service").as_deref(), Some("ebs"));
-        let e = doc
-            .get("libstorage.integration.volume.operations.mount.preempt")
-            .expect("entry");
-        assert_eq!(
-            e.key,
-            "libstorage.integration.volume.operations.mount.preEmpt"
-        );
+        let e = doc.get("libstorage.integration.volume.operations.mount.preempt").expect("entry");
+        assert_eq!(e.key, "libstorage.integration.volume.operations.mount.preEmpt");
         assert_eq!(e.line, 4);
         assert_eq!(scalar(&doc, "rexray.loglevel").as_deref(), Some("warn"));
         assert_eq!(doc.get("rexray.loglevel").map(|e| e.line), Some(5));
@@ -355,8 +321,7 @@ mod tests {
 
     #[test]
     fn scalars_are_text() {
-        let (doc, _) =
-            parse("a: 0755\nb: yes\nc: 16\nd: 1.5\ne: True\nf: 'x'\ng: 1_000\nh: .inf\n");
+        let (doc, _) = parse("a: 0755\nb: yes\nc: 16\nd: 1.5\ne: True\nf: 'x'\ng: 1_000\nh: .inf\n");
         assert_eq!(scalar(&doc, "a").as_deref(), Some("0755"));
         assert_eq!(scalar(&doc, "b").as_deref(), Some("yes"));
         assert_eq!(scalar(&doc, "c").as_deref(), Some("16"));
@@ -373,10 +338,7 @@ mod tests {
         for k in ["a", "b", "c"] {
             assert_eq!(doc.get(k).map(|e| &e.value), Some(&Value::Null), "{k}");
         }
-        assert_eq!(
-            doc.get("d").map(|e| &e.value),
-            Some(&Value::List(vec!["ec2".into(), "x".into()]))
-        );
+        assert_eq!(doc.get("d").map(|e| &e.value), Some(&Value::List(vec!["ec2".into(), "x".into()])));
         assert_eq!(doc.get("e").map(|e| &e.value), Some(&Value::Nested));
         assert_eq!(doc.get("f").map(|e| &e.value), Some(&Value::List(vec![])));
     }

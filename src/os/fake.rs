@@ -474,8 +474,7 @@ impl BlockOs for FakeOs {
     }
 
     fn grow(&self, device: &Path, mountpoint: &Path, fs: FsType) -> Result<(), OsError> {
-        self.enter(Call::Grow { device: device.to_path_buf(), mountpoint: mountpoint.to_path_buf(), fs })
-            .map(drop)
+        self.enter(Call::Grow { device: device.to_path_buf(), mountpoint: mountpoint.to_path_buf(), fs }).map(drop)
     }
 
     fn make_dir(&self, path: &Path) -> Result<(), OsError> {
@@ -519,8 +518,8 @@ impl BlockOs for FakeOs {
                 source: io::ErrorKind::ResourceBusy.into(),
             });
         }
-        let has_children = w.dirs.iter().any(|d| d != path && d.starts_with(path))
-            || w.files.keys().any(|f| f.starts_with(path));
+        let has_children =
+            w.dirs.iter().any(|d| d != path && d.starts_with(path)) || w.files.keys().any(|f| f.starts_with(path));
         if has_children {
             return Ok(false);
         }

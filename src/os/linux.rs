@@ -74,11 +74,7 @@ fn tool_error(program: &str, subject: &Path, out: &Output) -> OsError {
         stderr.truncate(cut);
         stderr.push('…');
     }
-    OsError::Tool {
-        tool: format!("{program} {}", subject.display()),
-        status: out.status.to_string(),
-        stderr,
-    }
+    OsError::Tool { tool: format!("{program} {}", subject.display()), status: out.status.to_string(), stderr }
 }
 
 /// Parses `blkid -o export` output for the `TYPE` and `PTTYPE` tokens.
@@ -173,7 +169,8 @@ impl BlockOs for LinuxOs {
 
     fn syncfs(&self, target: &Path) -> Result<(), OsError> {
         let dir = fs::File::open(target).map_err(sys(format!("open {}", target.display())))?;
-        rustix::fs::syncfs(&dir).map_err(|e| OsError::Sys { op: format!("syncfs {}", target.display()), source: e.into() })
+        rustix::fs::syncfs(&dir)
+            .map_err(|e| OsError::Sys { op: format!("syncfs {}", target.display()), source: e.into() })
     }
 
     fn mounted_at(&self, target: &Path) -> Result<Option<MountEntry>, OsError> {
@@ -226,7 +223,8 @@ impl BlockOs for LinuxOs {
     fn set_owner_mode(&self, path: &Path, spec: DirSpec) -> Result<(), OsError> {
         // chown first: it may clear set-id bits that chmod then sets again.
         if spec.uid.is_some() || spec.gid.is_some() {
-            std::os::unix::fs::chown(path, spec.uid, spec.gid).map_err(sys(format!("set owner of {}", path.display())))?;
+            std::os::unix::fs::chown(path, spec.uid, spec.gid)
+                .map_err(sys(format!("set owner of {}", path.display())))?;
         }
         fs::set_permissions(path, fs::Permissions::from_mode(spec.mode))
             .map_err(sys(format!("set mode of {}", path.display())))

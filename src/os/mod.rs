@@ -137,8 +137,7 @@ pub trait BlockOs: Send + Sync + Debug {
     ///
     /// # Errors
     /// The kernel refused.
-    fn mount(&self, device: &Path, target: &Path, fs: FsType, flags: MountFlags, data: &str)
-        -> Result<(), OsError>;
+    fn mount(&self, device: &Path, target: &Path, fs: FsType, flags: MountFlags, data: &str) -> Result<(), OsError>;
 
     /// `umount2(2)`s `target`; `lazy` adds `MNT_DETACH`.
     ///

@@ -28,7 +28,11 @@ pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Respon
         Ok(bytes) => (status, [(header::CONTENT_TYPE, CONTENT_TYPE)], bytes).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "could not encode a reply");
-            (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, CONTENT_TYPE)], r#"{"Err":"could not encode reply"}"#)
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CONTENT_TYPE, CONTENT_TYPE)],
+                r#"{"Err":"could not encode reply"}"#,
+            )
                 .into_response()
         }
     }
@@ -40,7 +44,10 @@ impl IntoResponse for ProtocolError {
             ProtocolError::Decode { .. } => (StatusCode::BAD_REQUEST, self.to_string()),
             ProtocolError::Service(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.chain()),
         };
-        tracing::warn!(error = %message, "request failed");
+        match &self {
+            ProtocolError::Service(e) if e.is_not_found() => tracing::debug!(error = %message, "request failed"),
+            _ => tracing::warn!(error = %message, "request failed"),
+        }
         json_response(status, &ErrorBody { err: message })
     }
 }

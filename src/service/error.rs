@@ -14,9 +14,9 @@ pub struct ServiceError {
     pub op: &'static str,
     /// The volume name as the caller gave it.
     pub volume: String,
-    /// Why it failed.
+    /// Why it failed (boxed: errors stay small on the success path).
     #[source]
-    pub cause: Cause,
+    pub cause: Box<Cause>,
 }
 
 /// Why a volume operation failed.
@@ -68,7 +68,12 @@ pub enum Cause {
 impl ServiceError {
     /// Builds an error for `op` on `volume`.
     pub fn new(op: &'static str, volume: impl Into<String>, cause: Cause) -> Self {
-        Self { op, volume: volume.into(), cause }
+        Self { op, volume: volume.into(), cause: Box::new(cause) }
+    }
+
+    /// Whether the volume does not exist (Docker asks for unknown names all the time).
+    pub fn is_not_found(&self) -> bool {
+        matches!(*self.cause, Cause::NotFound)
     }
 
     /// The error and all its causes, joined with `": "`.

@@ -30,7 +30,11 @@ impl ServiceHandle {
     /// A handle around a service that is already open.
     pub fn ready(service: Arc<VolumeService>) -> Self {
         let name = service.name().to_owned();
-        Self { name, cell: OnceCell::new_with(Some(service)), open: Box::new(|| Box::pin(async { unreachable_open() })) }
+        Self {
+            name,
+            cell: OnceCell::new_with(Some(service)),
+            open: Box::new(|| Box::pin(async { unreachable_open() })),
+        }
     }
 
     /// A handle that opens the service with `open` on first use.
@@ -52,13 +56,10 @@ impl ServiceHandle {
     /// # Errors
     /// The service could not be opened; the next call tries again.
     pub async fn get(&self) -> Result<&Arc<VolumeService>, ServiceError> {
-        self.cell
-            .get_or_try_init(|| async { (self.open)().await.map(Arc::new) })
-            .await
-            .map_err(|e| {
-                let name = self.name.clone();
-                ServiceError::new("open service", name.clone(), Cause::Unavailable { service: name, source: Box::new(e) })
-            })
+        self.cell.get_or_try_init(|| async { (self.open)().await.map(Arc::new) }).await.map_err(|e| {
+            let name = self.name.clone();
+            ServiceError::new("open service", name.clone(), Cause::Unavailable { service: name, source: Box::new(e) })
+        })
     }
 }
 

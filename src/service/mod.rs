@@ -145,7 +145,11 @@ impl VolumeService {
         VolumeName::new(raw).map_err(|e| ServiceError::new(op, raw, Cause::InvalidName(e)))
     }
 
-    fn backend_err(&self, op: &'static str, name: &VolumeName) -> impl FnOnce(crate::backend::BackendError) -> ServiceError {
+    fn backend_err(
+        &self,
+        op: &'static str,
+        name: &VolumeName,
+    ) -> impl FnOnce(crate::backend::BackendError) -> ServiceError {
         let (backend, volume) = (self.backend.kind(), name.to_string());
         move |source| ServiceError::new(op, volume, Cause::Backend { backend, source })
     }
@@ -172,6 +176,7 @@ impl VolumeService {
     /// An invalid name or option, or the backend's failure.
     pub async fn create(&self, raw_name: &str, opts: &BTreeMap<String, String>) -> Result<(), ServiceError> {
         const OP: &str = "create";
+        debug!(volume = raw_name, ?opts, "create");
         let name = Self::validate(OP, raw_name)?;
         let _guard = self.locks.lock(name.as_str()).await;
         if let Some(existing) = self.record(&name) {
@@ -222,6 +227,7 @@ impl VolumeService {
     /// [`Cause::InUse`] while held, or the backend's failure.
     pub async fn remove(&self, raw_name: &str) -> Result<(), ServiceError> {
         const OP: &str = "remove";
+        debug!(volume = raw_name, "remove");
         let name = Self::validate(OP, raw_name)?;
         let _guard = self.locks.lock(name.as_str()).await;
         let Some(mut record) = self.record(&name) else {
@@ -259,6 +265,7 @@ impl VolumeService {
     /// [`Cause::NotFound`] (implicit create off), or the backend's failure.
     pub async fn mount(&self, raw_name: &str, id: Option<&str>) -> Result<PathBuf, ServiceError> {
         const OP: &str = "mount";
+        debug!(volume = raw_name, id = id.unwrap_or(""), "mount");
         let name = Self::validate(OP, raw_name)?;
         let holder = Holder::from_request(id);
         let _guard = self.locks.lock(name.as_str()).await;
@@ -305,6 +312,7 @@ impl VolumeService {
     /// Unmount or Remove retries the deactivation.
     pub async fn unmount(&self, raw_name: &str, id: Option<&str>) -> Result<(), ServiceError> {
         const OP: &str = "unmount";
+        debug!(volume = raw_name, id = id.unwrap_or(""), "unmount");
         let name = Self::validate(OP, raw_name)?;
         let holder = Holder::from_request(id);
         let _guard = self.locks.lock(name.as_str()).await;
@@ -366,6 +374,7 @@ impl VolumeService {
     /// [`Cause::NotFound`] or an invalid name.
     pub fn get(&self, raw_name: &str) -> Result<VolumeInfo, ServiceError> {
         const OP: &str = "get";
+        debug!(volume = raw_name, "get");
         let name = Self::validate(OP, raw_name)?;
         let record = self.record(&name).ok_or_else(|| ServiceError::new(OP, raw_name, Cause::NotFound))?;
         Ok(self.info(&name, &record))
@@ -373,11 +382,9 @@ impl VolumeService {
 
     /// Describes every volume, from local state.
     pub fn list(&self) -> Vec<VolumeInfo> {
+        debug!("list");
         let records: Vec<VolumeRecord> = self.volumes.read().expect("volume map poisoned").values().cloned().collect();
-        records
-            .iter()
-            .filter_map(|r| VolumeName::new(&r.name).ok().map(|n| self.info(&n, r)))
-            .collect()
+        records.iter().filter_map(|r| VolumeName::new(&r.name).ok().map(|n| self.info(&n, r))).collect()
     }
 
     fn info(&self, name: &VolumeName, record: &VolumeRecord) -> VolumeInfo {

@@ -119,8 +119,12 @@ impl StateStore {
                 .and_then(|bytes| serde_json::from_slice::<VolumeRecord>(&bytes).map_err(|e| e.to_string()));
             match parsed {
                 Ok(record) if path.file_name() == Some(std::ffi::OsStr::new(&record.name)) => out.push(record),
-                Ok(record) => tracing::error!(path = %path.display(), name = %record.name, "state file name does not match the volume it holds; skipped"),
-                Err(e) => tracing::error!(path = %path.display(), error = %e, "unreadable state file; volume skipped, file kept"),
+                Ok(record) => {
+                    tracing::error!(path = %path.display(), name = %record.name, "state file name does not match the volume it holds; skipped")
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "unreadable state file; volume skipped, file kept")
+                }
             }
         }
         Ok(out)
@@ -163,9 +167,7 @@ impl StateStore {
     }
 
     fn sync_dir(&self) -> Result<(), StateError> {
-        File::open(&self.volumes)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("sync", &self.volumes))
+        File::open(&self.volumes).and_then(|d| d.sync_all()).map_err(io_err("sync", &self.volumes))
     }
 }
 

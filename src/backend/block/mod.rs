@@ -188,7 +188,12 @@ pub struct BlockPipeline {
 
 impl BlockPipeline {
     /// A pipeline over `os` getting devices from `attacher`.
-    pub fn new(os: Arc<dyn BlockOs>, attacher: Arc<dyn Attacher>, layout: MountLayout, defaults: BlockDefaults) -> Self {
+    pub fn new(
+        os: Arc<dyn BlockOs>,
+        attacher: Arc<dyn Attacher>,
+        layout: MountLayout,
+        defaults: BlockDefaults,
+    ) -> Self {
         Self { os, attacher, layout, defaults }
     }
 
@@ -350,7 +355,9 @@ fn activate_local(os: &dyn BlockOs, plan: &Plan, device: &Path) -> Result<PathBu
         Ok(()) => Ok(plan.handed_out()),
         Err(err) => {
             match unmount(os, mount_dir, device) {
-                Ok(()) => tracing::info!(device = %device.display(), mount = %mount_dir.display(), "rollback: unmounted"),
+                Ok(()) => {
+                    tracing::info!(device = %device.display(), mount = %mount_dir.display(), "rollback: unmounted")
+                }
                 Err(cleanup) => tracing::warn!(
                     device = %device.display(), mount = %mount_dir.display(), error = %err, %cleanup,
                     "rollback: could not unmount after a failed activation"
@@ -790,7 +797,10 @@ mod tests {
         os.take_calls();
         os.fail_next(CallKind::Unmount, Failure::Io(ErrorKind::PermissionDenied));
         let err = p.deactivate(&v1(), &o).await.unwrap_err();
-        assert!(matches!(&err, BackendError::Step { step: "unmount", device, .. } if device == Path::new(DEV)), "{err}");
+        assert!(
+            matches!(&err, BackendError::Step { step: "unmount", device, .. } if device == Path::new(DEV)),
+            "{err}"
+        );
         assert_eq!(os.calls(), vec![mounted_at(), Call::Syncfs { target: MNT.into() }, unmount(false)]);
         assert!(os.attached(Path::new(IMG)).is_some());
     }
@@ -847,7 +857,9 @@ mod tests {
     #[test]
     fn option_validation_names_the_option() {
         let (_, p) = setup("/data");
-        for (k, v) in [("fsType", "btrfs"), ("mountOptions", "noatime,bogus"), ("mkfsOptions", "-L `id`"), ("size", "abc")] {
+        for (k, v) in
+            [("fsType", "btrfs"), ("mountOptions", "noatime,bogus"), ("mkfsOptions", "-L `id`"), ("size", "abc")]
+        {
             let raw = BTreeMap::from([(k.to_owned(), v.to_owned())]);
             let err = p.parse_options(&raw, &[]).unwrap_err();
             assert!(matches!(&err, BackendError::InvalidOption { key, .. } if key == k), "{err}");

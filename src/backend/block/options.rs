@@ -171,9 +171,11 @@ impl BlockOptions {
     /// [`BackendError::InvalidOption`] for a value that does not check out.
     pub fn from_options(opts: &Options, defaults: &BlockDefaults) -> Result<Self, BackendError> {
         let size_gib = match opts.get("size") {
-            Some(v) => v.parse::<u64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
-                invalid("size", v, "expected a whole number of GiB, at least 1")
-            })?,
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| invalid("size", v, "expected a whole number of GiB, at least 1"))?,
             None => defaults.size_gib,
         };
         let fs_value = opts.get("fsType").map_or(defaults.fs_type.as_str(), String::as_str);
@@ -208,10 +210,7 @@ impl BlockOptions {
 
 fn id_option(opts: &Options, key: &str) -> Result<Option<u32>, BackendError> {
     match opts.get(key) {
-        Some(v) => v
-            .parse::<u32>()
-            .map(Some)
-            .map_err(|_| invalid(key, v, "expected a numeric id below 4294967296")),
+        Some(v) => v.parse::<u32>().map(Some).map_err(|_| invalid(key, v, "expected a numeric id below 4294967296")),
         None => Ok(None),
     }
 }
@@ -247,8 +246,7 @@ pub fn parse_mkfs_options(value: &str, fs: FsType) -> Result<Vec<String>, String
             after_flag = true;
         } else {
             let body = token.strip_prefix('^').unwrap_or(token);
-            let safe = !body.is_empty()
-                && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.,=:+-".contains(&b));
+            let safe = !body.is_empty() && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.,=:+-".contains(&b));
             if !safe {
                 return Err(format!(
                     "{token:?} is not allowed: use flags like -L and values of letters, digits and _.,=:+- only"
@@ -363,7 +361,11 @@ mod tests {
     #[test]
     fn typed_options() {
         let opts = parse(
-            &raw(&[("size", "3"), ("mountOptions", "ro,noatime,nosuid,discard,data=journal,commit=30"), ("mode", "750")]),
+            &raw(&[
+                ("size", "3"),
+                ("mountOptions", "ro,noatime,nosuid,discard,data=journal,commit=30"),
+                ("mode", "750"),
+            ]),
             &[],
             &defaults(),
         )
