@@ -125,6 +125,19 @@ fn losetup_j(image: &Path) -> Vec<String> {
     String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
 }
 
+/// Asserts that no loop device is left over `image`. The kernel may finish a detach when the
+/// device's last opener goes (a failed mount can release it a moment later), so this waits up to
+/// five seconds.
+fn assert_detached(image: &Path) {
+    for _ in 0..50 {
+        if losetup_j(image).is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("still attached: {:?}", losetup_j(image));
+}
+
 fn name(s: &str) -> VolumeName {
     VolumeName::new(s).unwrap()
 }
@@ -263,8 +276,8 @@ async fn a_failed_mount_point_rolls_back_the_attachment() {
     std::fs::create_dir_all(w.dir.path().join("volumes")).unwrap();
     std::fs::write(w.mount_dir("rb"), b"in the way").unwrap();
     let err = b.activate(&v, &o).await.unwrap_err();
-    assert!(matches!(err, BackendError::Step { step: "create mount directory", .. }), "{err}");
-    assert!(losetup_j(&w.image("rb")).is_empty(), "rolled back: {:?}", losetup_j(&w.image("rb")));
+    assert!(matches!(err, BackendError::Step { step: "create mount directory", .. }), "{err:?}");
+    assert_detached(&w.image("rb"));
     std::fs::remove_file(w.mount_dir("rb")).unwrap();
     b.activate(&v, &o).await.unwrap();
     b.deactivate(&v, &o).await.unwrap();
@@ -281,9 +294,12 @@ async fn a_mount_the_kernel_refuses_rolls_back_the_attachment() {
     b.create(&v, &o).await.unwrap();
     let err = b.activate(&v, &o).await.unwrap_err();
     let msg = format!("{err}: {}", std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default());
-    assert!(matches!(&err, BackendError::Step { step: "mount", device, .. } if device.to_string_lossy().starts_with("/dev/loop")), "{msg}");
+    assert!(
+        matches!(&err, BackendError::Step { step: "mount", device, .. } if device.to_string_lossy().starts_with("/dev/loop")),
+        "{msg} ({err:?})"
+    );
     assert!(mount_at(&w.mount_dir("kr")).is_none());
-    assert!(losetup_j(&w.image("kr")).is_empty(), "rolled back: {:?}", losetup_j(&w.image("kr")));
+    assert_detached(&w.image("kr"));
 }
 
 #[tokio::test]
@@ -309,7 +325,7 @@ async fn rediscovers_its_devices_after_a_restart() {
     assert_eq!(losetup_j(&w.image("r")), before, "no second loop device");
     assert_eq!(std::fs::read(path.join("f")).unwrap(), b"x");
     b.deactivate(&v, &o).await.unwrap();
-    assert!(losetup_j(&w.image("r")).is_empty());
+    assert_detached(&w.image("r"));
 }
 
 #[tokio::test]
@@ -323,8 +339,8 @@ async fn remove_is_refused_while_attached() {
     b.activate(&v, &o).await.unwrap();
     let device = b.status(&v, &o)["device"].as_str().unwrap().to_owned();
     let err = b.remove(&v, &o).await.unwrap_err();
-    assert!(matches!(err, BackendError::Refused(_)), "{err}");
-    assert!(err.to_string().contains(&device), "{err}");
+    assert!(matches!(err, BackendError::Refused(_)), "{err:?}");
+    assert!(err.to_string().contains(&device), "{err:?}");
     assert!(w.image("busy").exists());
     b.deactivate(&v, &o).await.unwrap();
     b.remove(&v, &o).await.unwrap();
@@ -339,8 +355,8 @@ async fn create_beyond_free_space_is_refused() {
     let v = name("huge");
     let err = b.create(&v, &opts(&b, &[("size", "1000000")])).await.unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, BackendError::Refused(_)), "{msg}");
-    assert!(msg.contains("1000000 GiB") && msg.contains("free"), "{msg}");
+    assert!(matches!(err, BackendError::Refused(_)), "{msg} ({err:?})");
+    assert!(msg.contains("1000000 GiB") && msg.contains("free"), "{msg} ({err:?})");
     assert!(!w.image("huge").exists());
 }
 
@@ -357,8 +373,8 @@ async fn foreign_signatures_are_refused_and_left_alone() {
     let out = Command::new("mkswap").arg(w.image("swap")).output().unwrap();
     assert!(out.status.success(), "mkswap: {}", String::from_utf8_lossy(&out.stderr));
     let err = b.activate(&swap, &o).await.unwrap_err();
-    assert!(err.to_string().contains("swap signature"), "{err}");
-    assert!(losetup_j(&w.image("swap")).is_empty());
+    assert!(err.to_string().contains("swap signature"), "{err:?}");
+    assert_detached(&w.image("swap"));
     let out = Command::new("blkid").args(["-p", "-s", "TYPE", "-o", "value"]).arg(w.image("swap")).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "swap", "not formatted");
 
@@ -377,6 +393,25 @@ async fn foreign_signatures_are_refused_and_left_alone() {
         f.write_all(&mbr).unwrap();
     }
     let err = b.activate(&part, &o).await.unwrap_err();
-    assert!(err.to_string().contains("partition table (dos)"), "{err}");
-    assert!(losetup_j(&w.image("part")).is_empty());
+    assert!(err.to_string().contains("partition table (dos)"), "{err:?}");
+    assert_detached(&w.image("part"));
+}
+
+#[tokio::test]
+async fn names_with_spaces_are_found_in_the_mount_table() {
+    require!(root);
+    let w = World::new();
+    let b = w.backend();
+    // mountinfo escapes the space as \040; is_active must still see the mount.
+    let v = name("my vol");
+    let o = opts(&b, &[("size", "1")]);
+    b.create(&v, &o).await.unwrap();
+    let path = b.activate(&v, &o).await.unwrap();
+    assert_eq!(path, w.mount_dir("my vol").join("data"));
+    assert!(b.is_active(&v, &o).await.unwrap());
+    assert_eq!(b.activate(&v, &o).await.unwrap(), path, "found mounted, not mounted twice");
+    assert_eq!(mounts().iter().filter(|m| m.mount_point == w.mount_dir("my vol")).count(), 1);
+    b.deactivate(&v, &o).await.unwrap();
+    assert!(!b.is_active(&v, &o).await.unwrap());
+    assert_detached(&w.image("my vol"));
 }

@@ -24,8 +24,17 @@ fn service_handle(config: &Config, svc: &ServiceConfig) -> Arc<ServiceHandle> {
     }))
 }
 
-/// Binds every module's socket, then opens the services in the background, and serves until
-/// `shutdown` resolves.
+/// The private admin socket of a daemon with this config: `<paths.run>/rexray-admin.sock`.
+pub fn admin_socket(config: &Config) -> std::path::PathBuf {
+    config.paths.run.join(crate::protocol::admin::SOCKET_NAME)
+}
+
+/// Binds every module's socket and the private admin socket, then opens the services in the
+/// background, and serves until `shutdown` resolves.
+///
+/// The admin socket (mode 0600) serves every service by name for `rexray volume …`; a daemon
+/// already answering on it makes this one refuse to start, as two daemons sharing one state
+/// directory would corrupt each other's mount accounting.
 ///
 /// # Errors
 /// A socket could not be bound or failed while serving.
@@ -33,6 +42,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let handles: Vec<(String, Arc<ServiceHandle>)> =
         config.services.iter().map(|s| (s.name.clone(), service_handle(&config, s))).collect();
     let mut sockets = Vec::new();
+    let admin_path = admin_socket(&config);
+    let admin = crate::server::bind(&admin_path, None).with_context(|| {
+        format!("admin socket {} (is another rexray daemon running with the same REXRAY_HOME?)", admin_path.display())
+    })?;
+    let admin_services = config
+        .services
+        .iter()
+        .zip(&handles)
+        .map(|(svc, (name, handle))| crate::protocol::admin::AdminService {
+            name: name.clone(),
+            backend: svc.backend.as_str(),
+            handle: handle.clone(),
+        })
+        .collect();
+    let config_file = config.file.as_ref().map(|f| f.display().to_string());
+    info!(socket = %admin_path.display(), "admin socket listening");
+    sockets.push((admin, crate::protocol::admin::router(admin_services, config_file)));
     for module in &config.modules {
         let handle = handles
             .iter()

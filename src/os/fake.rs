@@ -63,14 +63,21 @@ pub enum Call {
         /// The path looked up.
         target: PathBuf,
     },
+    /// [`BlockOs::needs_grow`].
+    NeedsGrow {
+        /// The device.
+        device: PathBuf,
+        /// The file-system type.
+        fs: FsType,
+    },
     /// [`BlockOs::grow`].
     Grow {
         /// The device.
         device: PathBuf,
-        /// Where it is mounted.
-        mountpoint: PathBuf,
         /// The file-system type.
         fs: FsType,
+        /// Where it is mounted (`None`: grown offline).
+        mountpoint: Option<PathBuf>,
     },
     /// [`BlockOs::make_dir`].
     MakeDir {
@@ -150,6 +157,8 @@ pub enum CallKind {
     Syncfs,
     /// [`Call::MountedAt`].
     MountedAt,
+    /// [`Call::NeedsGrow`].
+    NeedsGrow,
     /// [`Call::Grow`].
     Grow,
     /// [`Call::MakeDir`].
@@ -186,6 +195,7 @@ impl Call {
             Call::Unmount { .. } => CallKind::Unmount,
             Call::Syncfs { .. } => CallKind::Syncfs,
             Call::MountedAt { .. } => CallKind::MountedAt,
+            Call::NeedsGrow { .. } => CallKind::NeedsGrow,
             Call::Grow { .. } => CallKind::Grow,
             Call::MakeDir { .. } => CallKind::MakeDir,
             Call::EnsureDir { .. } => CallKind::EnsureDir,
@@ -246,6 +256,8 @@ struct World {
     next_loop: u32,
     /// Medium (an image, or a non-loop device) → what a probe finds; absent = blank.
     signatures: BTreeMap<PathBuf, Probe>,
+    /// Media whose device is larger than their file system.
+    grow_pending: BTreeSet<PathBuf>,
     /// The mount table, in mount order.
     mounts: Vec<MountEntry>,
     /// What `free_space` answers.
@@ -291,6 +303,7 @@ impl FakeOs {
                 loops: BTreeMap::new(),
                 next_loop: 0,
                 signatures: BTreeMap::new(),
+                grow_pending: BTreeSet::new(),
                 mounts: Vec::new(),
                 free_space: DEFAULT_FREE_SPACE,
             }),
@@ -333,6 +346,12 @@ impl FakeOs {
     /// device). Media start blank; [`BlockOs::mkfs`] sets `Filesystem`.
     pub fn set_probe(&self, medium: impl Into<PathBuf>, probe: Probe) {
         self.world().signatures.insert(medium.into(), probe);
+    }
+
+    /// Makes `medium` (an image, or a non-loop device) larger than its file system, as after an
+    /// image or EBS volume was enlarged: [`BlockOs::needs_grow`] says yes until it is grown.
+    pub fn set_needs_grow(&self, medium: impl Into<PathBuf>) {
+        self.world().grow_pending.insert(medium.into());
     }
 
     /// Sets what [`BlockOs::free_space`] answers.
@@ -473,8 +492,21 @@ impl BlockOs for FakeOs {
         Ok(w.mounts.iter().rev().find(|m| m.mount_point == target).cloned())
     }
 
-    fn grow(&self, device: &Path, mountpoint: &Path, fs: FsType) -> Result<(), OsError> {
-        self.enter(Call::Grow { device: device.to_path_buf(), mountpoint: mountpoint.to_path_buf(), fs }).map(drop)
+    fn needs_grow(&self, device: &Path, fs: FsType) -> Result<bool, OsError> {
+        let w = self.enter(Call::NeedsGrow { device: device.to_path_buf(), fs })?;
+        Ok(w.grow_pending.contains(&w.medium(device)))
+    }
+
+    fn grow(&self, device: &Path, fs: FsType, mountpoint: Option<&Path>) -> Result<(), OsError> {
+        let mut w =
+            self.enter(Call::Grow { device: device.to_path_buf(), fs, mountpoint: mountpoint.map(Path::to_path_buf) })?;
+        let mounted = w.mounts.iter().any(|m| m.source == device && Some(m.mount_point.as_path()) == mountpoint);
+        if fs.grows_mounted() && !mounted {
+            return Err(invalid(format!("fake: {fs} on {} can only grow while mounted", device.display())));
+        }
+        let medium = w.medium(device);
+        w.grow_pending.remove(&medium);
+        Ok(())
     }
 
     fn make_dir(&self, path: &Path) -> Result<(), OsError> {

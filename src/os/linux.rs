@@ -7,17 +7,21 @@
 
 use std::ffi::{CString, OsStr};
 use std::fs::{self, DirBuilder, OpenOptions};
-use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{DirBuilderExt, FileExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use super::{mountinfo, BlockOs, DirSpec, FsType, MountEntry, MountFlags, OsError, Probe};
+use super::{mountinfo, BlockOs, DirSpec, FsType, MountEntry, MountFlags, OsError, Probe, GROW_THRESHOLD};
 
 /// Where the kernel lists the mounts of this process's mount namespace.
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 /// Where the kernel lists block devices (each loop device has `loop/backing_file` while bound).
 const SYS_BLOCK: &str = "/sys/block";
+/// How often, and how long apart, a detach is checked for completion (2 s in all).
+const DETACH_POLLS: u32 = 40;
+/// See [`DETACH_POLLS`].
+const DETACH_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 /// How much of a tool's stderr an error keeps.
 const MAX_STDERR: usize = 2000;
 /// `blkid` exit status: nothing found ("no specified token found").
@@ -104,6 +108,51 @@ fn require_block_device(device: &Path) -> Result<(), OsError> {
     }
 }
 
+/// Where the primary superblock of `fs` is: (offset, length to read).
+fn superblock_location(fs: FsType) -> (u64, usize) {
+    match fs {
+        FsType::Ext4 => (1024, 1024),
+        FsType::Xfs => (0, 512),
+    }
+}
+
+/// The size of the file system in bytes, from its primary superblock (as read from
+/// [`superblock_location`]); `None` when the magic number does not match.
+///
+/// ext4: magic `0xEF53` at 0x38 (LE); blocks = `s_blocks_count_lo` (0x04) plus
+/// `s_blocks_count_hi` (0x150) when the `64bit` incompat feature (0x80 in 0x60) is set; block
+/// size = 1024 << `s_log_block_size` (0x18). XFS: magic `XFSB` at 0; `sb_blocksize` (BE u32 at
+/// 4) × `sb_dblocks` (BE u64 at 8).
+pub fn fs_bytes_from_superblock(fs: FsType, sb: &[u8]) -> Option<u64> {
+    let le32 = |at: usize| sb.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    match fs {
+        FsType::Ext4 => {
+            let magic = sb.get(0x38..0x3A).map(|b| u16::from_le_bytes([b[0], b[1]]))?;
+            if magic != 0xEF53 {
+                return None;
+            }
+            let log_block = le32(0x18)?;
+            if log_block > 6 {
+                return None;
+            }
+            let block_size = 1024u64 << log_block;
+            let mut blocks = u64::from(le32(0x04)?);
+            if le32(0x60)? & 0x80 != 0 {
+                blocks |= u64::from(le32(0x150)?) << 32;
+            }
+            blocks.checked_mul(block_size)
+        }
+        FsType::Xfs => {
+            if sb.get(0..4)? != b"XFSB" {
+                return None;
+            }
+            let block_size = u32::from_be_bytes(sb.get(4..8)?.try_into().ok()?);
+            let blocks = u64::from_be_bytes(sb.get(8..16)?.try_into().ok()?);
+            blocks.checked_mul(u64::from(block_size))
+        }
+    }
+}
+
 /// The path a loop device's `backing_file` would show for `image`: its directory resolved.
 fn resolved_image_path(image: &Path) -> PathBuf {
     match (image.parent(), image.file_name()) {
@@ -184,10 +233,36 @@ impl BlockOs for LinuxOs {
         Ok(mountinfo::find_at(&entries, &target).cloned())
     }
 
-    fn grow(&self, device: &Path, mountpoint: &Path, fs: FsType) -> Result<(), OsError> {
-        match fs {
-            FsType::Ext4 => run_ok("resize2fs", &[device.as_os_str()], device).map(drop),
-            FsType::Xfs => run_ok("xfs_growfs", &[OsStr::new("-d"), mountpoint.as_os_str()], mountpoint).map(drop),
+    fn needs_grow(&self, device: &Path, fs: FsType) -> Result<bool, OsError> {
+        let mut file = fs::File::open(device).map_err(sys(format!("open {}", device.display())))?;
+        let device_bytes =
+            file.seek(SeekFrom::End(0)).map_err(sys(format!("read the size of {}", device.display())))?;
+        let (offset, len) = superblock_location(fs);
+        let mut sb = vec![0u8; len];
+        file.read_exact_at(&mut sb, offset)
+            .map_err(sys(format!("read the {fs} superblock of {}", device.display())))?;
+        let fs_bytes = fs_bytes_from_superblock(fs, &sb)
+            .ok_or_else(|| OsError::Unexpected(format!("{} holds no {fs} superblock", device.display())))?;
+        tracing::debug!(device = %device.display(), device_bytes, fs_bytes, "sizes");
+        Ok(device_bytes > fs_bytes.saturating_add(GROW_THRESHOLD))
+    }
+
+    fn grow(&self, device: &Path, fs: FsType, mountpoint: Option<&Path>) -> Result<(), OsError> {
+        match (fs, mountpoint) {
+            (FsType::Ext4, None) => {
+                // resize2fs refuses an unmounted file system that was not checked just before.
+                let out = run("e2fsck", &[OsStr::new("-f"), OsStr::new("-p"), device.as_os_str()])?;
+                // 0: clean; 1: errors corrected. Anything else needs a person.
+                if !matches!(out.status.code(), Some(0 | 1)) {
+                    return Err(tool_error("e2fsck", device, &out));
+                }
+                run_ok("resize2fs", &[device.as_os_str()], device).map(drop)
+            }
+            (FsType::Ext4, Some(_)) => run_ok("resize2fs", &[device.as_os_str()], device).map(drop),
+            (FsType::Xfs, Some(mnt)) => run_ok("xfs_growfs", &[OsStr::new("-d"), mnt.as_os_str()], mnt).map(drop),
+            (FsType::Xfs, None) => {
+                Err(OsError::Unexpected(format!("xfs on {} can only grow while mounted", device.display())))
+            }
         }
     }
 
@@ -251,15 +326,27 @@ impl BlockOs for LinuxOs {
             }
             let backing = match fs::read(entry.path().join("loop/backing_file")) {
                 Ok(b) => b,
-                // Not bound (no loop/ directory or no backing_file): not ours.
+                // Not bound (no backing_file): not ours.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(sys(format!("read {SYS_BLOCK}/{name}/loop/backing_file"))(e)),
+                // A device being set up or torn down right now (by someone else: ours are not
+                // in flux while we hold the volume's lock) can fail to answer: not ours either.
+                Err(e) => {
+                    tracing::debug!(device = name, error = %e, "skipping a loop device whose backing file cannot be read");
+                    continue;
+                }
             };
             let backing = String::from_utf8_lossy(&backing);
             let backing = Path::new(backing.trim_end_matches('\n'));
-            if backing == wanted || backing == image {
-                found.push(name.to_owned());
+            if backing != wanted && backing != image {
+                continue;
             }
+            // We never set autoclear, so it means a detach is pending until the last opener
+            // goes: the device is on its way out and must not be used again.
+            if fs::read(entry.path().join("loop/autoclear")).is_ok_and(|a| a.starts_with(b"1")) {
+                tracing::debug!(device = name, image = %image.display(), "skipping a loop device that is being detached");
+                continue;
+            }
+            found.push(name.to_owned());
         }
         // Lowest number first, so the answer is stable if an image is (wrongly) attached twice.
         found.sort_by_key(|n| n.trim_start_matches("loop").parse::<u32>().unwrap_or(u32::MAX));
@@ -285,7 +372,24 @@ impl BlockOs for LinuxOs {
     }
 
     fn loop_detach(&self, device: &Path) -> Result<(), OsError> {
-        run_ok("losetup", &[OsStr::new("-d"), device.as_os_str()], device).map(drop)
+        run_ok("losetup", &[OsStr::new("-d"), device.as_os_str()], device)?;
+        // While anyone else has the device open (a scanner, a lazily unmounted file system) the
+        // kernel only marks it for release on last close. Give a brief opener time to go.
+        let backing = device
+            .file_name()
+            .map(|n| Path::new(SYS_BLOCK).join(n).join("loop/backing_file"))
+            .ok_or_else(|| OsError::Unexpected(format!("{} is not a device path", device.display())))?;
+        for _ in 0..DETACH_POLLS {
+            if !backing.exists() {
+                return Ok(());
+            }
+            std::thread::sleep(DETACH_POLL_INTERVAL);
+        }
+        tracing::warn!(
+            device = %device.display(),
+            "loop device is still open elsewhere; the kernel will detach it when the last user closes it"
+        );
+        Ok(())
     }
 
     fn file_size(&self, path: &Path) -> Result<Option<u64>, OsError> {
@@ -344,6 +448,28 @@ mod tests {
             Probe::PartitionTable("dos".into())
         );
         assert!(matches!(parse_blkid_export("DEVNAME=/dev/loop0\n"), Probe::Unrecognized(_)));
+    }
+
+    #[test]
+    fn superblock_sizes() {
+        let mut ext4 = vec![0u8; 1024];
+        ext4[0x38..0x3A].copy_from_slice(&0xEF53u16.to_le_bytes());
+        ext4[0x04..0x08].copy_from_slice(&262_144u32.to_le_bytes());
+        ext4[0x18..0x1C].copy_from_slice(&2u32.to_le_bytes()); // 4096-byte blocks
+        assert_eq!(fs_bytes_from_superblock(FsType::Ext4, &ext4), Some(1 << 30));
+        ext4[0x150..0x154].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(fs_bytes_from_superblock(FsType::Ext4, &ext4), Some(1 << 30), "hi word needs 64bit");
+        ext4[0x60..0x64].copy_from_slice(&0x80u32.to_le_bytes());
+        assert_eq!(fs_bytes_from_superblock(FsType::Ext4, &ext4), Some((1 << 30) + (4096 << 32)));
+        assert_eq!(fs_bytes_from_superblock(FsType::Xfs, &ext4), None);
+
+        let mut xfs = vec![0u8; 512];
+        xfs[0..4].copy_from_slice(b"XFSB");
+        xfs[4..8].copy_from_slice(&4096u32.to_be_bytes());
+        xfs[8..16].copy_from_slice(&524_288u64.to_be_bytes());
+        assert_eq!(fs_bytes_from_superblock(FsType::Xfs, &xfs), Some(2 << 30));
+        assert_eq!(fs_bytes_from_superblock(FsType::Ext4, &xfs), None);
+        assert_eq!(fs_bytes_from_superblock(FsType::Ext4, &[0u8; 10]), None);
     }
 
     #[test]

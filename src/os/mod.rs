@@ -58,6 +58,11 @@ impl OsError {
     }
 }
 
+/// How much larger than its file system a device must be before the file system is grown: a
+/// smaller tail may be too small for the file system to use, and checking it again on every
+/// mount would cost an `e2fsck` each time.
+pub const GROW_THRESHOLD: u64 = 16 << 20;
+
 /// A file system the block backends can make, mount and grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FsType {
@@ -77,6 +82,13 @@ impl FsType {
             FsType::Ext4 => "ext4",
             FsType::Xfs => "xfs",
         }
+    }
+
+    /// Whether the file system can only grow while mounted (XFS). ext4 is grown before mounting:
+    /// offline growth needs no `CAP_SYS_RESOURCE`, which a plugin often lacks, and the file
+    /// system is quiet then.
+    pub fn grows_mounted(self) -> bool {
+        matches!(self, FsType::Xfs)
     }
 
     /// Parses a type name (case-insensitive); `None` for anything unsupported.
@@ -158,12 +170,22 @@ pub trait BlockOs: Send + Sync + Debug {
     /// The mount table could not be read.
     fn mounted_at(&self, target: &Path) -> Result<Option<MountEntry>, OsError>;
 
-    /// Grows the file system on `device` (mounted at `mountpoint`) to fill the device. A no-op
-    /// when it already does.
+    /// Whether `device` is larger than the `fs` file system on it by more than
+    /// [`GROW_THRESHOLD`]. Reads the on-disk superblock, so call it while the file system is not
+    /// mounted.
     ///
     /// # Errors
-    /// The tool failed.
-    fn grow(&self, device: &Path, mountpoint: &Path, fs: FsType) -> Result<(), OsError>;
+    /// The device could not be read, or holds no `fs` superblock.
+    fn needs_grow(&self, device: &Path, fs: FsType) -> Result<bool, OsError>;
+
+    /// Grows the `fs` file system on `device` to fill the device. With `mountpoint: None` it is
+    /// grown offline (ext4: `e2fsck -f -p` then `resize2fs`); with `Some(mountpoint)` it is grown
+    /// where it is mounted (XFS, which can only grow mounted: `xfs_growfs -d`; ext4: online
+    /// `resize2fs`, which needs `CAP_SYS_RESOURCE`). See [`FsType::grows_mounted`].
+    ///
+    /// # Errors
+    /// A tool failed, or XFS was asked to grow unmounted.
+    fn grow(&self, device: &Path, fs: FsType, mountpoint: Option<&Path>) -> Result<(), OsError>;
 
     /// Creates `path` and its missing parents with mode 0755 (`mkdir -p`).
     ///
@@ -191,7 +213,8 @@ pub trait BlockOs: Send + Sync + Debug {
     /// Any other failure.
     fn remove_empty_dir(&self, path: &Path) -> Result<bool, OsError>;
 
-    /// The loop device backed by `image`, if one is attached.
+    /// The loop device backed by `image`, if one is attached (a device whose detach is pending
+    /// does not count).
     ///
     /// # Errors
     /// The loop devices could not be listed.
@@ -203,7 +226,8 @@ pub trait BlockOs: Send + Sync + Debug {
     /// The image is missing or no loop device could be set up.
     fn loop_attach(&self, image: &Path) -> Result<PathBuf, OsError>;
 
-    /// Detaches the loop device `device`.
+    /// Detaches the loop device `device`. If something else still has it open, the kernel
+    /// finishes the detach when that last user closes it; this waits briefly for that.
     ///
     /// # Errors
     /// The kernel refused.

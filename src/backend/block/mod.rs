@@ -4,9 +4,12 @@
 //! [`BlockPipeline`] does everything after that, the same way for every backend:
 //!
 //! - **activate**: attach → probe (`blkid -p`) → format only when blank → mount at
-//!   `<mount.path>/<name>` (XFS with `nouuid`, plus the volume's `mountOptions`) → grow the file
-//!   system to fill the device → create the `rootPath` directory (default `data`) with the
-//!   volume's mode and owner → return `<mount.path>/<name>/<rootPath>`.
+//!   `<mount.path>/<name>` (XFS with `nouuid`, plus the volume's `mountOptions`) → create the
+//!   `rootPath` directory (default `data`) with the volume's mode and owner → return
+//!   `<mount.path>/<name>/<rootPath>`. A file system smaller than its device (the image or disk
+//!   was enlarged) is grown: ext4 before mounting (`e2fsck -f -p`, `resize2fs`), XFS right after
+//!   (`xfs_growfs`). The sizes are compared from the superblock first, so an ordinary mount runs
+//!   no extra tool.
 //! - **deactivate**: `syncfs` → unmount (a lazy `MNT_DETACH` only as a logged last resort after
 //!   `EBUSY`) → detach. The data stays.
 //!
@@ -339,15 +342,24 @@ fn activate_local(os: &dyn BlockOs, plan: &Plan, device: &Path) -> Result<PathBu
 
     let (fs, formatted) = format_if_blank(os, plan, device)?;
 
+    // A read-only mount cannot grow, and a new file system already fills its device.
+    let grow = !formatted
+        && !plan.block.mount.read_only()
+        && os.needs_grow(device, fs).map_err(step_error("read the size of", device))?;
+    if grow && !fs.grows_mounted() {
+        os.grow(device, fs, None).map_err(step_error("grow", device))?;
+        tracing::info!(device = %device.display(), %fs, "grew the file system to fill the device");
+    }
+
     os.make_dir(mount_dir).map_err(step_error("create mount directory", mount_dir))?;
     let data = plan.block.mount.data_for(fs);
     os.mount(device, mount_dir, fs, plan.block.mount.flags, &data).map_err(step_error("mount", device))?;
     tracing::info!(device = %device.display(), mount = %mount_dir.display(), %fs, options = %data, "mounted");
 
     let rest = (|| {
-        // A read-only mount cannot grow, and a new file system already fills its device.
-        if !plan.block.mount.read_only() && !formatted {
-            os.grow(device, mount_dir, fs).map_err(step_error("grow", device))?;
+        if grow && fs.grows_mounted() {
+            os.grow(device, fs, Some(mount_dir)).map_err(step_error("grow", device))?;
+            tracing::info!(device = %device.display(), %fs, "grew the file system to fill the device");
         }
         prepare_root_path(os, plan, formatted)
     })();
@@ -511,8 +523,11 @@ mod tests {
     fn mount(dev: &str, fs: FsType, flags: MountFlags, data: &str) -> Call {
         Call::Mount { device: dev.into(), target: MNT.into(), fs, flags, data: data.into() }
     }
-    fn grow(dev: &str) -> Call {
-        Call::Grow { device: dev.into(), mountpoint: MNT.into(), fs: FsType::Ext4 }
+    fn needs_grow(dev: &str, fs: FsType) -> Call {
+        Call::NeedsGrow { device: dev.into(), fs }
+    }
+    fn grow(dev: &str, fs: FsType, mounted: bool) -> Call {
+        Call::Grow { device: dev.into(), fs, mountpoint: mounted.then(|| MNT.into()) }
     }
     fn ensure_data(spec: DirSpec) -> Call {
         Call::EnsureDir { path: DATA.into(), spec }
@@ -545,7 +560,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn second_activation_of_a_formatted_device_does_not_format_and_grows() {
+    async fn second_activation_of_a_formatted_device_does_not_format() {
         let (os, p) = setup("/data");
         let o = opts(&p, &[]);
         p.activate(&v1(), &o).await.unwrap();
@@ -560,9 +575,53 @@ mod tests {
                 attach(),
                 mounted_at(),
                 probe(dev),
+                needs_grow(dev, FsType::Ext4),
                 make_dir(),
                 mount(dev, FsType::Ext4, MountFlags::empty(), ""),
-                grow(dev),
+                ensure_data(SPEC),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_enlarged_ext4_device_is_grown_before_mounting() {
+        let (os, p) = setup("/data");
+        os.set_probe(IMG, Probe::Filesystem("ext4".into()));
+        os.set_needs_grow(IMG);
+        p.activate(&v1(), &opts(&p, &[])).await.unwrap();
+        assert_eq!(
+            os.calls(),
+            vec![
+                find(),
+                attach(),
+                mounted_at(),
+                probe(DEV),
+                needs_grow(DEV, FsType::Ext4),
+                grow(DEV, FsType::Ext4, false),
+                make_dir(),
+                mount(DEV, FsType::Ext4, MountFlags::empty(), ""),
+                ensure_data(SPEC),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_enlarged_xfs_device_is_grown_after_mounting() {
+        let (os, p) = setup("/data");
+        os.set_probe(IMG, Probe::Filesystem("xfs".into()));
+        os.set_needs_grow(IMG);
+        p.activate(&v1(), &opts(&p, &[("fsType", "xfs")])).await.unwrap();
+        assert_eq!(
+            os.calls(),
+            vec![
+                find(),
+                attach(),
+                mounted_at(),
+                probe(DEV),
+                needs_grow(DEV, FsType::Xfs),
+                make_dir(),
+                mount(DEV, FsType::Xfs, MountFlags::empty(), "nouuid"),
+                grow(DEV, FsType::Xfs, true),
                 ensure_data(SPEC),
             ]
         );
@@ -676,11 +735,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn grow_failure_unmounts_and_detaches() {
+    async fn offline_grow_failure_detaches() {
         let (os, p) = setup("/data");
         os.set_probe(IMG, Probe::Filesystem("ext4".into()));
-        os.fail_next(CallKind::Grow, Failure::Tool("resize2fs: bad superblock".into()));
+        os.set_needs_grow(IMG);
+        os.fail_next(CallKind::Grow, Failure::Tool("e2fsck: UNEXPECTED INCONSISTENCY".into()));
         let err = p.activate(&v1(), &opts(&p, &[])).await.unwrap_err();
+        assert!(matches!(&err, BackendError::Step { step: "grow", device, .. } if device == Path::new(DEV)), "{err}");
+        assert_eq!(
+            os.calls(),
+            vec![
+                find(),
+                attach(),
+                mounted_at(),
+                probe(DEV),
+                needs_grow(DEV, FsType::Ext4),
+                grow(DEV, FsType::Ext4, false),
+                find(),
+                detach(DEV),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn online_grow_failure_unmounts_and_detaches() {
+        let (os, p) = setup("/data");
+        os.set_probe(IMG, Probe::Filesystem("xfs".into()));
+        os.set_needs_grow(IMG);
+        os.fail_next(CallKind::Grow, Failure::Tool("xfs_growfs: bad superblock".into()));
+        let err = p.activate(&v1(), &opts(&p, &[("fsType", "xfs")])).await.unwrap_err();
         assert!(matches!(&err, BackendError::Step { step: "grow", .. }), "{err}");
         assert_eq!(
             os.calls(),
@@ -689,14 +772,16 @@ mod tests {
                 attach(),
                 mounted_at(),
                 probe(DEV),
+                needs_grow(DEV, FsType::Xfs),
                 make_dir(),
-                mount(DEV, FsType::Ext4, MountFlags::empty(), ""),
-                grow(DEV),
+                mount(DEV, FsType::Xfs, MountFlags::empty(), "nouuid"),
+                grow(DEV, FsType::Xfs, true),
                 unmount(false),
                 find(),
                 detach(DEV),
             ]
         );
+        assert!(os.mounted(Path::new(MNT)).is_none());
     }
 
     #[tokio::test]
@@ -746,10 +831,11 @@ mod tests {
     async fn a_read_only_volume_mounts_read_only_and_does_not_grow() {
         let (os, p) = setup("/data");
         os.set_probe(IMG, Probe::Filesystem("ext4".into()));
+        os.set_needs_grow(IMG);
         p.activate(&v1(), &opts(&p, &[("mountOptions", "ro,noatime")])).await.unwrap();
         let calls = os.calls();
         assert!(calls.contains(&mount(DEV, FsType::Ext4, MountFlags::RDONLY | MountFlags::NOATIME, "")), "{calls:?}");
-        assert!(!calls.iter().any(|c| c.kind() == CallKind::Grow));
+        assert!(!calls.iter().any(|c| matches!(c.kind(), CallKind::Grow | CallKind::NeedsGrow)));
     }
 
     #[tokio::test]

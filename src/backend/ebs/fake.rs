@@ -1,0 +1,735 @@
+//! An in-process EC2 for tests: [`FakeEc2`] (volumes, instances and their state machine) and
+//! [`FakeDeviceHost`] (the NVMe links an instance would see).
+//!
+//! Unlike moto, the fake behaves like EC2 where the backend's logic depends on it: volumes stay
+//! `creating` and attachments `attaching`/`detaching` for a set number of polls (or forever),
+//! AttachVolume refuses an attached volume (`VolumeInUse`), a volume in another AZ
+//! (`InvalidVolume.ZoneMismatch`) and a device name in use; CreateVolume honours the client
+//! token (`IdempotentParameterMismatch`); a KMS key can be marked bad so its volumes vanish right
+//! after CreateVolume; and any call can be throttled (`RequestLimitExceeded`) or failed on cue.
+//! Every call is recorded, so tests count EC2 calls.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::api::{
+    AttachState, CloudError, CreateVolumeRequest, Ec2Api, Instance, Volume, VolumeAttachment, VolumePage,
+    VolumeQuery, VolumeState,
+};
+use super::devices::DeviceHost;
+
+/// The EC2 operations, for counting and fault injection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Op {
+    /// CreateVolume.
+    CreateVolume,
+    /// DescribeVolumes (one page).
+    DescribeVolumes,
+    /// AttachVolume.
+    AttachVolume,
+    /// DetachVolume.
+    DetachVolume,
+    /// DeleteVolume.
+    DeleteVolume,
+    /// CreateTags.
+    CreateTags,
+    /// DescribeInstances.
+    DescribeInstances,
+}
+
+/// One recorded call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ec2Call {
+    /// CreateVolume with this Name tag and client token.
+    CreateVolume {
+        /// The Name tag.
+        name: Option<String>,
+        /// The client token.
+        token: String,
+    },
+    /// DescribeVolumes.
+    DescribeVolumes(VolumeQuery),
+    /// AttachVolume.
+    AttachVolume {
+        /// Volume.
+        volume: String,
+        /// Instance.
+        instance: String,
+        /// Device name.
+        device: String,
+    },
+    /// DetachVolume.
+    DetachVolume {
+        /// Volume.
+        volume: String,
+        /// Instance.
+        instance: String,
+        /// Forced.
+        force: bool,
+    },
+    /// DeleteVolume.
+    DeleteVolume(String),
+    /// CreateTags.
+    CreateTags(String, BTreeMap<String, String>),
+    /// DescribeInstances.
+    DescribeInstances(String),
+}
+
+impl Ec2Call {
+    /// The operation.
+    pub fn op(&self) -> Op {
+        match self {
+            Ec2Call::CreateVolume { .. } => Op::CreateVolume,
+            Ec2Call::DescribeVolumes(_) => Op::DescribeVolumes,
+            Ec2Call::AttachVolume { .. } => Op::AttachVolume,
+            Ec2Call::DetachVolume { .. } => Op::DetachVolume,
+            Ec2Call::DeleteVolume(_) => Op::DeleteVolume,
+            Ec2Call::CreateTags(..) => Op::CreateTags,
+            Ec2Call::DescribeInstances(_) => Op::DescribeInstances,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct FakeVolume {
+    volume: Volume,
+    /// Polls left in `creating`.
+    creating: u32,
+    /// Polls left in `attaching` (per instance).
+    attaching: BTreeMap<String, u32>,
+    /// Polls left in `detaching` (per instance).
+    detaching: BTreeMap<String, u32>,
+    /// Vanishes at the first describe (bad KMS key).
+    vanish: bool,
+}
+
+#[derive(Debug, Clone)]
+struct FakeInstance {
+    az: String,
+    devices: BTreeSet<String>,
+}
+
+#[derive(Debug, Default)]
+struct World {
+    volumes: BTreeMap<String, FakeVolume>,
+    instances: BTreeMap<String, FakeInstance>,
+    next_id: u64,
+    calls: Vec<Ec2Call>,
+    failures: Vec<(Op, CloudError)>,
+    throttled: BTreeMap<Op, u32>,
+    create_polls: u32,
+    attach_polls: u32,
+    detach_polls: u32,
+    stuck_attaching: bool,
+    page_size: usize,
+    bad_kms_keys: BTreeSet<String>,
+    /// Client token → (request without token, volume as created).
+    tokens: BTreeMap<String, (CreateVolumeRequest, Volume)>,
+}
+
+/// An in-process EC2; see the module documentation.
+#[derive(Debug)]
+pub struct FakeEc2 {
+    world: Mutex<World>,
+}
+
+impl Default for FakeEc2 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn err(code: &str, message: impl Into<String>) -> CloudError {
+    CloudError::from_code(code, &message.into(), Some(400))
+}
+
+fn glob_match(pattern: &str, value: &str) -> bool {
+    // EC2 filter values: `*` any run, `?` one char, `\` escapes.
+    fn go(p: &[char], v: &[char]) -> bool {
+        match p.split_first() {
+            None => v.is_empty(),
+            Some(('\\', rest)) => match (rest.split_first(), v.split_first()) {
+                (Some((c, prest)), Some((d, vrest))) => c == d && go(prest, vrest),
+                _ => false,
+            },
+            Some(('*', rest)) => (0..=v.len()).any(|i| go(rest, &v[i..])),
+            Some(('?', rest)) => !v.is_empty() && go(rest, &v[1..]),
+            Some((c, rest)) => v.first() == Some(c) && go(rest, &v[1..]),
+        }
+    }
+    go(&pattern.chars().collect::<Vec<_>>(), &value.chars().collect::<Vec<_>>())
+}
+
+fn matches_filter(v: &Volume, name: &str, values: &[String]) -> bool {
+    let any = |candidates: Vec<&str>| candidates.iter().any(|c| values.iter().any(|p| glob_match(p, c)));
+    if let Some(key) = name.strip_prefix("tag:") {
+        return v.tags.get(key).is_some_and(|val| any(vec![val.as_str()]));
+    }
+    match name {
+        "tag-key" => any(v.tags.keys().map(String::as_str).collect()),
+        "volume-id" => any(vec![v.id.as_str()]),
+        "availability-zone" => any(vec![v.availability_zone.as_str()]),
+        "status" => any(vec![v.state.as_str()]),
+        "attachment.instance-id" => any(v.live_attachments().map(|a| a.instance_id.as_str()).collect()),
+        "volume-type" => any(vec![v.volume_type.as_str()]),
+        _ => false,
+    }
+}
+
+impl FakeEc2 {
+    /// An empty EC2: no instances or volumes, every transition immediate, pages of 1000.
+    pub fn new() -> Self {
+        Self { world: Mutex::new(World { page_size: 1000, ..World::default() }) }
+    }
+
+    fn world(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records the call, then applies an injected throttle or failure.
+    fn enter(&self, call: Ec2Call) -> Result<MutexGuard<'_, World>, CloudError> {
+        let mut w = self.world();
+        let op = call.op();
+        w.calls.push(call);
+        if let Some(n) = w.throttled.get_mut(&op) {
+            if *n > 0 {
+                *n -= 1;
+                return Err(CloudError::from_code("RequestLimitExceeded", "Request limit exceeded.", Some(503)));
+            }
+        }
+        if let Some(i) = w.failures.iter().position(|(o, _)| *o == op) {
+            return Err(w.failures.remove(i).1);
+        }
+        Ok(w)
+    }
+
+    // ---- set-up ----
+
+    /// Adds a running instance in `az` with its root device `/dev/sda1` mapped.
+    pub fn add_instance(&self, id: &str, az: &str) {
+        self.world()
+            .instances
+            .insert(id.to_owned(), FakeInstance { az: az.to_owned(), devices: BTreeSet::from(["/dev/sda1".to_owned()]) });
+    }
+
+    /// Adds an available volume with these tags; returns its ID.
+    pub fn add_volume(&self, az: &str, size_gib: u64, tags: &[(&str, &str)]) -> String {
+        let mut w = self.world();
+        let id = Self::next_id(&mut w);
+        let volume = Volume {
+            id: id.clone(),
+            size_gib,
+            volume_type: "gp3".into(),
+            iops: Some(3000),
+            throughput: Some(125),
+            availability_zone: az.to_owned(),
+            state: VolumeState::Available,
+            encrypted: false,
+            kms_key_id: None,
+            snapshot_id: None,
+            tags: tags.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            attachments: Vec::new(),
+            create_time: Some("2026-11-01T00:00:00Z".into()),
+        };
+        let fv = FakeVolume {
+            volume,
+            creating: 0,
+            attaching: BTreeMap::new(),
+            detaching: BTreeMap::new(),
+            vanish: false,
+        };
+        w.volumes.insert(id.clone(), fv);
+        id
+    }
+
+    /// Attaches `volume` to `instance` as `device`, done (not recorded).
+    pub fn attach_existing(&self, volume: &str, instance: &str, device: &str) {
+        let mut w = self.world();
+        if let Some(i) = w.instances.get_mut(instance) {
+            i.devices.insert(device.to_owned());
+        }
+        let v = &mut w.volumes.get_mut(volume).expect("known volume").volume;
+        v.attachments.push(VolumeAttachment {
+            instance_id: instance.to_owned(),
+            device: device.to_owned(),
+            state: AttachState::Attached,
+        });
+        v.state = VolumeState::InUse;
+    }
+
+    /// New volumes stay `creating` for `n` describes of them.
+    pub fn set_create_polls(&self, n: u32) {
+        self.world().create_polls = n;
+    }
+
+    /// New attachments stay `attaching` for `n` describes of their volume.
+    pub fn set_attach_polls(&self, n: u32) {
+        self.world().attach_polls = n;
+    }
+
+    /// Detaches stay `detaching` for `n` describes of their volume.
+    pub fn set_detach_polls(&self, n: u32) {
+        self.world().detach_polls = n;
+    }
+
+    /// New attachments never leave `attaching`.
+    pub fn set_stuck_attaching(&self, stuck: bool) {
+        self.world().stuck_attaching = stuck;
+    }
+
+    /// DescribeVolumes pages hold at most `n` volumes.
+    pub fn set_page_size(&self, n: usize) {
+        self.world().page_size = n.max(1);
+    }
+
+    /// Volumes created with this KMS key vanish right after CreateVolume.
+    pub fn add_bad_kms_key(&self, key: &str) {
+        self.world().bad_kms_keys.insert(key.to_owned());
+    }
+
+    /// The next `n` calls of `op` fail with `RequestLimitExceeded`.
+    pub fn throttle(&self, op: Op, n: u32) {
+        self.world().throttled.insert(op, n);
+    }
+
+    /// The next call of `op` fails with `error`. Several queue up in order.
+    pub fn fail_next(&self, op: Op, error: CloudError) {
+        self.world().failures.push((op, error));
+    }
+
+    // ---- inspection ----
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<Ec2Call> {
+        self.world().calls.clone()
+    }
+
+    /// Every call so far, forgetting them.
+    pub fn take_calls(&self) -> Vec<Ec2Call> {
+        std::mem::take(&mut self.world().calls)
+    }
+
+    /// How many calls of `op` so far.
+    pub fn count(&self, op: Op) -> usize {
+        self.world().calls.iter().filter(|c| c.op() == op).count()
+    }
+
+    /// A volume as it is now (no transition).
+    pub fn volume(&self, id: &str) -> Option<Volume> {
+        self.world().volumes.get(id).map(|v| v.volume.clone())
+    }
+
+    /// Every volume.
+    pub fn volumes(&self) -> Vec<Volume> {
+        self.world().volumes.values().map(|v| v.volume.clone()).collect()
+    }
+
+    /// Volumes whose Name tag is `name`.
+    pub fn by_name(&self, name: &str) -> Vec<Volume> {
+        self.volumes().into_iter().filter(|v| v.name_tag() == Some(name)).collect()
+    }
+
+    /// Device names mapped on `instance`.
+    pub fn instance_devices(&self, instance: &str) -> Vec<String> {
+        self.world().instances.get(instance).map(|i| i.devices.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    fn next_id(w: &mut World) -> String {
+        w.next_id += 1;
+        format!("vol-{:017x}", 0xa000 + w.next_id)
+    }
+
+    /// Advances `id` one observation along its transitions.
+    fn observe(w: &mut World, id: &str) {
+        let stuck = w.stuck_attaching;
+        let Some(fv) = w.volumes.get_mut(id) else { return };
+        if fv.creating > 0 {
+            fv.creating -= 1;
+            if fv.creating == 0 {
+                fv.volume.state = VolumeState::Available;
+            }
+        }
+        let mut done_attaching = Vec::new();
+        for (inst, left) in &mut fv.attaching {
+            if !stuck {
+                *left = left.saturating_sub(1);
+                if *left == 0 {
+                    done_attaching.push(inst.clone());
+                }
+            }
+        }
+        for inst in done_attaching {
+            fv.attaching.remove(&inst);
+            for a in fv.volume.attachments.iter_mut().filter(|a| a.instance_id == inst) {
+                a.state = AttachState::Attached;
+            }
+        }
+        let mut done_detaching = Vec::new();
+        for (inst, left) in &mut fv.detaching {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                done_detaching.push(inst.clone());
+            }
+        }
+        for inst in done_detaching {
+            fv.detaching.remove(&inst);
+            fv.volume.attachments.retain(|a| a.instance_id != inst);
+        }
+        if fv.volume.state == VolumeState::InUse && fv.volume.attachments.is_empty() {
+            fv.volume.state = VolumeState::Available;
+        }
+    }
+
+    fn remove_attachment(w: &mut World, volume: &str, instance: &str) {
+        let device = w
+            .volumes
+            .get(volume)
+            .and_then(|fv| fv.volume.attachments.iter().find(|a| a.instance_id == instance))
+            .map(|a| a.device.clone());
+        if let (Some(device), Some(inst)) = (device, w.instances.get_mut(instance)) {
+            inst.devices.remove(&device);
+        }
+    }
+}
+
+#[async_trait]
+impl Ec2Api for FakeEc2 {
+    async fn create_volume(&self, req: &CreateVolumeRequest) -> Result<Volume, CloudError> {
+        let mut w = self.enter(Ec2Call::CreateVolume { name: req.tags.get("Name").cloned(), token: req.client_token.clone() })?;
+        let mut params = req.clone();
+        params.client_token = String::new();
+        if let Some((earlier, volume)) = w.tokens.get(&req.client_token) {
+            if *earlier != params {
+                return Err(err(
+                    "IdempotentParameterMismatch",
+                    "The client token you have provided is associated with a resource that is already deleted. Please use a different client token.",
+                ));
+            }
+            // EC2 answers with the volume the token made, even when it is gone since.
+            return Ok(volume.clone());
+        }
+        if req.availability_zone.is_empty() {
+            return Err(err("MissingParameter", "The request must contain the parameter AvailabilityZone"));
+        }
+        let id = Self::next_id(&mut w);
+        let creating = w.create_polls;
+        let vanish = req.kms_key_id.as_ref().is_some_and(|k| w.bad_kms_keys.contains(k));
+        let volume = Volume {
+            id: id.clone(),
+            size_gib: req.size_gib.unwrap_or(8),
+            volume_type: req.volume_type.clone(),
+            iops: req.iops.or((req.volume_type == "gp3").then_some(3000)),
+            throughput: req.throughput.or((req.volume_type == "gp3").then_some(125)),
+            availability_zone: req.availability_zone.clone(),
+            state: if creating > 0 { VolumeState::Creating } else { VolumeState::Available },
+            encrypted: req.encrypted || req.kms_key_id.is_some(),
+            kms_key_id: req.kms_key_id.clone(),
+            snapshot_id: req.snapshot_id.clone(),
+            tags: req.tags.clone(),
+            attachments: Vec::new(),
+            create_time: Some("2026-11-25T00:00:00Z".into()),
+        };
+        let mut answer = volume.clone();
+        answer.state = VolumeState::Creating;
+        w.tokens.insert(req.client_token.clone(), (params, answer.clone()));
+        w.volumes.insert(
+            id,
+            FakeVolume { volume, creating, attaching: BTreeMap::new(), detaching: BTreeMap::new(), vanish },
+        );
+        Ok(answer)
+    }
+
+    async fn describe_volumes(&self, query: &VolumeQuery) -> Result<VolumePage, CloudError> {
+        let mut w = self.enter(Ec2Call::DescribeVolumes(query.clone()))?;
+        // Vanishing volumes are gone by the first look.
+        w.volumes.retain(|_, v| !v.vanish);
+        for id in &query.ids {
+            if !w.volumes.contains_key(id) {
+                return Err(err("InvalidVolume.NotFound", format!("The volume '{id}' does not exist.")));
+            }
+        }
+        let ids: Vec<String> = w
+            .volumes
+            .values()
+            .filter(|fv| query.ids.is_empty() || query.ids.contains(&fv.volume.id))
+            .filter(|fv| query.filters.iter().all(|(n, vals)| matches_filter(&fv.volume, n, vals)))
+            .map(|fv| fv.volume.id.clone())
+            .collect();
+        let start: usize = query.next_token.as_deref().and_then(|t| t.parse().ok()).unwrap_or(0);
+        let size = query.max_results.map_or(w.page_size, |m| (m as usize).min(w.page_size));
+        let page: Vec<String> = ids.iter().skip(start).take(size).cloned().collect();
+        let next_token = (start + page.len() < ids.len()).then(|| (start + page.len()).to_string());
+        let mut volumes = Vec::with_capacity(page.len());
+        for id in &page {
+            Self::observe(&mut w, id);
+            volumes.push(w.volumes[id].volume.clone());
+        }
+        Ok(VolumePage { volumes, next_token })
+    }
+
+    async fn attach_volume(&self, volume_id: &str, instance_id: &str, device: &str) -> Result<AttachState, CloudError> {
+        let mut w = self.enter(Ec2Call::AttachVolume {
+            volume: volume_id.to_owned(),
+            instance: instance_id.to_owned(),
+            device: device.to_owned(),
+        })?;
+        let inst = w
+            .instances
+            .get(instance_id)
+            .cloned()
+            .ok_or_else(|| err("InvalidInstanceID.NotFound", format!("The instance ID '{instance_id}' does not exist")))?;
+        let (polls, stuck) = (w.attach_polls, w.stuck_attaching);
+        let fv = w
+            .volumes
+            .get_mut(volume_id)
+            .ok_or_else(|| err("InvalidVolume.NotFound", format!("The volume '{volume_id}' does not exist.")))?;
+        if fv.volume.availability_zone != inst.az {
+            return Err(err(
+                "InvalidVolume.ZoneMismatch",
+                format!(
+                    "The volume '{volume_id}' is not in the same availability zone as instance '{instance_id}'"
+                ),
+            ));
+        }
+        if fv.volume.live_attachments().next().is_some() {
+            return Err(err("VolumeInUse", format!("{volume_id} is already attached to an instance")));
+        }
+        if fv.volume.state != VolumeState::Available {
+            return Err(err("IncorrectState", format!("The volume '{volume_id}' is '{}'", fv.volume.state.as_str())));
+        }
+        if inst.devices.contains(device) {
+            return Err(err("InvalidParameterValue", format!("Invalid value '{device}' for unixDevice. Attachment point {device} is already in use")));
+        }
+        let state = if polls > 0 || stuck { AttachState::Attaching } else { AttachState::Attached };
+        fv.volume.attachments.push(VolumeAttachment {
+            instance_id: instance_id.to_owned(),
+            device: device.to_owned(),
+            state: state.clone(),
+        });
+        fv.volume.state = VolumeState::InUse;
+        if state == AttachState::Attaching {
+            fv.attaching.insert(instance_id.to_owned(), polls.max(1));
+        }
+        w.instances.get_mut(instance_id).expect("checked").devices.insert(device.to_owned());
+        Ok(AttachState::Attaching)
+    }
+
+    async fn detach_volume(&self, volume_id: &str, instance_id: &str, force: bool) -> Result<(), CloudError> {
+        let mut w = self.enter(Ec2Call::DetachVolume {
+            volume: volume_id.to_owned(),
+            instance: instance_id.to_owned(),
+            force,
+        })?;
+        let polls = w.detach_polls;
+        let fv = w
+            .volumes
+            .get_mut(volume_id)
+            .ok_or_else(|| err("InvalidVolume.NotFound", format!("The volume '{volume_id}' does not exist.")))?;
+        if fv.volume.attachment_to(instance_id).is_none() {
+            return Err(err("IncorrectState", format!("Volume '{volume_id}' is in the 'available' state.")));
+        }
+        fv.attaching.remove(instance_id);
+        if polls > 0 {
+            for a in fv.volume.attachments.iter_mut().filter(|a| a.instance_id == instance_id) {
+                a.state = AttachState::Detaching;
+            }
+            fv.detaching.insert(instance_id.to_owned(), polls);
+            Self::remove_attachment(&mut w, volume_id, instance_id);
+        } else {
+            Self::remove_attachment(&mut w, volume_id, instance_id);
+            let fv = w.volumes.get_mut(volume_id).expect("checked");
+            fv.volume.attachments.retain(|a| a.instance_id != instance_id);
+            if fv.volume.attachments.is_empty() {
+                fv.volume.state = VolumeState::Available;
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_volume(&self, volume_id: &str) -> Result<(), CloudError> {
+        let mut w = self.enter(Ec2Call::DeleteVolume(volume_id.to_owned()))?;
+        let fv = w
+            .volumes
+            .get(volume_id)
+            .ok_or_else(|| err("InvalidVolume.NotFound", format!("The volume '{volume_id}' does not exist.")))?;
+        if fv.volume.live_attachments().next().is_some() {
+            return Err(err("VolumeInUse", format!("Volume {volume_id} is currently attached to an instance")));
+        }
+        w.volumes.remove(volume_id);
+        Ok(())
+    }
+
+    async fn create_tags(&self, resource_id: &str, tags: &BTreeMap<String, String>) -> Result<(), CloudError> {
+        let mut w = self.enter(Ec2Call::CreateTags(resource_id.to_owned(), tags.clone()))?;
+        let fv = w
+            .volumes
+            .get_mut(resource_id)
+            .ok_or_else(|| err("InvalidVolume.NotFound", format!("The volume '{resource_id}' does not exist.")))?;
+        fv.volume.tags.extend(tags.clone());
+        Ok(())
+    }
+
+    async fn describe_instance(&self, instance_id: &str) -> Result<Instance, CloudError> {
+        let w = self.enter(Ec2Call::DescribeInstances(instance_id.to_owned()))?;
+        let inst = w
+            .instances
+            .get(instance_id)
+            .ok_or_else(|| err("InvalidInstanceID.NotFound", format!("The instance ID '{instance_id}' does not exist")))?;
+        Ok(Instance {
+            id: instance_id.to_owned(),
+            availability_zone: inst.az.clone(),
+            device_names: inst.devices.iter().cloned().collect(),
+        })
+    }
+}
+
+/// The devices one fake instance sees: a volume attached (state `attached`) to it shows up as
+/// `<links>/nvme-Amazon_Elastic_Block_Store_vol<hex>` → `/dev/nvme<N>n1`, with the volume's
+/// serial, after `link_delay` looks (udev lag).
+#[derive(Debug)]
+pub struct FakeDeviceHost {
+    ec2: Arc<FakeEc2>,
+    instance: String,
+    links: PathBuf,
+    state: Mutex<HostState>,
+}
+
+#[derive(Debug, Default)]
+struct HostState {
+    link_delay: u32,
+    looks: BTreeMap<String, u32>,
+    serials: BTreeMap<String, String>,
+}
+
+impl FakeDeviceHost {
+    /// The host of `instance`, with links under `links`.
+    pub fn new(ec2: Arc<FakeEc2>, instance: &str, links: impl Into<PathBuf>) -> Self {
+        Self { ec2, instance: instance.to_owned(), links: links.into(), state: Mutex::default() }
+    }
+
+    /// Each link appears only after `n` unsuccessful looks.
+    pub fn set_link_delay(&self, n: u32) {
+        self.state.lock().expect("poisoned").link_delay = n;
+    }
+
+    /// The device of `volume` reports `serial` (to test the serial check).
+    pub fn set_serial(&self, volume: &str, serial: &str) {
+        self.state.lock().expect("poisoned").serials.insert(volume.to_owned(), serial.to_owned());
+    }
+
+    /// The device node the fake uses for `volume`.
+    pub fn device_of(volume: &str) -> PathBuf {
+        let n = u64::from_str_radix(volume.trim_start_matches("vol-"), 16).unwrap_or(0) & 0xff;
+        PathBuf::from(format!("/dev/nvme{n}n1"))
+    }
+}
+
+impl DeviceHost for FakeDeviceHost {
+    fn resolve(&self, path: &Path) -> Option<PathBuf> {
+        let name = path.strip_prefix(&self.links).ok()?.to_str()?;
+        let hex = name.strip_prefix("nvme-Amazon_Elastic_Block_Store_vol")?;
+        let id = format!("vol-{hex}");
+        let volume = self.ec2.volume(&id)?;
+        let attached = volume
+            .attachments
+            .iter()
+            .any(|a| a.instance_id == self.instance && a.state == AttachState::Attached);
+        if !attached {
+            return None;
+        }
+        let mut st = self.state.lock().expect("poisoned");
+        let delay = st.link_delay;
+        let looks = st.looks.entry(id.clone()).or_insert(0);
+        if *looks < delay {
+            *looks += 1;
+            return None;
+        }
+        Some(Self::device_of(&id))
+    }
+
+    fn serial(&self, device: &Path) -> Option<String> {
+        let st = self.state.lock().expect("poisoned");
+        self.ec2
+            .volumes()
+            .into_iter()
+            .find(|v| Self::device_of(&v.id) == device)
+            .map(|v| st.serials.get(&v.id).cloned().unwrap_or_else(|| v.id.replace('-', "")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("prod/*", "prod/db"));
+        assert!(!glob_match("prod/*", "dev/db"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(glob_match("a\\*c", "a*c"));
+        assert!(!glob_match("a\\*c", "abc"));
+    }
+
+    #[tokio::test]
+    async fn ec2_rules_moto_skips() {
+        let ec2 = FakeEc2::new();
+        ec2.add_instance("i-a", "us-east-1a");
+        ec2.add_instance("i-b", "us-east-1b");
+        let v = ec2.add_volume("us-east-1a", 1, &[("Name", "v")]);
+        let zone = ec2.attach_volume(&v, "i-b", "/dev/xvdf").await.unwrap_err();
+        assert_eq!(zone.code, "InvalidVolume.ZoneMismatch");
+        ec2.attach_volume(&v, "i-a", "/dev/xvdf").await.unwrap();
+        let again = ec2.attach_volume(&v, "i-a", "/dev/xvdg").await.unwrap_err();
+        assert_eq!(again.code, "VolumeInUse");
+        let v2 = ec2.add_volume("us-east-1a", 1, &[]);
+        let dev = ec2.attach_volume(&v2, "i-a", "/dev/xvdf").await.unwrap_err();
+        assert_eq!(dev.kind, super::super::api::CloudErrorKind::DeviceInUse);
+        assert_eq!(ec2.delete_volume(&v).await.unwrap_err().code, "VolumeInUse");
+        ec2.detach_volume(&v, "i-a", false).await.unwrap();
+        assert_eq!(ec2.detach_volume(&v, "i-a", false).await.unwrap_err().code, "IncorrectState");
+        ec2.delete_volume(&v).await.unwrap();
+        assert_eq!(ec2.delete_volume(&v).await.unwrap_err().code, "InvalidVolume.NotFound");
+    }
+
+    #[tokio::test]
+    async fn client_tokens_are_idempotent() {
+        let ec2 = FakeEc2::new();
+        let req = CreateVolumeRequest {
+            size_gib: Some(1),
+            availability_zone: "us-east-1a".into(),
+            volume_type: "gp3".into(),
+            client_token: "t1".into(),
+            ..CreateVolumeRequest::default()
+        };
+        let a = ec2.create_volume(&req).await.unwrap();
+        let b = ec2.create_volume(&req).await.unwrap();
+        assert_eq!(a.id, b.id);
+        assert_eq!(ec2.volumes().len(), 1);
+        let other = CreateVolumeRequest { size_gib: Some(2), ..req };
+        assert_eq!(ec2.create_volume(&other).await.unwrap_err().code, "IdempotentParameterMismatch");
+    }
+
+    #[tokio::test]
+    async fn transitions_take_polls_and_pages_split() {
+        let ec2 = FakeEc2::new();
+        ec2.add_instance("i-a", "us-east-1a");
+        ec2.set_attach_polls(2);
+        let v = ec2.add_volume("us-east-1a", 1, &[]);
+        ec2.attach_volume(&v, "i-a", "/dev/xvdf").await.unwrap();
+        let state = |p: VolumePage| p.volumes[0].attachments[0].state.clone();
+        assert_eq!(state(ec2.describe_volumes(&VolumeQuery::by_id(&v)).await.unwrap()), AttachState::Attaching);
+        assert_eq!(state(ec2.describe_volumes(&VolumeQuery::by_id(&v)).await.unwrap()), AttachState::Attached);
+        for _ in 0..4 {
+            ec2.add_volume("us-east-1a", 1, &[("k", "v")]);
+        }
+        ec2.set_page_size(3);
+        let q = VolumeQuery::filtered(vec![("tag:k".into(), vec!["v".into()])]);
+        let p1 = ec2.describe_volumes(&q).await.unwrap();
+        assert_eq!((p1.volumes.len(), p1.next_token.as_deref()), (3, Some("3")));
+        let p2 = ec2.describe_volumes(&VolumeQuery { next_token: p1.next_token, ..q }).await.unwrap();
+        assert_eq!((p2.volumes.len(), p2.next_token), (1, None));
+    }
+}

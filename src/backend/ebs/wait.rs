@@ -1,0 +1,340 @@
+//! Bounded waits and retries, all on tokio's clock (so tests run them with `time::pause()`).
+//!
+//! - [`StatusWait`]: REX-Ray's `ebs.statusMaxAttempts` / `statusInitialDelay` / `statusTimeout`:
+//!   poll at once, then after `initial`, `2×initial`, `4×initial`, … (each delay capped at
+//!   [`MAX_POLL_DELAY`]) until the condition holds, the attempts run out or the deadline passes.
+//! - [`RetryPolicy`]: retries throttled (`RequestLimitExceeded`) and transient EC2 failures with
+//!   exponential backoff and full jitter, within `ebs.maxRetries` and a time budget that keeps a
+//!   call inside Docker's 1–2 minute limits.
+
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::api::CloudError;
+
+/// The longest delay between two status polls.
+pub const MAX_POLL_DELAY: Duration = Duration::from_secs(15);
+
+/// The polling schedule of a wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusWait {
+    /// Polls in all (at least 1).
+    pub max_attempts: u32,
+    /// Delay before the second poll; doubled for each later one.
+    pub initial_delay: Duration,
+    /// Hard deadline from the first poll.
+    pub timeout: Duration,
+}
+
+/// What one poll found.
+#[derive(Debug)]
+pub enum Poll<T> {
+    /// The wait is over.
+    Ready(T),
+    /// Not yet; the text says what was seen (for the timeout message).
+    Pending(String),
+}
+
+/// Why a wait ended without the condition.
+#[derive(Debug)]
+pub enum WaitError<E> {
+    /// Attempts or time ran out; carries what the last poll saw, the polls and the time spent.
+    TimedOut {
+        /// What the last poll saw.
+        last: String,
+        /// Polls made.
+        attempts: u32,
+        /// Time spent.
+        elapsed: Duration,
+    },
+    /// A poll failed for good.
+    Failed(E),
+}
+
+impl StatusWait {
+    /// The delay before poll `n` (0-based; poll 0 has none).
+    pub fn delay_before(&self, n: u32) -> Duration {
+        if n == 0 {
+            return Duration::ZERO;
+        }
+        let factor = 1u32.checked_shl(n - 1).unwrap_or(u32::MAX);
+        self.initial_delay.checked_mul(factor).unwrap_or(MAX_POLL_DELAY).min(MAX_POLL_DELAY)
+    }
+
+    /// Polls `f` on this schedule.
+    ///
+    /// # Errors
+    /// [`WaitError::Failed`] with `f`'s error, or [`WaitError::TimedOut`].
+    pub async fn run<T, E, F, Fut>(&self, mut f: F) -> Result<T, WaitError<E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Poll<T>, E>>,
+    {
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        let mut last = String::from("nothing yet");
+        let mut attempts = 0;
+        while attempts < self.max_attempts.max(1) {
+            let delay = self.delay_before(attempts);
+            if attempts > 0 {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                // The last poll happens at the deadline, not after it.
+                tokio::time::sleep_until((now + delay).min(deadline)).await;
+            }
+            attempts += 1;
+            match f().await.map_err(WaitError::Failed)? {
+                Poll::Ready(v) => return Ok(v),
+                Poll::Pending(seen) => last = seen,
+            }
+        }
+        Err(WaitError::TimedOut { last, attempts, elapsed: start.elapsed() })
+    }
+}
+
+/// Retries of throttled and transient EC2 calls.
+#[derive(Debug)]
+pub struct RetryPolicy {
+    /// Retries after the first try (`ebs.maxRetries`).
+    pub max_retries: u32,
+    /// The backoff cap before jitter for retry 1; doubled for each later one.
+    pub base: Duration,
+    /// The largest backoff cap.
+    pub max_delay: Duration,
+    /// No retry starts after this much time since the first try.
+    pub budget: Duration,
+    /// Jitter source.
+    rng: Jitter,
+}
+
+impl RetryPolicy {
+    /// `max_retries` retries, 250 ms base, 10 s cap, 45 s budget.
+    pub fn new(max_retries: u32) -> Self {
+        Self {
+            max_retries,
+            base: Duration::from_millis(250),
+            max_delay: Duration::from_secs(10),
+            budget: Duration::from_secs(45),
+            rng: Jitter::new(),
+        }
+    }
+
+    /// The backoff cap of retry `n` (1-based), before jitter.
+    pub fn cap(&self, n: u32) -> Duration {
+        let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.base.checked_mul(factor).unwrap_or(self.max_delay).min(self.max_delay)
+    }
+
+    /// Runs `f`, retrying retryable errors ([`CloudError::is_retryable`]).
+    ///
+    /// # Errors
+    /// The last error: a non-retryable one at once, a retryable one when retries or the budget
+    /// are used up.
+    pub async fn run<T, F, Fut>(&self, op: &str, mut f: F) -> Result<T, CloudError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, CloudError>>,
+    {
+        let start = Instant::now();
+        let mut retry = 0;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() && retry < self.max_retries => {
+                    retry += 1;
+                    let sleep = self.rng.below(self.cap(retry));
+                    if start.elapsed() + sleep > self.budget {
+                        tracing::warn!(op, error = %e, retries = retry - 1, "EC2 call still failing at the end of its time budget");
+                        return Err(e);
+                    }
+                    tracing::debug!(op, error = %e, retry, sleep_ms = sleep.as_millis() as u64, "retrying EC2 call");
+                    tokio::time::sleep(sleep).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A small xorshift generator for backoff jitter (not for anything secret).
+#[derive(Debug)]
+pub struct Jitter(Mutex<u64>);
+
+impl Jitter {
+    /// Seeded from the process's random hash keys.
+    pub fn new() -> Self {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0x9e37_79b9_7f4a_7c15);
+        Self(Mutex::new(h.finish() | 1))
+    }
+
+    fn next(&self) -> u64 {
+        let mut s = self.0.lock().expect("jitter lock poisoned");
+        let mut x = *s;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *s = x;
+        x
+    }
+
+    /// A uniformly random duration in `[0, max]` (full jitter).
+    pub fn below(&self, max: Duration) -> Duration {
+        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+        if nanos == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(self.next() % (nanos.saturating_add(1)))
+    }
+}
+
+impl Default for Jitter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::ebs::api::CloudErrorKind;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn wait(max_attempts: u32, initial_ms: u64, timeout_s: u64) -> StatusWait {
+        StatusWait {
+            max_attempts,
+            initial_delay: Duration::from_millis(initial_ms),
+            timeout: Duration::from_secs(timeout_s),
+        }
+    }
+
+    #[test]
+    fn delays_double_and_are_capped() {
+        let w = wait(10, 100, 120);
+        let d: Vec<u64> = (0..10).map(|n| w.delay_before(n).as_millis() as u64).collect();
+        assert_eq!(d, [0, 100, 200, 400, 800, 1600, 3200, 6400, 12800, 15000]);
+        assert_eq!(w.delay_before(60), MAX_POLL_DELAY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_after_n_polls_takes_the_sum_of_the_delays() {
+        let polls = AtomicU32::new(0);
+        let start = Instant::now();
+        let got = wait(10, 100, 120)
+            .run(|| async {
+                let n = polls.fetch_add(1, Ordering::SeqCst) + 1;
+                Ok::<_, ()>(if n == 4 { Poll::Ready(n) } else { Poll::Pending(format!("poll {n}")) })
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, 4);
+        assert_eq!(start.elapsed(), Duration::from_millis(100 + 200 + 400));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_run_out() {
+        let start = Instant::now();
+        let err = wait(3, 100, 120).run(|| async { Ok::<Poll<()>, ()>(Poll::Pending("attaching".into())) }).await;
+        match err {
+            Err(WaitError::TimedOut { last, attempts, elapsed }) => {
+                assert_eq!((last.as_str(), attempts), ("attaching", 3));
+                assert_eq!(elapsed, Duration::from_millis(300));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_cuts_the_schedule() {
+        // 10 attempts from 1 s would take 1+2+4+8+15+15+… s; the 10 s deadline stops it.
+        let start = Instant::now();
+        let err = wait(10, 1000, 10).run(|| async { Ok::<Poll<()>, ()>(Poll::Pending("x".into())) }).await;
+        let Err(WaitError::TimedOut { attempts, .. }) = err else { panic!() };
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        // Polls at 0, 1, 3, 7 and at the deadline (10).
+        assert_eq!(attempts, 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_poll_ends_the_wait() {
+        let err = wait(10, 100, 10).run(|| async { Err::<Poll<()>, _>("boom") }).await;
+        assert!(matches!(err, Err(WaitError::Failed("boom"))));
+    }
+
+    fn throttled() -> CloudError {
+        CloudError::from_code("RequestLimitExceeded", "Request limit exceeded.", Some(503))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_is_retried_with_jittered_backoff() {
+        let policy = RetryPolicy::new(10);
+        let calls = AtomicU32::new(0);
+        let start = Instant::now();
+        let v = policy
+            .run("DescribeVolumes", || async {
+                if calls.fetch_add(1, Ordering::SeqCst) < 4 {
+                    Err(throttled())
+                } else {
+                    Ok(7)
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!((v, calls.load(Ordering::SeqCst)), (7, 5));
+        // At most the sum of the caps: 250 + 500 + 1000 + 2000 ms.
+        assert!(start.elapsed() <= Duration::from_millis(3750), "{:?}", start.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_and_budget_are_bounded() {
+        let policy = RetryPolicy::new(3);
+        let calls = AtomicU32::new(0);
+        let err = policy
+            .run("AttachVolume", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(throttled())
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, CloudErrorKind::Throttled);
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+
+        // A huge retry count still stops within the budget (plus at most one cap).
+        let policy = RetryPolicy::new(1_000);
+        let start = Instant::now();
+        policy.run("x", || async { Err::<(), _>(throttled()) }).await.unwrap_err();
+        assert!(start.elapsed() <= policy.budget, "{:?}", start.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_errors_are_not_retried() {
+        let policy = RetryPolicy::new(10);
+        let calls = AtomicU32::new(0);
+        let err = policy
+            .run("DeleteVolume", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(CloudError::from_code("VolumeInUse", "in use", Some(400)))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, CloudErrorKind::VolumeInUse);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        let j = Jitter::new();
+        let max = Duration::from_millis(500);
+        let samples: Vec<Duration> = (0..1000).map(|_| j.below(max)).collect();
+        assert!(samples.iter().all(|d| *d <= max));
+        assert!(samples.iter().any(|d| *d < max / 4) && samples.iter().any(|d| *d > max * 3 / 4));
+        assert_eq!(j.below(Duration::ZERO), Duration::ZERO);
+    }
+}

@@ -1,0 +1,161 @@
+//! The private admin API, served on `<run>/rexray-admin.sock` (mode 0600, so root only).
+//!
+//! It lets `rexray volume …` act through the running daemon, so that the daemon's per-volume
+//! locks and mount accounting stay right. It adds nothing new on the wire:
+//!
+//! - `POST /Admin.Info` → `{"Version", "Pid", "Config", "Services": [{"Name", "Backend"}]}`;
+//! - `POST /services/<name>/VolumeDriver.*` → the Docker VolumeDriver endpoints of the service
+//!   `<name>` (the same router as a plugin socket, see [`super::router`]).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+
+use super::error::json_response;
+use super::routes::ServiceSource;
+
+/// The file name of the admin socket inside the daemon's run directory.
+pub const SOCKET_NAME: &str = "rexray-admin.sock";
+
+/// The path prefix under which a service's VolumeDriver endpoints are served.
+pub fn service_prefix(service: &str) -> String {
+    format!("/services/{service}")
+}
+
+/// One service the daemon serves.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    /// The service name (`libstorage.server.services.<name>`).
+    pub name: String,
+    /// The backend kind (`vfs`, `loop`, `ebs`).
+    pub backend: &'static str,
+    /// The service itself (opened lazily).
+    pub handle: ServiceSource,
+}
+
+/// `/Admin.Info` reply: who is answering.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoResponse {
+    /// The daemon's version.
+    #[serde(rename = "Version")]
+    pub version: String,
+    /// The daemon's process ID.
+    #[serde(rename = "Pid")]
+    pub pid: u32,
+    /// The config file the daemon read, if any.
+    #[serde(rename = "Config", default)]
+    pub config: Option<String>,
+    /// The services, in configuration order.
+    #[serde(rename = "Services")]
+    pub services: Vec<ServiceInfo>,
+}
+
+/// One service in [`InfoResponse`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    /// The service name.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// The backend kind.
+    #[serde(rename = "Backend")]
+    pub backend: String,
+}
+
+/// The admin router: `/Admin.Info` plus every service's VolumeDriver endpoints under
+/// [`service_prefix`].
+pub fn router(services: Vec<AdminService>, config: Option<String>) -> Router {
+    let info = InfoResponse {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        config,
+        services: services
+            .iter()
+            .map(|s| ServiceInfo { name: s.name.clone(), backend: s.backend.to_string() })
+            .collect(),
+    };
+    let mut app = Router::new().route("/Admin.Info", post(info_handler)).with_state(std::sync::Arc::new(info));
+    for service in services {
+        app = app.nest(&service_prefix(&service.name), super::router(service.handle));
+    }
+    app
+}
+
+async fn info_handler(State(info): State<std::sync::Arc<InfoResponse>>) -> Response {
+    json_response(StatusCode::OK, &*info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::fake::FakeBackend;
+    use crate::config::Integration;
+    use crate::service::{ServiceHandle, VolumeService};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn settings() -> Integration {
+        Integration {
+            preempt: false,
+            ignore_used_count: false,
+            implicit_create: true,
+            create_disable: false,
+            remove_disable: false,
+            default_size_gib: 16,
+            default_fs_type: "ext4".into(),
+            default_volume_type: None,
+            default_iops: None,
+            default_availability_zone: None,
+            mount_path: "/unused".into(),
+            root_path: "/data".into(),
+            file_mode: 0o700,
+        }
+    }
+
+    /// One `Connection: close` POST; returns the status code and the body.
+    async fn post(socket: &std::path::Path, path: &str, body: &str) -> (u16, String) {
+        let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).await.unwrap();
+        let status = reply[9..12].parse().unwrap();
+        let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn info_and_nested_services() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeBackend::default());
+        let service = VolumeService::open("one", fake.clone(), settings(), dir.path().join("state")).await.unwrap();
+        let handle = Arc::new(ServiceHandle::ready(Arc::new(service)));
+        let app = router(
+            vec![AdminService { name: "one".into(), backend: "fake", handle }],
+            Some("/etc/rexray/rexray.yml".into()),
+        );
+        let socket = dir.path().join(SOCKET_NAME);
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let (status, body) = post(&socket, "/Admin.Info", "").await;
+        assert_eq!(status, 200, "{body}");
+        let info: InfoResponse = serde_json::from_str(&body).unwrap();
+        assert_eq!(info.services, vec![ServiceInfo { name: "one".into(), backend: "fake".into() }]);
+        assert_eq!(info.pid, std::process::id());
+        assert_eq!(info.config.as_deref(), Some("/etc/rexray/rexray.yml"));
+
+        let (status, body) = post(&socket, "/services/one/VolumeDriver.Mount", r#"{"Name":"v","ID":"cli"}"#).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("/fake/v"), "{body}");
+        assert_eq!(fake.calls(), ["create:v", "activate:v"]);
+        let (status, _) = post(&socket, "/services/two/VolumeDriver.Get", r#"{"Name":"v"}"#).await;
+        assert_eq!(status, 404);
+        server.abort();
+    }
+}
