@@ -21,21 +21,7 @@ struct Server {
 }
 
 fn settings() -> Integration {
-    Integration {
-        preempt: false,
-        ignore_used_count: false,
-        implicit_create: true,
-        create_disable: false,
-        remove_disable: false,
-        default_size_gib: 16,
-        default_fs_type: "ext4".into(),
-        default_volume_type: None,
-        default_iops: None,
-        default_availability_zone: None,
-        mount_path: "/unused".into(),
-        root_path: "/data".into(),
-        file_mode: 0o700,
-    }
+    Integration::defaults(std::path::Path::new("/var/lib/rexray"))
 }
 
 async fn start_with(dir: tempfile::TempDir, fake: Arc<FakeBackend>) -> Server {

@@ -100,6 +100,28 @@ pub struct Integration {
     pub file_mode: u32,
 }
 
+impl Integration {
+    /// REX-Ray's defaults, with the mount path under `lib` (`<lib>/volumes`).
+    #[must_use]
+    pub fn defaults(lib: &Path) -> Self {
+        Self {
+            preempt: false,
+            ignore_used_count: false,
+            implicit_create: true,
+            create_disable: false,
+            remove_disable: false,
+            default_size_gib: 16,
+            default_fs_type: "ext4".into(),
+            default_volume_type: None,
+            default_iops: None,
+            default_availability_zone: None,
+            mount_path: lib.join("volumes"),
+            root_path: "/data".into(),
+            file_mode: 0o700,
+        }
+    }
+}
+
 /// One storage service: a name, a backend and that backend's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
@@ -333,21 +355,7 @@ mod tests {
     }
 
     fn default_integration(lib: &Path) -> Integration {
-        Integration {
-            preempt: false,
-            ignore_used_count: false,
-            implicit_create: true,
-            create_disable: false,
-            remove_disable: false,
-            default_size_gib: 16,
-            default_fs_type: "ext4".into(),
-            default_volume_type: None,
-            default_iops: None,
-            default_availability_zone: None,
-            mount_path: lib.join("volumes"),
-            root_path: "/data".into(),
-            file_mode: 0o700,
-        }
+        Integration::defaults(lib)
     }
 
     // ----- defaults, paths, load ------------------------------------------------------
