@@ -92,7 +92,12 @@ impl CallError {
 /// # Errors
 /// [`CallError::Connect`] when nothing answers, [`CallError::Plugin`] for a non-200 reply (with
 /// the `Err` text), [`CallError::Timeout`] after `timeout`, [`CallError::Http`] otherwise.
-pub async fn call(addr: &Addr, method: &str, body: Option<&serde_json::Value>, timeout: Duration) -> Result<Bytes, CallError> {
+pub async fn call(
+    addr: &Addr,
+    method: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> Result<Bytes, CallError> {
     let payload = match body {
         Some(value) => {
             let mut bytes = serde_json::to_vec(value).map_err(|e| http_err(method, e))?;
@@ -203,7 +208,11 @@ mod tests {
                 if let Some((head, body)) = text.split_once("\r\n\r\n") {
                     let len = head
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
                         .unwrap_or(0);
                     if body.len() >= len {
                         break;
@@ -242,9 +251,12 @@ mod tests {
     async fn empty_body_for_activate_and_err_in_a_200() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("p.sock");
-        let server =
-            one_shot_server(&sock, "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nConnection: close\r\n\r\n{\"Err\":\"no\"}\n");
-        let err = call_json(&Addr::Unix(sock.clone()), "Plugin.Activate", None, Duration::from_secs(5)).await.unwrap_err();
+        let server = one_shot_server(
+            &sock,
+            "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nConnection: close\r\n\r\n{\"Err\":\"no\"}\n",
+        );
+        let err =
+            call_json(&Addr::Unix(sock.clone()), "Plugin.Activate", None, Duration::from_secs(5)).await.unwrap_err();
         assert_eq!(err.to_string(), "Plugin.Activate: no");
         let request = server.join().unwrap();
         assert!(request.ends_with("\r\n\r\n"), "empty body: {request:?}");

@@ -161,7 +161,8 @@ mod tests {
 
     #[test]
     fn env_of_a_config_redacts_secrets() {
-        let text = "libstorage:\n  service: ebs\nebs:\n  accessKey: AKIAXXX\n  secretKey: s3cr3t\n  region: us-west-2\n";
+        let text =
+            "libstorage:\n  service: ebs\nebs:\n  accessKey: AKIAXXX\n  secretKey: s3cr3t\n  region: us-west-2\n";
         let config = crate::config::parse(text, Some(Path::new("/etc/rexray/rexray.yml")), &BTreeMap::new()).unwrap();
         let lines = env_lines(&config);
         let all = lines.join("\n");

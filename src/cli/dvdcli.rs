@@ -54,13 +54,27 @@ const EXAMPLES: &str = "Examples (as Mesos' docker/volume isolator runs it):
 
 /// dvdcli: a Docker Volume Driver CLI (rexray-rs compatibility mode).
 #[derive(Debug, Parser)]
-#[command(name = "dvdcli", version, about, after_help = EXAMPLES)]
+#[command(name = "dvdcli", version, arg_required_else_help = true, after_help = EXAMPLES)]
 pub struct DvdcliCli {
     /// Volume driver: the plugin name (`/run/docker/plugins/NAME.sock` or a spec file).
-    #[arg(long = "volumedriver", alias = "volumeDriver", global = true, default_value = "", hide_default_value = true)]
+    #[arg(
+        long = "volumedriver",
+        alias = "volumeDriver",
+        global = true,
+        value_name = "NAME",
+        default_value = "",
+        hide_default_value = true
+    )]
     volume_driver: String,
     /// Volume name.
-    #[arg(long = "volumename", alias = "volumeName", global = true, default_value = "", hide_default_value = true)]
+    #[arg(
+        long = "volumename",
+        alias = "volumeName",
+        global = true,
+        value_name = "NAME",
+        default_value = "",
+        hide_default_value = true
+    )]
     volume_name: String,
     #[command(subcommand)]
     command: DvdCommand,
@@ -230,7 +244,8 @@ pub fn discover(name: &str, roots: &Roots) -> Result<Addr, DiscoveryError> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return Err(DiscoveryError::NotFound);
     }
-    let in_dir = |base: &Path, ext: &str| [base.join(format!("{name}{ext}")), base.join(name).join(format!("{name}{ext}"))];
+    let in_dir =
+        |base: &Path, ext: &str| [base.join(format!("{name}{ext}")), base.join(name).join(format!("{name}{ext}"))];
     for path in in_dir(&roots.sockets, ".sock") {
         if std::fs::metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
             return Ok(Addr::Unix(path));
@@ -295,11 +310,7 @@ impl Timing {
         let secs = |var: &str| std::env::var(var).ok().and_then(|v| v.trim().parse::<f64>().ok()).filter(|v| *v >= 0.0);
         let wait = Duration::from_secs_f64(secs("DVDCLI_PLUGIN_WAIT").unwrap_or(15.0));
         let call = secs("DVDCLI_CALL_TIMEOUT").map(Duration::from_secs_f64);
-        Self {
-            wait,
-            long: call.unwrap_or(Duration::from_secs(110)),
-            short: call.unwrap_or(Duration::from_secs(60)),
-        }
+        Self { wait, long: call.unwrap_or(Duration::from_secs(110)), short: call.unwrap_or(Duration::from_secs(60)) }
     }
 
     fn for_method(&self, method: &str) -> Duration {
@@ -384,7 +395,15 @@ impl Plugin {
             match client::call_json(&self.addr, method, Some(&body), self.timing.for_method(method)).await {
                 Err(e) if e.is_connect() => match backoff(retries, start, self.timing.wait) {
                     Some(wait) => {
-                        log("warning", &format!("Unable to connect to plugin: {}/{method}, retrying in {}s", self.addr, wait.as_secs()), &[]);
+                        log(
+                            "warning",
+                            &format!(
+                                "Unable to connect to plugin: {}/{method}, retrying in {}s",
+                                self.addr,
+                                wait.as_secs()
+                            ),
+                            &[],
+                        );
                         tokio::time::sleep(wait).await;
                         retries += 1;
                     }
@@ -416,7 +435,9 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+            // Like dvdcli, no command at all prints the usage and succeeds; other errors exit 1.
+            let help = e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
+            return if e.use_stderr() && !help { ExitCode::FAILURE } else { ExitCode::SUCCESS };
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -563,7 +584,14 @@ mod tests {
         assert_eq!(split_slice("x=\"q\"").unwrap(), ["x=\"q\""], "quotes only count at the start of a field");
         assert!(split_slice("\"open").is_err());
         let opts = parse_volume_opts(&["size=5,volumetype=gp2".into(), "iops=100".into(), "size=7".into()]).unwrap();
-        assert_eq!(opts, BTreeMap::from([("iops".into(), "100".into()), ("size".into(), "7".into()), ("volumetype".into(), "gp2".into())]));
+        assert_eq!(
+            opts,
+            BTreeMap::from([
+                ("iops".into(), "100".into()),
+                ("size".into(), "7".into()),
+                ("volumetype".into(), "gp2".into())
+            ])
+        );
         let opts = parse_volume_opts(&["mountOptions=uid=1000".into()]).unwrap();
         assert_eq!(opts["mountOptions"], "uid=1000", "a value with '=' is kept whole");
         assert_eq!(parse_volume_opts(&[]).unwrap(), BTreeMap::new());
@@ -608,10 +636,8 @@ mod tests {
     #[test]
     fn discovery_order_sockets_then_spec_files() {
         let dir = tempfile::tempdir().unwrap();
-        let roots = Roots {
-            sockets: dir.path().join("run"),
-            specs: vec![dir.path().join("etc"), dir.path().join("usr")],
-        };
+        let roots =
+            Roots { sockets: dir.path().join("run"), specs: vec![dir.path().join("etc"), dir.path().join("usr")] };
         for d in ["run/p2", "etc/p3", "usr"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }

@@ -144,7 +144,13 @@ pub fn java_double(v: f64) -> String {
         return if v.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
     }
     if !v.is_finite() {
-        return if v.is_nan() { "NaN".into() } else if v > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if v.is_nan() {
+            "NaN".into()
+        } else if v > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     let abs = v.abs();
     if (1e-3..1e7).contains(&abs) {
@@ -222,7 +228,8 @@ fn collect_apps<'a>(file: &'a str, doc: &'a Value, out: &mut Vec<App<'a>>) {
         }
     }
     fn push_app<'a>(file: &'a str, app: &'a Value, at: String, parent: &str, out: &mut Vec<App<'a>>) {
-        let id = app.get("id").and_then(Value::as_str).map_or_else(|| "(no id)".to_string(), |id| absolute_id(id, parent));
+        let id =
+            app.get("id").and_then(Value::as_str).map_or_else(|| "(no id)".to_string(), |id| absolute_id(id, parent));
         out.push(App { file, at, id, value: app });
     }
     match doc {
@@ -283,8 +290,9 @@ pub fn check(docs: &[(String, Value)], version: Version) -> (Vec<Problem>, Count
 }
 
 fn shared_hint(shared: bool, version: Version) -> Option<String> {
-    (shared && version < Version(1, 9))
-        .then(|| "\"shared\": true exempts a volume from this rule only from Marathon 1.9 on (--marathon 1.9)".to_string())
+    (shared && version < Version(1, 9)).then(|| {
+        "\"shared\": true exempts a volume from this rule only from Marathon 1.9 on (--marathon 1.9)".to_string()
+    })
 }
 
 /// Checks one app; returns its DVDI volumes for the cross-app rule.
@@ -365,10 +373,15 @@ fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -
                 );
             }
             if let Some(v) = text("dvdi/overwritefs").filter(|v| !is_scala_true(v)) {
-                let hint = v.eq_ignore_ascii_case("false").then(|| {
-                    "Marathon rejects \"false\" here too; leave dvdi/overwritefs out instead".to_string()
-                });
-                push(format!("{at}/external/options(\"dvdi/overwritefs\")"), "Expected a valid boolean".into(), "rexray-overwritefs", hint);
+                let hint = v
+                    .eq_ignore_ascii_case("false")
+                    .then(|| "Marathon rejects \"false\" here too; leave dvdi/overwritefs out instead".to_string());
+                push(
+                    format!("{at}/external/options(\"dvdi/overwritefs\")"),
+                    "Expected a valid boolean".into(),
+                    "rexray-overwritefs",
+                    hint,
+                );
             }
         }
 
@@ -394,7 +407,10 @@ fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -
                 );
             }
         } else {
-            if version < Version(1, 4) && !path.is_empty() && !(path.starts_with('/') && path.len() > 1 && !path[1..].starts_with('/')) {
+            if version < Version(1, 4)
+                && !path.is_empty()
+                && !(path.starts_with('/') && path.len() > 1 && !path[1..].starts_with('/'))
+            {
                 push(path_at, "value must be an absolute path".into(), "docker-container-path-absolute", None);
             }
             if options.is_some_and(|o| o.keys().any(|k| k != DRIVER_OPTION)) {
@@ -406,7 +422,12 @@ fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -
                 );
             }
             if external.get("size").is_some_and(|s| !s.is_null()) {
-                push(format!("{at}/external/size"), "must be undefined for Docker containers".into(), "docker-size", None);
+                push(
+                    format!("{at}/external/size"),
+                    "must be undefined for Docker containers".into(),
+                    "docker-size",
+                    None,
+                );
             }
         }
         volumes.push(DvdiVolume { at, name, shared, driver });
@@ -476,7 +497,10 @@ fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -
                 "/container/volumes".into(),
                 "Only one volume driver is supported".into(),
                 "docker-one-driver",
-                Some(format!("Mesos' Docker containerizer fails such a task at launch (drivers: {})", drivers.into_iter().collect::<Vec<_>>().join(", "))),
+                Some(format!(
+                    "Mesos' Docker containerizer fails such a task at launch (drivers: {})",
+                    drivers.into_iter().collect::<Vec<_>>().join(", ")
+                )),
             );
         }
     }
@@ -528,8 +552,10 @@ mod tests {
         assert_eq!(absolute_id("../b", "/g/h"), "/g/b");
         assert_eq!(absolute_id("/x/", "/g"), "/x");
         let vol = |name: &str| json!({"containerPath": "/d", "external": {"name": name, "provider": "dvdi", "options": {"dvdi/driver": "rexray"}}});
-        let app = |id: &str, name: &str| json!({"id": id, "container": {"type": "DOCKER", "volumes": [vol(name)]},
-            "upgradeStrategy": {"minimumHealthCapacity": 0, "maximumOverCapacity": 0}});
+        let app = |id: &str, name: &str| {
+            json!({"id": id, "container": {"type": "DOCKER", "volumes": [vol(name)]},
+            "upgradeStrategy": {"minimumHealthCapacity": 0, "maximumOverCapacity": 0}})
+        };
         let group = json!({"id": "/", "groups": [{"id": "nested", "apps": [app("app1", "vol"), app("app2", "vol"), app("app3", "other")]}]});
         let problems = run(group, Version::DOCUMENT);
         assert_eq!(
@@ -537,12 +563,14 @@ mod tests {
             [
                 (
                     "/groups(0)/apps(0)/container/volumes(0)/external/name".to_string(),
-                    "Volume name 'vol' in /nested/app1 conflicts with volume(s) of same name in app(s): /nested/app2".to_string(),
+                    "Volume name 'vol' in /nested/app1 conflicts with volume(s) of same name in app(s): /nested/app2"
+                        .to_string(),
                     "duplicate-across-apps"
                 ),
                 (
                     "/groups(0)/apps(1)/container/volumes(0)/external/name".to_string(),
-                    "Volume name 'vol' in /nested/app2 conflicts with volume(s) of same name in app(s): /nested/app1".to_string(),
+                    "Volume name 'vol' in /nested/app2 conflicts with volume(s) of same name in app(s): /nested/app1"
+                        .to_string(),
                     "duplicate-across-apps"
                 ),
             ]
@@ -567,7 +595,11 @@ mod tests {
                 "external": {"name": "v", "provider": "dvdi", "options": {"dvdi/driver": "rexray"}}}]}});
         assert_eq!(
             run(app, Version::DOCUMENT),
-            [("/upgradeStrategy/maximumOverCapacity".to_string(), "got 1.0, expected 0.0".to_string(), "max-over-capacity")]
+            [(
+                "/upgradeStrategy/maximumOverCapacity".to_string(),
+                "got 1.0, expected 0.0".to_string(),
+                "max-over-capacity"
+            )]
         );
     }
 

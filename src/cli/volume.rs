@@ -11,7 +11,6 @@
 //! never touched.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -169,7 +168,9 @@ pub async fn daemon_info(config: &Config) -> anyhow::Result<Option<InfoResponse>
 pub async fn plugin_answers(socket: &std::path::Path) -> bool {
     client::call_json(&Addr::Unix(socket.to_path_buf()), "Plugin.Activate", None, Duration::from_secs(3))
         .await
-        .is_ok_and(|reply| reply.get("Implements").and_then(Value::as_array).is_some_and(|i| i.iter().any(|x| x == "VolumeDriver")))
+        .is_ok_and(|reply| {
+            reply.get("Implements").and_then(Value::as_array).is_some_and(|i| i.iter().any(|x| x == "VolumeDriver"))
+        })
 }
 
 fn call_err(e: CallError) -> anyhow::Error {
@@ -263,7 +264,9 @@ impl Target {
     pub async fn create(&self, name: &str, opts: &BTreeMap<String, String>) -> anyhow::Result<()> {
         match self {
             Target::Local(s) => s.create(name, opts).await.map_err(|e| anyhow!(e.chain())),
-            Target::Daemon { .. } => self.call("VolumeDriver.Create", json!({ "Name": name, "Opts": opts }), SLOW).await.map(drop),
+            Target::Daemon { .. } => {
+                self.call("VolumeDriver.Create", json!({ "Name": name, "Opts": opts }), SLOW).await.map(drop)
+            }
         }
     }
 
@@ -328,9 +331,7 @@ impl Target {
 async fn open_local(config: &Config, svc: &ServiceConfig) -> anyhow::Result<VolumeService> {
     let backend = crate::backend::build(svc).with_context(|| format!("service {}", svc.name))?;
     let state_dir = config.paths.lib.join("state").join(&svc.name);
-    VolumeService::open(&svc.name, backend, svc.integration.clone(), state_dir)
-        .await
-        .map_err(|e| anyhow!(e.chain()))
+    VolumeService::open(&svc.name, backend, svc.integration.clone(), state_dir).await.map_err(|e| anyhow!(e.chain()))
 }
 
 /// Why a backend cannot do snapshots. This is the hook for a backend that gains them: it
@@ -416,16 +417,6 @@ pub fn create_opts(flags: &[(&str, Option<String>)], extra: &[String]) -> anyhow
     Ok(opts)
 }
 
-/// A path for messages.
-pub fn show(path: &std::path::Path) -> String {
-    path.display().to_string()
-}
-
-/// The state directory of a service (for messages).
-pub fn state_dir(config: &Config, service: &str) -> PathBuf {
-    config.paths.lib.join("state").join(service)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,11 +429,16 @@ mod tests {
 
     #[test]
     fn views_from_the_wire() {
-        let v = View::from_wire(&json!({"Name": "v", "Mountpoint": "", "Status": {"holders": 2, "options": {"size": "3"}}}));
+        let v = View::from_wire(
+            &json!({"Name": "v", "Mountpoint": "", "Status": {"holders": 2, "options": {"size": "3"}}}),
+        );
         assert_eq!(v.mountpoint, None);
         assert_eq!(v.holders(), 2);
         assert_eq!(v.size(), "3 GiB");
-        assert_eq!(volume_table(&[v], true), "NAME  STATUS     SIZE   HOLDERS  PATH\nv     available  3 GiB  2        -");
+        assert_eq!(
+            volume_table(&[v], true),
+            "NAME  STATUS     SIZE   HOLDERS  PATH\nv     available  3 GiB  2        -"
+        );
     }
 
     #[test]

@@ -97,21 +97,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn settings() -> Integration {
-        Integration {
-            preempt: false,
-            ignore_used_count: false,
-            implicit_create: true,
-            create_disable: false,
-            remove_disable: false,
-            default_size_gib: 16,
-            default_fs_type: "ext4".into(),
-            default_volume_type: None,
-            default_iops: None,
-            default_availability_zone: None,
-            mount_path: "/unused".into(),
-            root_path: "/data".into(),
-            file_mode: 0o700,
-        }
+        Integration::defaults(std::path::Path::new("/unused"))
     }
 
     /// One `Connection: close` POST; returns the status code and the body.

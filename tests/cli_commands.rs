@@ -1,0 +1,415 @@
+//! Every operator command through the built binary, with REXRAY_HOME and the plugin sockets in
+//! a temp dir (vfs backend, no root needed).
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use clap::CommandFactory;
+use predicates::prelude::*;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rexray");
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        Self::with_config(|dir| {
+            format!(
+                "rexray:\n  logLevel: debug\n  modules:\n    default-docker:\n      disabled: true\n    t:\n      type: docker\n      host: unix://{0}/plugins/rxt.sock\n      libstorage:\n        service: vfs\nlibstorage:\n  server:\n    services:\n      vfs:\n        driver: vfs\n      other:\n        driver: vfs\n        vfs:\n          root: {0}/other\nvfs:\n  root: {0}/vfs\n",
+                dir.display()
+            )
+        })
+    }
+
+    fn with_config(config: impl FnOnce(&Path) -> String) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rexray.yml"), config(dir.path())).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn config(&self) -> PathBuf {
+        self.path("rexray.yml")
+    }
+
+    /// `rexray ARGS… -c <config>` with a clean environment and REXRAY_HOME in the temp dir.
+    fn rexray(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .arg("-c")
+            .arg(self.config())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("REXRAY_HOME", self.path("home"))
+            .timeout(Duration::from_secs(60));
+        cmd
+    }
+
+    fn stdout(&self, args: &[&str]) -> String {
+        let out = self.rexray(args).assert().success();
+        String::from_utf8(out.get_output().stdout.clone()).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.stdout(args)).unwrap()
+    }
+
+    fn admin_socket(&self) -> PathBuf {
+        self.path("home/var/run/rexray/rexray-admin.sock")
+    }
+
+    fn start_daemon(&self) -> Daemon {
+        let child = std::process::Command::new(BIN)
+            .args(["service", "start", "-f", "-c"])
+            .arg(self.config())
+            .env("REXRAY_HOME", self.path("home"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.path("daemon.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let daemon = Daemon { child, socket: self.path("plugins/rxt.sock") };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while UnixStream::connect(&daemon.socket).is_err() || UnixStream::connect(self.admin_socket()).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not listen: {}",
+                std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+}
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn plugin_call(socket: &Path, method: &str, body: &Value) -> (u16, Value) {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    let body = format!("{body}\n");
+    write!(
+        stream,
+        "POST /{method} HTTP/1.1\r\nHost: plugin\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let status = reply[9..12].parse().unwrap();
+    let (_, body) = reply.split_once("\r\n\r\n").unwrap();
+    (status, serde_json::from_str(body.trim()).unwrap_or(Value::Null))
+}
+
+#[test]
+fn version_prints_commit_date_and_backends() {
+    let setup = Setup::new();
+    setup
+        .rexray(&["version"])
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with(format!("rexray {}\n", env!("CARGO_PKG_VERSION"))))
+        .stdout(predicate::str::is_match(r"(?m)^Commit: +\S+$").unwrap())
+        .stdout(predicate::str::is_match(r"(?m)^Built: +(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ|unknown)$").unwrap())
+        .stdout(predicate::str::is_match(r"(?m)^Backends: +vfs, loop").unwrap());
+}
+
+#[test]
+fn completions_for_each_shell() {
+    let setup = Setup::new();
+    for shell in ["bash", "zsh", "fish"] {
+        setup.rexray(&["completion", shell]).assert().success().stdout(predicate::str::contains("volume"));
+    }
+    setup.rexray(&["completion", "tcsh"]).assert().failure();
+}
+
+#[test]
+fn help_on_every_command_shows_an_example() {
+    fn paths(cmd: &clap::Command, prefix: Vec<String>, out: &mut Vec<Vec<String>>) {
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let mut path = prefix.clone();
+            path.push(sub.get_name().to_string());
+            out.push(path.clone());
+            paths(sub, path, out);
+        }
+    }
+    let mut all = vec![vec![]];
+    paths(&rexray::cli::Cli::command(), vec![], &mut all);
+    assert!(all.len() > 25, "{all:?}");
+    let setup = Setup::new();
+    for path in all {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        setup
+            .rexray(&args)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("Example"))
+            .stdout(predicate::str::contains("Usage"));
+    }
+    // The dvdcli mode's own help.
+    setup.rexray(&["dvdcli", "mount", "--help"]).assert().success().stdout(predicate::str::contains("--volumeopts"));
+}
+
+#[test]
+fn config_check_ok_with_warnings() {
+    let setup = Setup::with_config(|_| "rexray:\n  logLevl: debug\n".into());
+    setup
+        .rexray(&["config", "check"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("warning: "))
+        .stdout(predicate::str::contains("rexray.yml:2"))
+        .stdout(predicate::str::contains("logLevel"))
+        .stdout(predicate::str::contains(": ok (1 service(s), 1 module(s))"));
+}
+
+#[test]
+fn config_check_lists_every_error_as_file_line_key_problem() {
+    let setup = Setup::with_config(|_| {
+        "libstorage:\n  integration:\n    volume:\n      operations:\n        mount:\n          preempt: maybe\n        create:\n          default:\n            size: big\n".into()
+    });
+    let out = setup.rexray(&["config", "check"]).assert().code(1);
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    let file = setup.config().display().to_string();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with(&format!("{file}:6: ")) && lines[0].contains("preempt: "), "{stdout}");
+    assert!(
+        lines[1].starts_with(&format!("{file}:9: ")) && lines[1].contains("size: ") && lines[1].contains("big"),
+        "{stdout}"
+    );
+    // YAML syntax errors too.
+    std::fs::write(setup.config(), "rexray: [unclosed\n").unwrap();
+    setup.rexray(&["config", "check"]).assert().code(1).stdout(predicate::str::contains(format!("{file}:")));
+    // A missing file.
+    Command::new(BIN)
+        .args(["config", "check", "-c", "/nonexistent/rexray.yml"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("/nonexistent/rexray.yml"));
+}
+
+#[test]
+fn config_check_refuses_a_backend_not_built_in() {
+    let setup = Setup::with_config(|_| "libstorage:\n  service: ebs\n".into());
+    let version = setup.stdout(&["version"]);
+    if version.contains("ebs") {
+        setup.rexray(&["config", "check"]).assert().success();
+    } else {
+        setup
+            .rexray(&["config", "check"])
+            .assert()
+            .code(1)
+            .stdout(predicate::str::contains("backend ebs is not built into this binary"));
+    }
+}
+
+#[test]
+fn env_shows_the_effective_config_with_secrets_redacted() {
+    let setup = Setup::with_config(|dir| {
+        format!(
+            "libstorage:\n  service: ebs\n  integration:\n    volume:\n      operations:\n        mount:\n          preempt: true\nebs:\n  accessKey: AKIAEXAMPLE\n  secretKey: wJalrXUtnFEMI\n  region: eu-west-1\nvfs:\n  root: {}/vfs\n",
+            dir.display()
+        )
+    });
+    let out = setup.stdout(&["env"]);
+    assert!(!out.contains("AKIAEXAMPLE") && !out.contains("wJalrXUtnFEMI"), "{out}");
+    for line in [
+        "EBS_ACCESSKEY=<redacted>",
+        "EBS_SECRETKEY=<redacted>",
+        "EBS_REGION=eu-west-1",
+        "LIBSTORAGE_SERVICE=ebs",
+        "LIBSTORAGE_INTEGRATION_VOLUME_OPERATIONS_MOUNT_PREEMPT=true",
+    ] {
+        assert!(out.lines().any(|l| l == line || l == line.replace("<redacted>", "'<redacted>'")), "{line} in:\n{out}");
+    }
+    let home = setup.path("home");
+    assert!(out.contains(&format!("REXRAY_HOME_RUN={}/var/run/rexray", home.display())), "{out}");
+}
+
+#[test]
+fn service_status_with_and_without_a_daemon() {
+    let setup = Setup::new();
+    setup.rexray(&["service", "status"]).assert().code(3).stdout(predicate::str::contains("stopped"));
+    let daemon = setup.start_daemon();
+    setup.rexray(&["service", "status"]).assert().success().stdout(predicate::str::contains("running (pid"));
+    setup.rexray(&["status"]).assert().success();
+    // The admin socket is private to its owner.
+    let mode = std::fs::metadata(setup.admin_socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    drop(daemon);
+    setup.rexray(&["service", "status"]).assert().code(3).stdout(predicate::str::contains("stale socket file"));
+}
+
+#[test]
+fn a_second_daemon_with_the_same_home_refuses_to_start() {
+    let setup = Setup::new();
+    let _daemon = setup.start_daemon();
+    let mut other = Command::new(BIN);
+    other
+        .args(["service", "start", "-f", "-c"])
+        .arg(setup.config())
+        .env("REXRAY_HOME", setup.path("home"))
+        .timeout(Duration::from_secs(20))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("admin socket"));
+}
+
+#[test]
+fn volume_commands_without_a_daemon() {
+    let setup = Setup::new();
+    setup
+        .rexray(&["volume", "create", "--size", "2", "v1", "v2"])
+        .assert()
+        .success()
+        .stdout(predicate::str::is_match(r"(?m)^NAME +STATUS +SIZE +HOLDERS\nv1 +\w+ +2 GiB +0\nv2 ").unwrap());
+    let created = setup.json(&["volume", "new", "-f", "json", "-o", "mode=0750", "v3"]);
+    assert_eq!(created[0]["Name"], "v3");
+    assert_eq!(created[0]["Status"]["options"]["mode"], "0750");
+    assert_eq!(setup.stdout(&["volume", "ls", "-q"]), "v1\nv2\nv3\n");
+    assert_eq!(setup.stdout(&["volume", "list", "-q", "--service", "other"]), "");
+
+    let path = setup.stdout(&["volume", "mount", "v1"]);
+    assert_eq!(path.trim_end(), setup.path("vfs/v1").display().to_string());
+    let v1 = setup.json(&["volume", "inspect", "-f", "jsonp", "v1"]);
+    assert_eq!(v1[0]["Status"]["holders"], 1);
+    assert_eq!(setup.stdout(&["volume", "path", "v1"]), path);
+    setup.rexray(&["volume", "rm", "v1"]).assert().code(1).stderr(predicate::str::contains("in use"));
+    setup.rexray(&["volume", "m", "v1"]).assert().success();
+    setup.rexray(&["volume", "u", "v1"]).assert().success().stdout("v1\n");
+    assert_eq!(setup.json(&["volume", "get", "-f", "json", "v1"])[0]["Status"]["holders"], 1);
+    setup.rexray(&["volume", "detach", "--force", "v1"]).assert().success();
+    assert_eq!(setup.json(&["volume", "ls", "-f", "json", "v1"])[0]["Status"]["holders"], 0);
+    setup.rexray(&["volume", "attach", "v1"]).assert().success();
+    setup.rexray(&["volume", "rm", "--force", "v1"]).assert().success().stdout("v1\n");
+
+    // Unknown names, bad names, --continueOnError.
+    setup.rexray(&["volume", "inspect", "nope"]).assert().code(1).stderr(predicate::str::contains("no such volume"));
+    setup
+        .rexray(&["volume", "create", "bad/name", "v4"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("contains '/'"));
+    assert!(!setup.stdout(&["volume", "ls", "-q"]).contains("v4"));
+    setup
+        .rexray(&["volume", "create", "--continueOnError", "bad/name", "v4"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("v4"));
+    setup.rexray(&["volume", "remove", "v2", "v3", "v4"]).assert().success();
+    assert_eq!(setup.stdout(&["volume", "ls", "-q"]), "");
+
+    // Options the backend does not know are its error; unsupported features are refused.
+    setup.rexray(&["volume", "create", "--iops", "100", "x"]).assert().code(1).stderr(predicate::str::contains("iops"));
+    setup
+        .rexray(&["volume", "create", "--snapshotID", "snap-1", "x"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("snapshots are not supported by the vfs backend"));
+    setup
+        .rexray(&["volume", "mount", "--overwriteFS", "x"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("--overwriteFS is not supported"));
+    setup
+        .rexray(&["volume", "ls", "-s", "nope"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("no service \"nope\""));
+}
+
+#[test]
+fn snapshot_commands_say_the_backend_has_none() {
+    let setup = Setup::new();
+    for args in [
+        vec!["snapshot", "ls"],
+        vec!["snapshot", "create", "--volumeid", "v1"],
+        vec!["snapshot", "rm", "snap-1"],
+        vec!["snapshot", "copy", "--snapshotid", "snap-1", "--destinationregion", "eu-west-1"],
+        vec!["snapshot", "list", "-s", "other"],
+    ] {
+        setup
+            .rexray(&args)
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains("snapshots are not supported by the vfs backend"));
+    }
+}
+
+#[test]
+fn volume_commands_go_through_the_running_daemon() {
+    let setup = Setup::new();
+    let daemon = setup.start_daemon();
+    setup.rexray(&["volume", "create", "--size", "3", "d1"]).assert().success();
+    // The daemon knows it at once: the command went through it.
+    let (status, body) = plugin_call(&daemon.socket, "VolumeDriver.Get", &json!({"Name": "d1"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["Volume"]["Status"]["options"]["size"], "3");
+
+    // A container holds it, then the CLI does: two holders, one path.
+    let (_, mounted) = plugin_call(&daemon.socket, "VolumeDriver.Mount", &json!({"Name": "d1", "ID": "c1"}));
+    let path = setup.stdout(&["volume", "mount", "d1"]);
+    assert_eq!(path.trim_end(), mounted["Mountpoint"].as_str().unwrap());
+    let listed = setup.json(&["volume", "ls", "-f", "json", "--attached"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["Status"]["holders"], 2);
+    assert_eq!(setup.stdout(&["volume", "ls", "-q", "--available"]), "");
+    // The CLI's unmount releases its own hold only.
+    setup.rexray(&["volume", "unmount", "d1"]).assert().success();
+    let (_, body) = plugin_call(&daemon.socket, "VolumeDriver.Get", &json!({"Name": "d1"}));
+    assert_eq!(body["Volume"]["Status"]["holders"], 1);
+    setup.rexray(&["volume", "rm", "--force", "d1"]).assert().code(1).stderr(predicate::str::contains("in use"));
+    plugin_call(&daemon.socket, "VolumeDriver.Unmount", &json!({"Name": "d1", "ID": "c1"}));
+    setup.rexray(&["volume", "path", "d1"]).assert().code(1).stderr(predicate::str::contains("not mounted"));
+    setup.rexray(&["volume", "rm", "d1"]).assert().success();
+    assert_eq!(plugin_call(&daemon.socket, "VolumeDriver.Get", &json!({"Name": "d1"})).0, 500);
+    // The other service is reached by name.
+    setup.rexray(&["volume", "create", "-s", "other", "o1"]).assert().success();
+    assert_eq!(setup.stdout(&["volume", "ls", "-q", "-s", "other"]), "o1\n");
+    assert_eq!(setup.stdout(&["volume", "ls", "-q"]), "");
+    assert!(setup.path("other/o1").is_dir());
+}
+
+#[test]
+fn no_in_process_changes_behind_a_daemon_without_admin_socket() {
+    let setup = Setup::new();
+    // Something serves the module socket, but no admin socket answers (e.g. another REXRAY_HOME).
+    std::fs::create_dir_all(setup.path("plugins")).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(setup.path("plugins/rxt.sock")).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let body = r#"{"Implements":["VolumeDriver"]}"#;
+            let _ =
+                write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    setup
+        .rexray(&["volume", "ls"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("refusing to change volume state behind its back"));
+}
