@@ -3,7 +3,7 @@
 daemon's socket, versus the bare shell sequence (truncate; losetup; mkfs.ext4; mount), run
 interleaved on the same machine.
 
-    cargo build --release && sudo python3 bench/loop_create_mount.py [RUNS]
+    cargo build --release && sudo python3 bench/loop_create_mount.py [RUNS] [--json FILE]
 
 The daemon is driven over one keep-alive HTTP connection, as dockerd does, so the figures
 contain no client process start-up. The bare sequence runs each tool as a process, as a shell
@@ -20,7 +20,13 @@ import sys
 import tempfile
 import time
 
-RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 9
+ARGS = [a for a in sys.argv[1:]]
+JSON_OUT = None
+if "--json" in ARGS:
+    i = ARGS.index("--json")
+    JSON_OUT = ARGS[i + 1]
+    del ARGS[i:i + 2]
+RUNS = int(ARGS[0]) if ARGS else 9
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("REXRAY_BIN", os.path.join(ROOT, "target/release/rexray"))
 
@@ -139,6 +145,12 @@ loop:
     for label, key in (("create + first mount", "create"), ("remount", "remount"), ("unmount", "unmount")):
         d, b = ms["d_" + key], ms["b_" + key]
         print(f"| {label} | {d:.1f} | {b:.1f} | {d / b:.2f} |")
+    if JSON_OUT:
+        with open(JSON_OUT, "w") as f:
+            json.dump({"runs": RUNS, "kernel": kernel,
+                       "median_ms": {k: round(v, 2) for k, v in ms.items()},
+                       "all_ms": {k: [round(x * 1000, 2) for x in v] for k, v in results.items()},
+                       "command": f"python3 bench/loop_create_mount.py {RUNS}"}, f, indent=1)
 
 
 if __name__ == "__main__":

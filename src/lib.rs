@@ -11,12 +11,16 @@
 //! - [`os`]: every syscall and external tool (mount, loop devices, blkid, mkfs) behind a small
 //!   trait with a recording fake.
 //! - [`config`]: `rexray.yml` in both REX-Ray formats plus environment overrides, to typed config.
-//! - [`server`]: sockets, signals and graceful shutdown.
+//! - [`server`]: sockets (bound, or passed by systemd socket activation), signals and graceful
+//!   shutdown.
+//! - [`metrics`]: Prometheus metrics, `/metrics` and `/health`, and the recording API the other
+//!   layers call (requests, volumes, backend operations, EC2 calls).
 //! - [`cli`]: clap commands; the only place for `anyhow` and exit codes.
 
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod os;
 pub mod protocol;
 pub mod server;

@@ -1,8 +1,10 @@
 //! Sockets, signals and graceful shutdown.
 //!
-//! Each docker module gets its own Unix socket. Shutdown stops accepting, lets calls in flight
-//! finish (within a deadline), and removes the socket files. It never unmounts or detaches a
-//! volume: containers may still be using them.
+//! Each docker module gets its own Unix socket: one that systemd passed (socket activation,
+//! `LISTEN_FDS`, matched to the module by its path), else one bound here. Shutdown stops
+//! accepting, lets calls in flight finish (within a deadline), and removes the socket files that
+//! were bound here (systemd keeps its own). It never unmounts or detaches a volume: containers
+//! may still be using them.
 
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -10,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::Router;
-use tokio::net::UnixListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -53,8 +55,134 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServerErr
 pub struct BoundSocket {
     /// The listener.
     pub listener: UnixListener,
-    /// The socket file, removed at shutdown.
+    /// The socket file, removed at shutdown unless `inherited`.
     pub path: PathBuf,
+    /// Passed by systemd (socket activation): the file is systemd's, so it stays at shutdown.
+    pub inherited: bool,
+}
+
+/// Listening Unix sockets passed by systemd socket activation (`LISTEN_FDS`, `LISTEN_PID`),
+/// each with the path it is bound to (from `getsockname`).
+#[derive(Debug, Default)]
+pub struct Inherited {
+    /// Sockets not yet taken, by path.
+    sockets: Vec<(PathBuf, std::os::unix::net::UnixListener)>,
+}
+
+impl Inherited {
+    /// Takes the sockets systemd passed to this process, if any. Fds that are not listening
+    /// Unix stream sockets with a path are logged and closed.
+    ///
+    /// Call it before starting threads: it reads (and the crate may clear) environment variables.
+    pub fn from_env() -> Self {
+        let mut fds = listenfd::ListenFd::from_env();
+        let mut sockets = Vec::new();
+        for idx in 0..fds.len() {
+            match fds.take_unix_listener(idx) {
+                Ok(Some(listener)) => {
+                    // A duplicate made with F_DUPFD_CLOEXEC, so tools we run (mkfs, blkid) do not
+                    // inherit the listening socket; the original fd closes when dropped.
+                    let listener = match listener.try_clone() {
+                        Ok(dup) => dup,
+                        Err(e) => {
+                            warn!(fd = idx + 3, error = %e, "cannot duplicate an inherited socket; using it as is");
+                            listener
+                        }
+                    };
+                    match listener.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_path_buf)) {
+                        Some(path) => sockets.push((path, listener)),
+                        None => warn!(fd = idx + 3, "an inherited socket has no path; closing it"),
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(fd = idx + 3, error = %e, "an inherited fd is not a listening Unix socket; ignoring it")
+                }
+            }
+        }
+        Self { sockets }
+    }
+
+    /// Sockets for tests and callers that got them elsewhere.
+    pub fn from_sockets(sockets: Vec<(PathBuf, std::os::unix::net::UnixListener)>) -> Self {
+        Self { sockets }
+    }
+
+    /// Whether no socket is left.
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    /// The paths of the sockets not taken.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.sockets.iter().map(|(p, _)| p.clone()).collect()
+    }
+
+    /// Takes the socket bound at `path` (compared after resolving symbolic links in the
+    /// directories, so `/var/run/x.sock` matches `/run/x.sock`).
+    pub fn take(&mut self, path: &Path) -> Option<std::os::unix::net::UnixListener> {
+        let wanted = canonical_socket_path(path);
+        let idx = self.sockets.iter().position(|(p, _)| canonical_socket_path(p) == wanted)?;
+        Some(self.sockets.remove(idx).1)
+    }
+}
+
+/// `path` with its directory resolved (the socket file itself may not exist).
+fn canonical_socket_path(path: &Path) -> PathBuf {
+    match (path.parent().and_then(|d| std::fs::canonicalize(d).ok()), path.file_name()) {
+        (Some(dir), Some(name)) => dir.join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// The socket for `path`: the one systemd passed for that path if there is one, else a new one
+/// from [`bind`].
+///
+/// # Errors
+/// As [`bind`]; or the inherited socket could not be made non-blocking.
+pub fn bind_or_inherit(
+    path: &Path,
+    group: Option<&str>,
+    inherited: &mut Inherited,
+) -> Result<BoundSocket, ServerError> {
+    let Some(std_listener) = inherited.take(path) else {
+        return bind(path, group);
+    };
+    std_listener.set_nonblocking(true).map_err(io("set non-blocking", path))?;
+    let listener = UnixListener::from_std(std_listener).map_err(io("register", path))?;
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.permissions().mode() & 0o007 != 0 => warn!(
+            socket = %path.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o7777),
+            "the socket from systemd is open to every user; set SocketMode=0600 (or 0660 and SocketGroup) in the .socket unit"
+        ),
+        _ => {}
+    }
+    info!(socket = %path.display(), "using the socket passed by systemd (socket activation)");
+    Ok(BoundSocket { listener, path: path.to_path_buf(), inherited: true })
+}
+
+/// Tells systemd the daemon is ready (`READY=1` on `$NOTIFY_SOCKET`, for `Type=notify`), or
+/// anything else in the sd_notify protocol. Does nothing without `NOTIFY_SOCKET`; a failure is
+/// only logged.
+pub fn notify_systemd(state: &str) {
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET").filter(|v| !v.is_empty()) else {
+        return;
+    };
+    let result = (|| {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = target.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            socket.send_to_addr(state.as_bytes(), &addr)
+        } else {
+            socket.send_to(state.as_bytes(), Path::new(&target))
+        }
+    })();
+    if let Err(e) = result {
+        warn!(error = %e, notify_socket = ?target, "could not notify systemd");
+    }
 }
 
 /// Binds a Unix socket at `path`: creates the directory, removes a stale socket file (refusing
@@ -86,7 +214,7 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<BoundSocket, ServerError
     if let Some(gid) = gid {
         std::os::unix::fs::chown(path, None, Some(gid)).map_err(io("set group of", path))?;
     }
-    Ok(BoundSocket { listener, path: path.to_path_buf() })
+    Ok(BoundSocket { listener, path: path.to_path_buf(), inherited: false })
 }
 
 /// A group name from /etc/group, or a numeric gid.
@@ -112,13 +240,39 @@ fn resolve_group(group: &str) -> Result<u32, ServerError> {
 /// # Errors
 /// A socket failed while serving.
 pub async fn serve(sockets: Vec<(BoundSocket, Router)>, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    serve_all(sockets, Vec::new(), shutdown).await
+}
+
+/// [`serve`], plus TCP listeners (the metrics endpoint), which stop with the rest.
+///
+/// # Errors
+/// A socket failed while serving.
+pub async fn serve_all(
+    sockets: Vec<(BoundSocket, Router)>,
+    tcp: Vec<(TcpListener, Router)>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut paths = Vec::new();
+    for (listener, router) in tcp {
+        let mut stop = stop_rx.clone();
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tasks.spawn(async move {
+            let result = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            result.map_err(io("serve", Path::new(&addr)))
+        });
+    }
     for (socket, router) in sockets {
         let mut stop = stop_rx.clone();
         let path = socket.path.clone();
-        paths.push(path.clone());
+        if !socket.inherited {
+            paths.push(path.clone());
+        }
         tasks.spawn(async move {
             let result = axum::serve(socket.listener, router)
                 .with_graceful_shutdown(async move {

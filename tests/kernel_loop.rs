@@ -5,13 +5,14 @@
 //! so a failing test leaves no mounts or loop devices behind.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rexray::backend::loopback::LoopBackend;
 use rexray::backend::{Backend, BackendError, Options};
 use rexray::config::{BackendKind, ServiceConfig};
+use rexray::os::linux::LinuxOs;
 use rexray::service::name::VolumeName;
 
 const GIB: u64 = 1 << 30;
@@ -414,4 +415,131 @@ async fn names_with_spaces_are_found_in_the_mount_table() {
     b.deactivate(&v, &o).await.unwrap();
     assert!(!b.is_active(&v, &o).await.unwrap());
     assert_detached(&w.image("my vol"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loop ioctls themselves (LinuxOs::loop_attach / loop_find / loop_detach), no backend.
+// ---------------------------------------------------------------------------------------------
+
+/// A sparse image of `bytes` under the world's directory.
+fn sparse_image(w: &World, name: &str, bytes: u64) -> PathBuf {
+    use rexray::os::BlockOs;
+    std::fs::create_dir_all(w.dir.path().join("loop")).unwrap();
+    let image = w.image(name);
+    assert!(LinuxOs::new().create_sparse(&image, bytes).unwrap());
+    image
+}
+
+/// A loop device's sysfs attribute `loop/<attr>`, trimmed; `None` when it is not bound.
+fn loop_attr(device: &Path, attr: &str) -> Option<String> {
+    let dir = Path::new("/sys/block").join(device.file_name().unwrap()).join("loop");
+    std::fs::read_to_string(dir.join(attr)).ok().map(|s| s.trim_end().to_owned())
+}
+
+#[test]
+fn ioctl_attach_find_and_detach() {
+    use rexray::os::BlockOs;
+    require!(root);
+    let w = World::new();
+    let os = LinuxOs::new();
+    let image = sparse_image(&w, "a", GIB);
+
+    let device = os.loop_attach(&image).unwrap();
+    assert!(device.to_string_lossy().starts_with("/dev/loop"), "{}", device.display());
+    let listed = losetup_j(&image);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(listed[0].starts_with(&format!("{}:", device.display())), "{listed:?}");
+    assert_eq!(os.loop_find(&image).unwrap().as_deref(), Some(device.as_path()));
+    // Bound the way `losetup --find --show --direct-io=off` binds: read-write, whole file, no
+    // auto-clear (so that a restarted daemon finds it), no direct I/O.
+    assert_eq!(loop_attr(&device, "autoclear").as_deref(), Some("0"));
+    assert_eq!(loop_attr(&device, "dio").as_deref(), Some("0"));
+    assert_eq!(loop_attr(&device, "offset").as_deref(), Some("0"));
+    assert_eq!(loop_attr(&device, "sizelimit").as_deref(), Some("0"));
+    assert_eq!(loop_attr(&device, "backing_file").map(PathBuf::from), Some(std::fs::canonicalize(&image).unwrap()));
+    let ro = std::fs::read_to_string(Path::new("/sys/block").join(device.file_name().unwrap()).join("ro")).unwrap();
+    assert_eq!(ro.trim(), "0", "read-write");
+    // The device reads the image.
+    std::fs::OpenOptions::new().write(true).open(&image).unwrap().write_all_at(b"hello", 4096).unwrap();
+    let mut buf = [0u8; 5];
+    std::fs::File::open(&device).unwrap().read_exact_at(&mut buf, 4096).unwrap();
+    assert_eq!(&buf, b"hello");
+
+    os.loop_detach(&device).unwrap();
+    assert!(losetup_j(&image).is_empty(), "gone as soon as detach returns: {:?}", losetup_j(&image));
+    assert_eq!(os.loop_find(&image).unwrap(), None);
+    // (The device itself may already serve another test's image.)
+    assert_ne!(loop_attr(&device, "backing_file").map(PathBuf::from), Some(std::fs::canonicalize(&image).unwrap()));
+}
+
+#[test]
+fn ioctl_attach_errors_name_the_image() {
+    use rexray::os::BlockOs;
+    require!(root);
+    let w = World::new();
+    let os = LinuxOs::new();
+    let missing = w.image("missing");
+    let err = os.loop_attach(&missing).unwrap_err();
+    assert!(err.is_not_found() && err.to_string().contains("missing.img"), "{err:?}");
+    let err = os.loop_attach(w.dir.path()).unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err:?}");
+}
+
+#[test]
+fn concurrent_ioctl_attaches_get_different_devices() {
+    use rexray::os::BlockOs;
+    require!(root);
+    const OURS: usize = 6;
+    const THEIRS: usize = 2;
+    let w = World::new();
+    let images: Vec<PathBuf> = (0..OURS + THEIRS).map(|i| sparse_image(&w, &format!("c{i}"), 64 << 20)).collect();
+    let start = std::sync::Arc::new(std::sync::Barrier::new(OURS + THEIRS));
+    let threads: Vec<_> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| {
+            let (image, start) = (image.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                if i < OURS {
+                    LinuxOs::new().loop_attach(&image).unwrap()
+                } else {
+                    // Someone else taking free devices at the same moment.
+                    let out = Command::new("losetup").args(["--find", "--show"]).arg(&image).output().unwrap();
+                    assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+                    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+                }
+            })
+        })
+        .collect();
+    let devices: Vec<PathBuf> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let distinct: std::collections::BTreeSet<&PathBuf> = devices.iter().collect();
+    assert_eq!(distinct.len(), devices.len(), "one device each: {devices:?}");
+    let os = LinuxOs::new();
+    for (image, device) in images.iter().zip(&devices) {
+        assert_eq!(os.loop_find(image).unwrap().as_ref(), Some(device), "{}", image.display());
+        assert_eq!(losetup_j(image).len(), 1, "{}", image.display());
+    }
+    for (image, device) in images.iter().zip(&devices) {
+        os.loop_detach(device).unwrap();
+        assert!(losetup_j(image).is_empty(), "{}: {:?}", image.display(), losetup_j(image));
+    }
+}
+
+#[test]
+fn a_detach_while_someone_holds_the_device_finishes_on_their_close() {
+    use rexray::os::BlockOs;
+    require!(root);
+    let w = World::new();
+    let os = LinuxOs::new();
+    let image = sparse_image(&w, "held", 64 << 20);
+    let device = os.loop_attach(&image).unwrap();
+    let holder = std::fs::File::open(&device).unwrap();
+    // Returns after a bounded wait, with the detach pending.
+    os.loop_detach(&device).unwrap();
+    assert_eq!(losetup_j(&image).len(), 1, "still bound while held open");
+    assert_eq!(loop_attr(&device, "autoclear").as_deref(), Some("1"), "marked for detach");
+    assert_eq!(os.loop_find(&image).unwrap(), None, "a device on its way out is not reused");
+    drop(holder);
+    assert_detached(&image);
 }

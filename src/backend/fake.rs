@@ -126,4 +126,13 @@ impl Backend for FakeBackend {
     fn mountpoint(&self, name: &VolumeName, _opts: &Options) -> PathBuf {
         PathBuf::from("/fake").join(name.as_str())
     }
+
+    /// The fake's volumes are one namespace shared by every service (every "host") using it.
+    async fn known_volumes(&self) -> Vec<String> {
+        self.state.lock().expect("fake poisoned").volumes.iter().cloned().collect()
+    }
+
+    async fn knows(&self, name: &VolumeName) -> bool {
+        self.state.lock().expect("fake poisoned").volumes.contains(name.as_str())
+    }
 }

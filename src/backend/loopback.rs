@@ -3,10 +3,11 @@
 //! - **Layout.** Volume `v` is the image `<loop.root>/v.img`, created sparse (`ftruncate`) at the
 //!   requested size, so it uses no disk until written. Because `v.img` must fit one path
 //!   component (255 bytes), names longer than [`MAX_NAME_BYTES`] (251) are refused at create.
-//! - **Attach/detach.** A free loop device over the image (`losetup --find --show`) and
-//!   `losetup -d`. An existing attachment is found by its backing file
-//!   (`/sys/block/loop*/loop/backing_file`), so after a `kill -9` and restart the daemon picks its
-//!   devices up again instead of attaching twice.
+//! - **Attach/detach.** A free loop device over the image and its release, with the loop ioctls
+//!   (`LOOP_CTL_GET_FREE` + `LOOP_CONFIGURE`, `LOOP_CLR_FD`; no `losetup` process), bound as
+//!   `losetup --find --show --direct-io=off` would and without auto-clear. An existing
+//!   attachment is found by its backing file (`/sys/block/loop*/loop/backing_file`), so after a
+//!   `kill -9` and restart the daemon picks its devices up again instead of attaching twice.
 //! - **Everything else** (probe, format if blank, mount at `<mount.path>/v`, grow, data directory,
 //!   unmount) is the shared [`BlockPipeline`].
 //! - **Create** refuses a size larger than the free space of `loop.root` (the image is sparse, but

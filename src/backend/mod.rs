@@ -5,6 +5,8 @@
 //! deactivate, holding the volume's lock, so a backend sees at most one call per volume at a time.
 
 pub mod block;
+#[cfg(feature = "ebs")]
+pub mod ebs;
 pub mod fake;
 pub mod loopback;
 pub mod options;
@@ -145,6 +147,19 @@ pub trait Backend: Send + Sync + Debug {
     fn status(&self, _name: &VolumeName, _opts: &Options) -> BTreeMap<String, serde_json::Value> {
         BTreeMap::new()
     }
+
+    /// For backends with a cluster-wide namespace ([`Scope::Global`]): the names of every volume
+    /// the storage holds that this host may use, including ones other hosts created. Served from
+    /// a cache; never fails (a backend that cannot refresh answers with what it knows).
+    async fn known_volumes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Whether the storage holds a volume `name` that this host may use although this host never
+    /// created it (see [`Backend::known_volumes`]). Served from a cache.
+    async fn knows(&self, _name: &VolumeName) -> bool {
+        false
+    }
 }
 
 /// Joins a validated volume name under a root; the result never leaves `root`.
@@ -161,6 +176,9 @@ pub fn build(service: &ServiceConfig) -> Result<Arc<dyn Backend>, BackendError> 
     match service.backend {
         BackendKind::Vfs => Ok(Arc::new(vfs::VfsBackend::new(service.vfs_root.clone()))),
         BackendKind::Loop => Ok(Arc::new(loopback::LoopBackend::new(service)?)),
+        #[cfg(feature = "ebs")]
+        BackendKind::Ebs => Ok(Arc::new(ebs::EbsBackend::new(service)?)),
+        #[cfg(not(feature = "ebs"))]
         BackendKind::Ebs => Err(BackendError::Unavailable("ebs")),
     }
 }

@@ -118,6 +118,8 @@ pub fn env_lines(config: &Config) -> Vec<String> {
     put("REXRAY_HOME_LOG".into(), &config.paths.log.display().to_string());
     put("REXRAY_LOGLEVEL".into(), &config.log_level);
     put("REXRAY_LOGFORMAT".into(), if config.log_json { "json" } else { "text" });
+    let metrics = config.metrics_listen.map(|a| a.to_string()).unwrap_or_default();
+    put("REXRAY_METRICS_LISTEN".into(), &metrics);
     if let Some(first) = config.services.first() {
         put("LIBSTORAGE_SERVICE".into(), &first.name);
     }

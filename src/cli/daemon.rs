@@ -1,25 +1,42 @@
-//! The composition root: config → backends → services → sockets.
+//! The composition root: config → backends → services → sockets (and the metrics listener).
 
 use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, ServiceConfig};
+use crate::metrics::{Health, ServiceState};
+use crate::server::Inherited;
 use crate::service::{Cause, ServiceError, ServiceHandle, VolumeService};
 
-/// A handle that opens `svc` (backend and state) on first use.
-fn service_handle(config: &Config, svc: &ServiceConfig) -> Arc<ServiceHandle> {
+/// A handle that opens `svc` (backend and state) on first use, reporting each attempt to `health`.
+fn service_handle(config: &Config, svc: &ServiceConfig, health: &Health) -> Arc<ServiceHandle> {
     let svc = svc.clone();
     let state_dir = config.paths.lib.join("state").join(&svc.name);
+    let health = health.clone();
+    health.set(&svc.name, ServiceState::Opening);
     Arc::new(ServiceHandle::lazy(&svc.name.clone(), move || {
-        let (svc, state_dir) = (svc.clone(), state_dir.clone());
+        let (svc, state_dir, health) = (svc.clone(), state_dir.clone(), health.clone());
         async move {
-            let backend = crate::backend::build(&svc).map_err(|source| {
-                ServiceError::new("open", svc.name.clone(), Cause::Backend { backend: svc.backend.as_str(), source })
-            })?;
-            VolumeService::open(&svc.name, backend, svc.integration.clone(), state_dir).await
+            let opened = async {
+                let backend = crate::backend::build(&svc).map_err(|source| {
+                    ServiceError::new(
+                        "open",
+                        svc.name.clone(),
+                        Cause::Backend { backend: svc.backend.as_str(), source },
+                    )
+                })?;
+                let backend = crate::metrics::instrument(backend);
+                VolumeService::open(&svc.name, backend, svc.integration.clone(), state_dir).await
+            }
+            .await;
+            match &opened {
+                Ok(_) => health.set(&svc.name, ServiceState::Ready),
+                Err(e) => health.set(&svc.name, ServiceState::Failed(e.chain())),
+            }
+            opened
         }
     }))
 }
@@ -29,21 +46,27 @@ pub fn admin_socket(config: &Config) -> std::path::PathBuf {
     config.paths.run.join(crate::protocol::admin::SOCKET_NAME)
 }
 
-/// Binds every module's socket and the private admin socket, then opens the services in the
-/// background, and serves until `shutdown` resolves.
+/// Binds every module's socket (or takes the one systemd passed for its path) and the private
+/// admin socket, and the metrics listener when configured; then opens the services in the
+/// background, tells systemd it is ready, and serves until `shutdown` resolves.
 ///
 /// The admin socket (mode 0600) serves every service by name for `rexray volume …`; a daemon
 /// already answering on it makes this one refuse to start, as two daemons sharing one state
 /// directory would corrupt each other's mount accounting.
 ///
+/// No backend work happens before the sockets listen, so Docker's enable window (about 10 s for
+/// a managed plugin) is met whatever the backend's state. A metrics address that cannot be
+/// bound is logged and skipped: the volumes matter more than their metrics.
+///
 /// # Errors
 /// A socket could not be bound or failed while serving.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(config: Config, mut inherited: Inherited, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let health = Health::default();
     let handles: Vec<(String, Arc<ServiceHandle>)> =
-        config.services.iter().map(|s| (s.name.clone(), service_handle(&config, s))).collect();
+        config.services.iter().map(|s| (s.name.clone(), service_handle(&config, s, &health))).collect();
     let mut sockets = Vec::new();
     let admin_path = admin_socket(&config);
-    let admin = crate::server::bind(&admin_path, None).with_context(|| {
+    let admin = crate::server::bind_or_inherit(&admin_path, None, &mut inherited).with_context(|| {
         format!("admin socket {} (is another rexray daemon running with the same REXRAY_HOME?)", admin_path.display())
     })?;
     let admin_services = config
@@ -65,10 +88,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .find(|(name, _)| *name == module.service)
             .map(|(_, h)| h.clone())
             .with_context(|| format!("module {} names unknown service {}", module.name, module.service))?;
-        let socket = crate::server::bind(&module.socket, module.group.as_deref())
+        let socket = crate::server::bind_or_inherit(&module.socket, module.group.as_deref(), &mut inherited)
             .with_context(|| format!("module {}", module.name))?;
         info!(module = %module.name, socket = %module.socket.display(), service = %module.service, "listening");
         sockets.push((socket, crate::protocol::router(handle)));
+    }
+    if !inherited.is_empty() {
+        warn!(sockets = ?inherited.paths(), "systemd passed sockets no module is configured for; closing them");
+    }
+    drop(inherited);
+    let mut tcp = Vec::new();
+    if let Some(addr) = config.metrics_listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                info!(%addr, "metrics listening on /metrics and /health");
+                tcp.push((listener, crate::metrics::router(health.clone())));
+            }
+            Err(e) => error!(%addr, error = %e, "cannot listen for metrics; serving volumes without them"),
+        }
     }
     for (name, handle) in &handles {
         let (name, handle) = (name.clone(), handle.clone());
@@ -78,7 +115,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             }
         });
     }
-    crate::server::serve(sockets, shutdown).await.context("serve")?;
+    crate::server::notify_systemd("READY=1");
+    let shutdown = async {
+        shutdown.await;
+        crate::server::notify_systemd("STOPPING=1");
+    };
+    crate::server::serve_all(sockets, tcp, shutdown).await.context("serve")?;
     info!("stopped");
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! - `dvdcli`: the dvdcli-compatible mode (argv[0] `dvdcli`, or `rexray dvdcli …`);
 //! - `marathon`: `marathon check`, Marathon's rules for apps with external volumes;
 //! - `config_cmd`: `config check` and `env`;
+//! - `systemd`: `service install|uninstall`, the systemd units;
 //! - `client`: the small plugin-protocol HTTP client they share.
 
 mod client;
@@ -15,6 +16,7 @@ mod config_cmd;
 mod daemon;
 pub mod dvdcli;
 pub mod marathon;
+pub mod systemd;
 mod volume;
 
 use std::collections::BTreeMap;
@@ -52,7 +54,7 @@ enum Command {
     /// Manage the daemon.
     #[command(
         subcommand,
-        after_help = "Examples:\n  rexray service start -f -c /etc/rexray/rexray.yml\n  rexray service status"
+        after_help = "Examples:\n  rexray service start -f -c /etc/rexray/rexray.yml\n  rexray service status\n  rexray service install"
     )]
     Service(ServiceCommand),
     /// Start the daemon (same as `service start`).
@@ -104,6 +106,34 @@ enum ServiceCommand {
     /// Exit status: 0 all answer, 1 some answer, 3 none answers.
     #[command(after_help = "Example:\n  rexray service status -c /etc/rexray/rexray.yml")]
     Status,
+    /// Install and enable the systemd units: rexray.socket (socket activation on every plugin
+    /// socket) and rexray.service (started before docker.service). Runs no systemctl command.
+    #[command(
+        after_help = "Examples:\n  rexray service install && systemctl daemon-reload && systemctl start rexray.socket rexray.service\n  rexray -c /etc/rexray/rexray.yml service install --bin /usr/local/bin/rexray\n  rexray service install --root /tmp/image   (writes /tmp/image/etc/systemd/system/…)"
+    )]
+    Install(InstallArgs),
+    /// Remove the systemd units written by `service install` (stop them first; volumes stay mounted).
+    #[command(
+        after_help = "Example:\n  systemctl stop rexray.service rexray.socket && rexray service uninstall && systemctl daemon-reload"
+    )]
+    Uninstall {
+        /// Root directory of the system to change (units go to ROOT/etc/systemd/system).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct InstallArgs {
+    /// Root directory of the system to change (units go to ROOT/etc/systemd/system).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    root: PathBuf,
+    /// The binary systemd runs (default: this binary).
+    #[arg(long = "bin", value_name = "PATH")]
+    bin: Option<PathBuf>,
+    /// Replace units of the same name that rexray did not write.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -406,10 +436,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for warning in &config.warnings {
                 tracing::warn!("{warning}");
             }
-            runtime()?.block_on(daemon::run(config, crate::server::shutdown_signal()))?;
+            // Before the runtime starts its threads: this reads the environment.
+            let inherited = crate::server::Inherited::from_env();
+            runtime()?.block_on(daemon::run(config, inherited, crate::server::shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Service(ServiceCommand::Status) | Command::Status => status(&load_config(&cli)?),
+        Command::Service(ServiceCommand::Install(args)) => {
+            let config = load_config(&cli)?;
+            let bin = match &args.bin {
+                Some(bin) => bin.clone(),
+                None => std::env::current_exe().context("find this binary's path (pass --bin)")?,
+            };
+            if !bin.is_absolute() {
+                bail!("--bin {}: systemd needs an absolute path", bin.display());
+            }
+            let explicit = cli.config.as_ref().map(|c| std::path::absolute(c).unwrap_or_else(|_| c.clone()));
+            let units = systemd::Units::for_config(&config, bin, explicit);
+            for line in systemd::install(&args.root, &units, args.force)? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Service(ServiceCommand::Uninstall { root }) => {
+            for line in systemd::uninstall(root)? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Version => {
             println!("rexray {}", env!("CARGO_PKG_VERSION"));
             println!("Commit:   {}", env!("REXRAY_COMMIT"));

@@ -225,7 +225,7 @@ impl Target {
     /// The daemon's or the service's failure.
     pub async fn list(&self) -> anyhow::Result<Vec<View>> {
         match self {
-            Target::Local(s) => Ok(s.list().into_iter().map(View::from_info).collect()),
+            Target::Local(s) => Ok(s.list().await.into_iter().map(View::from_info).collect()),
             Target::Daemon { .. } => {
                 let reply = self.call("VolumeDriver.List", json!({}), QUICK).await?;
                 let mut out = Vec::new();
@@ -248,7 +248,7 @@ impl Target {
     /// No such volume, or the daemon's failure.
     pub async fn get(&self, name: &str) -> anyhow::Result<View> {
         match self {
-            Target::Local(s) => s.get(name).map(View::from_info).map_err(|e| anyhow!(e.chain())),
+            Target::Local(s) => s.get(name).await.map(View::from_info).map_err(|e| anyhow!(e.chain())),
             Target::Daemon { .. } => {
                 let reply = self.call("VolumeDriver.Get", json!({ "Name": name }), QUICK).await?;
                 let volume = reply.get("Volume").context("the daemon returned no volume")?;

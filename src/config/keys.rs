@@ -45,6 +45,8 @@ pub(crate) const STORAGE_DRIVERS: Setting = plain("rexray.storageDrivers");
 pub(crate) const LOG_LEVEL: Setting = plain("rexray.logLevel");
 /// `rexray.logFormat`.
 pub(crate) const LOG_FORMAT: Setting = plain("rexray.logFormat");
+/// `rexray.metrics.listen`: `ADDR:PORT` of the Prometheus endpoint (off when unset).
+pub(crate) const METRICS_LISTEN: Setting = plain("rexray.metrics.listen");
 
 /// `…mount.preempt`.
 pub(crate) const PREEMPT: Setting = Setting {
@@ -122,7 +124,7 @@ pub(crate) const VFS_ROOT: Setting = plain("vfs.root");
 pub(crate) const LOOP_ROOT: Setting = plain("loop.root");
 
 /// Global (root-only) settings.
-pub(crate) const GLOBAL_SETTINGS: &[Setting] = &[SERVICE, STORAGE_DRIVERS, LOG_LEVEL, LOG_FORMAT];
+pub(crate) const GLOBAL_SETTINGS: &[Setting] = &[SERVICE, STORAGE_DRIVERS, LOG_LEVEL, LOG_FORMAT, METRICS_LISTEN];
 
 /// Settings that may also be scoped under `libstorage.server.services.<svc>.`.
 pub(crate) const SERVICE_SETTINGS: &[Setting] = &[

@@ -163,6 +163,8 @@ pub struct Config {
     pub log_level: String,
     /// Log as JSON lines (`rexray.logFormat: json`).
     pub log_json: bool,
+    /// Where to serve `/metrics` and `/health` (`rexray.metrics.listen`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Directories.
     pub paths: Paths,
     /// Services, in declaration order.
@@ -722,6 +724,37 @@ LOOP.ROOT: /srv/loop
         assert_eq!(s.integration.default_fs_type, "xfs");
         assert_eq!(s.integration.default_iops, Some(10));
         assert_eq!(s.loop_root, Path::new("/srv/loop"));
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_parsed_from_file_or_env() {
+        use std::net::SocketAddr;
+        assert_eq!(ok("", &[]).metrics_listen, None);
+        assert_eq!(ok("rexray: {metrics: {listen: \"\"}}\n", &[]).metrics_listen, None);
+        let c = ok("rexray:\n  metrics:\n    listen: 127.0.0.1:9100\n", &[]);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9100".parse::<SocketAddr>().unwrap()));
+        let c = ok("rexray.metrics.listen: 127.0.0.1:9100\n", &[("REXRAY_METRICS_LISTEN", ":9200")]);
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9200".parse::<SocketAddr>().unwrap()));
+        assert_eq!(
+            ok("", &[("REXRAY_METRICS_LISTEN", "localhost:9300")]).metrics_listen,
+            Some("127.0.0.1:9300".parse::<SocketAddr>().unwrap())
+        );
+        assert_eq!(
+            ok("", &[("REXRAY_METRICS_LISTEN", "[::1]:9400")]).metrics_listen,
+            Some("[::1]:9400".parse::<SocketAddr>().unwrap())
+        );
+        let f = "/etc/rexray/rexray.yml";
+        assert_eq!(
+            problems("rexray:\n  metrics:\n    listen: metrics.example:99999\n", &[]),
+            vec![format!(
+                "{f}:3: rexray.metrics.listen: \"metrics.example:99999\" is not an address and port (e.g. 127.0.0.1:9100, [::1]:9100, :9100)"
+            )]
+        );
+        assert_eq!(
+            problems("", &[("REXRAY_METRICS_LISTEN", "9100")]),
+            vec!["env REXRAY_METRICS_LISTEN: rexray.metrics.listen: \"9100\" is not an address and port (e.g. 127.0.0.1:9100, [::1]:9100, :9100)".to_string()]
+        );
     }
 
     #[test]

@@ -95,6 +95,7 @@ pub(crate) fn resolve(
     let mut r = Resolver { doc, env, file, problems: Vec::new(), warnings };
     let log_level = r.log_level();
     let log_json = r.log_json();
+    let metrics_listen = r.metrics_listen();
     let root_service = r.root_service();
     let drafts = r.module_drafts();
     let services = r.services(root_service.as_ref(), &drafts, &paths);
@@ -127,6 +128,7 @@ pub(crate) fn resolve(
         file: file.map(Path::to_path_buf),
         log_level,
         log_json,
+        metrics_listen,
         paths,
         services,
         modules,
@@ -380,6 +382,30 @@ impl Resolver<'_> {
                 false
             }
         }
+    }
+
+    /// `rexray.metrics.listen`: `IP:PORT`, `[IPv6]:PORT`, `localhost:PORT` or `:PORT` (all
+    /// addresses); unset or empty means no metrics endpoint.
+    fn metrics_listen(&mut self) -> Option<std::net::SocketAddr> {
+        let f = self.lookup(None, &keys::METRICS_LISTEN)?;
+        let v = f.value.trim();
+        if v.is_empty() {
+            return None;
+        }
+        let parsed = match v.rsplit_once(':') {
+            Some(("", port)) => port.parse::<u16>().ok().map(|p| std::net::SocketAddr::from(([0, 0, 0, 0], p))),
+            Some((host, port)) if host.eq_ignore_ascii_case("localhost") => {
+                port.parse::<u16>().ok().map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)))
+            }
+            _ => v.parse::<std::net::SocketAddr>().ok(),
+        };
+        if parsed.is_none() {
+            self.problem(
+                &f.origin,
+                format!("{:?} is not an address and port (e.g. 127.0.0.1:9100, [::1]:9100, :9100)", f.value),
+            );
+        }
+        parsed
     }
 
     /// The root service name: `libstorage.service`, else the first `rexray.storageDrivers`.

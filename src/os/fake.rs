@@ -579,10 +579,11 @@ impl BlockOs for FakeOs {
         let mut w = self.enter(Call::LoopDetach { device: device.to_path_buf() })?;
         match w.loops.remove(device) {
             Some(_) => Ok(()),
-            None => Err(OsError::Tool {
-                tool: format!("losetup {}", device.display()),
-                status: "exit status: 1".into(),
-                stderr: "No such device or address".into(),
+            // As the kernel answers LOOP_CLR_FD on an unbound device.
+            None => Err(OsError::Ioctl {
+                request: "LOOP_CLR_FD",
+                subject: device.to_path_buf(),
+                source: io::Error::from_raw_os_error(6), // ENXIO
             }),
         }
     }

@@ -8,6 +8,7 @@
 //! - [`fake`]: a recording fake with a small simulated world, for unit and service tests.
 //! - [`mountinfo`]: a parser for `/proc/self/mountinfo`.
 
+pub mod boot;
 pub mod fake;
 pub mod linux;
 pub mod mountinfo;
@@ -41,6 +42,17 @@ pub enum OsError {
         #[source]
         source: std::io::Error,
     },
+    /// An `ioctl(2)` failed.
+    #[error("{request} on {}", subject.display())]
+    Ioctl {
+        /// The request's name as in the kernel headers, e.g. `LOOP_CONFIGURE`.
+        request: &'static str,
+        /// The device (or control file) it was made on.
+        subject: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Something the OS reported could not be understood.
     #[error("{0}")]
     Unexpected(String),
@@ -49,12 +61,20 @@ pub enum OsError {
 impl OsError {
     /// Whether the cause is `EBUSY` (a mount still in use, a device held open).
     pub fn is_busy(&self) -> bool {
-        matches!(self, OsError::Sys { source, .. } if source.kind() == std::io::ErrorKind::ResourceBusy)
+        self.io_kind() == Some(std::io::ErrorKind::ResourceBusy)
     }
 
     /// Whether the cause is `ENOENT` (the subject does not exist).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, OsError::Sys { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+        self.io_kind() == Some(std::io::ErrorKind::NotFound)
+    }
+
+    /// The kind of the underlying I/O error, if there is one.
+    fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            OsError::Sys { source, .. } | OsError::Ioctl { source, .. } => Some(source.kind()),
+            OsError::Tool { .. } | OsError::Unexpected(_) => None,
+        }
     }
 }
 
@@ -132,7 +152,9 @@ pub struct DirSpec {
 /// Synchronous on purpose: callers run it inside `tokio::task::spawn_blocking`. The real
 /// implementation is [`linux::LinuxOs`]; [`fake::FakeOs`] records the calls for tests.
 pub trait BlockOs: Send + Sync + Debug {
-    /// Probes `device` for signatures without using the blkid cache.
+    /// Probes `device` for signatures without using the blkid cache. An ext4 or XFS superblock
+    /// that leaves no doubt may be recognised from the device's first bytes; anything else
+    /// (blank, partitioned, other signatures) is left to a full low-level probe.
     ///
     /// # Errors
     /// The device does not exist or the probe failed.
@@ -220,7 +242,8 @@ pub trait BlockOs: Send + Sync + Debug {
     /// The loop devices could not be listed.
     fn loop_find(&self, image: &Path) -> Result<Option<PathBuf>, OsError>;
 
-    /// Attaches `image` to a free loop device and returns the device.
+    /// Attaches `image` to a free loop device and returns the device. The device stays attached
+    /// until [`BlockOs::loop_detach`] (no auto-clear), so it can be found again after a restart.
     ///
     /// # Errors
     /// The image is missing or no loop device could be set up.

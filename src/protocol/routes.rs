@@ -36,6 +36,7 @@ pub fn router(service: ServiceSource) -> Router {
         .route("/VolumeDriver.Capabilities", post(capabilities))
         .fallback(unknown)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(crate::metrics::track_request))
         .with_state(service)
 }
 
@@ -87,18 +88,18 @@ async fn unmount(State(s): State<ServiceSource>, body: Bytes) -> Reply {
 
 async fn path(State(s): State<ServiceSource>, body: Bytes) -> Reply {
     let req: NameRequest = decode("/VolumeDriver.Path", &body)?;
-    let path = s.get().await?.path(&req.name)?;
+    let path = s.get().await?.path(&req.name).await?;
     ok(&MountpointResponse { mountpoint: path.map(|p| p.display().to_string()).unwrap_or_default() })
 }
 
 async fn get(State(s): State<ServiceSource>, body: Bytes) -> Reply {
     let req: NameRequest = decode("/VolumeDriver.Get", &body)?;
-    let info = s.get().await?.get(&req.name)?;
+    let info = s.get().await?.get(&req.name).await?;
     ok(&GetResponse { volume: wire_volume(info, true) })
 }
 
 async fn list(State(s): State<ServiceSource>) -> Reply {
-    let volumes = s.get().await?.list().into_iter().map(|v| wire_volume(v, false)).collect();
+    let volumes = s.get().await?.list().await.into_iter().map(|v| wire_volume(v, false)).collect();
     ok(&ListResponse { volumes })
 }
 

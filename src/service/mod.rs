@@ -11,7 +11,7 @@ pub mod name;
 pub mod state;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use tracing::{debug, info, warn};
@@ -67,9 +67,34 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
+/// The file in a state directory that holds the boot ID of the last open.
+const BOOT_ID_FILE: &str = "boot_id";
+
+/// Whether the state in `dir` was last opened during this boot of the host (so a volume its
+/// holders still use lost its mount to a daemon restart, not to a reboot); records this boot.
+/// Unknown (no boot ID, first open) counts as another boot.
+fn same_boot(dir: &Path) -> bool {
+    let Some(current) = crate::os::boot::boot_id() else {
+        return false;
+    };
+    let file = dir.join(BOOT_ID_FILE);
+    let recorded = std::fs::read_to_string(&file).ok();
+    let same = recorded.as_deref().map(str::trim) == Some(current.as_str());
+    if !same {
+        let tmp = dir.join(format!("{BOOT_ID_FILE}.tmp"));
+        if let Err(e) = std::fs::write(&tmp, &current).and_then(|()| std::fs::rename(&tmp, &file)) {
+            warn!(file = %file.display(), error = %e, "could not record the boot ID");
+        }
+    }
+    same
+}
+
 impl VolumeService {
-    /// Opens the service: loads its state from `state_dir` and reconciles it with the backend
-    /// (holders of a volume that is no longer active, e.g. after a reboot, are dropped).
+    /// Opens the service: loads its state from `state_dir` and reconciles it with the backend.
+    /// A volume that is no longer active but still has holders is activated again when the
+    /// host has not rebooted since the last open (the daemon restarted and lost its mounts, as
+    /// a managed plugin does on `docker plugin disable`/`enable`); after a reboot its holders
+    /// are dropped instead (their containers are gone).
     ///
     /// # Errors
     /// The state directory cannot be used.
@@ -79,10 +104,10 @@ impl VolumeService {
         settings: Integration,
         state_dir: PathBuf,
     ) -> Result<Self, ServiceError> {
-        let (store, records) = blocking(move || {
+        let (store, records, same_boot) = blocking(move || {
             let store = StateStore::open(&state_dir)?;
             let records = store.load()?;
-            Ok::<_, state::StateError>((store, records))
+            Ok::<_, state::StateError>((store, records, same_boot(&state_dir)))
         })
         .await
         .map_err(|e| ServiceError::new("open", name, Cause::State(e)))?;
@@ -95,15 +120,29 @@ impl VolumeService {
             locks: VolumeLocks::default(),
         };
         for record in records {
-            let record = service.reconcile(record).await;
+            let record = service.reconcile(record, same_boot).await;
             service.volumes.write().expect("volume map poisoned").insert(record.name.clone(), record);
         }
+        service.record_metrics();
         info!(service = %service.name, backend = service.backend.kind(), volumes = service.volumes.read().expect("volume map poisoned").len(), "service ready");
         Ok(service)
     }
 
-    /// Brings one loaded record in line with what the backend reports.
-    async fn reconcile(&self, mut record: VolumeRecord) -> VolumeRecord {
+    /// Publishes the volume counts (all, active, holders) to the metrics.
+    fn record_metrics(&self) {
+        let volumes = self.volumes.read().expect("volume map poisoned");
+        let active = volumes.values().filter(|r| r.active).count();
+        let holders = volumes.values().map(VolumeRecord::holder_count).sum();
+        crate::metrics::service_volumes(&self.name, volumes.len(), active, holders);
+    }
+
+    /// Brings one loaded record in line with what the backend reports:
+    /// - active with holders: kept as is (a daemon restart; containers still use it);
+    /// - active with no holders (a crash between activation and its reply): released;
+    /// - not active but held, in the same boot (the daemon restarted and its mounts vanished,
+    ///   as a managed plugin's can): activated again for the containers still using it;
+    /// - not active but held, after a reboot: the holders went with their containers; dropped.
+    async fn reconcile(&self, mut record: VolumeRecord, same_boot: bool) -> VolumeRecord {
         let Ok(name) = VolumeName::new(&record.name) else {
             return record;
         };
@@ -114,19 +153,44 @@ impl VolumeService {
                 return record;
             }
         };
-        if active == record.active {
-            return record;
+        let before = record.clone();
+        let held = record.holder_count() > 0;
+        match (active, held) {
+            (true, true) => record.active = true,
+            (true, false) => match self.backend.deactivate(&name, &record.options).await {
+                Ok(()) => {
+                    info!(volume = %name, "released a volume that was active with no holders");
+                    record.active = false;
+                }
+                Err(e) => {
+                    warn!(volume = %name, error = %e, "could not release an unheld volume; the next unmount or remove retries");
+                    record.active = true;
+                }
+            },
+            (false, true) if same_boot => match self.backend.activate(&name, &record.options).await {
+                Ok(path) => {
+                    info!(volume = %name, path = %path.display(), holders = record.holder_count(), "re-activated a volume still in use");
+                    record.active = true;
+                }
+                Err(e) => {
+                    warn!(volume = %name, error = %e, "could not re-activate a volume still in use; dropping its holders");
+                    record.holders.clear();
+                    record.anonymous = false;
+                    record.active = false;
+                }
+            },
+            (false, true) => {
+                warn!(volume = %name, holders = record.holder_count(), "volume is no longer active after a reboot; dropping its holders");
+                record.holders.clear();
+                record.anonymous = false;
+                record.active = false;
+            }
+            (false, false) => record.active = false,
         }
-        if !active && record.holder_count() > 0 {
-            warn!(volume = %name, holders = record.holder_count(), "volume is no longer active (reboot?); dropping its holders");
-            record.holders.clear();
-            record.anonymous = false;
-        } else if active && record.holder_count() == 0 {
-            info!(volume = %name, "volume is active with no holders; the next unmount or remove will release it");
-        }
-        record.active = active;
-        if let Err(e) = self.save(record.clone()).await {
-            warn!(volume = %name, error = %e, "could not save reconciled state");
+        if record != before {
+            if let Err(e) = self.save(record.clone()).await {
+                warn!(volume = %name, error = %e, "could not save reconciled state");
+            }
         }
         record
     }
@@ -162,6 +226,7 @@ impl VolumeService {
     async fn commit(&self, op: &'static str, record: VolumeRecord) -> Result<(), ServiceError> {
         self.save(record.clone()).await.map_err(|e| ServiceError::new(op, record.name.clone(), Cause::State(e)))?;
         self.volumes.write().expect("volume map poisoned").insert(record.name.clone(), record);
+        self.record_metrics();
         Ok(())
     }
 
@@ -231,7 +296,14 @@ impl VolumeService {
         let name = Self::validate(OP, raw_name)?;
         let _guard = self.locks.lock(name.as_str()).await;
         let Some(mut record) = self.record(&name) else {
-            debug!(volume = %name, "remove of an unknown volume");
+            if !self.settings.remove_disable && self.backend.knows(&name).await {
+                // Created by another host (a global namespace): remove it from the storage.
+                let options = self.backend.parse_options(&BTreeMap::new()).map_err(self.backend_err(OP, &name))?;
+                self.backend.remove(&name, &options).await.map_err(self.backend_err(OP, &name))?;
+                info!(volume = %name, "volume removed");
+            } else {
+                debug!(volume = %name, "remove of an unknown volume");
+            }
             return Ok(());
         };
         self.check_backend(OP, &record)?;
@@ -254,12 +326,14 @@ impl VolumeService {
             .await
             .map_err(|e| ServiceError::new(OP, name.as_str(), Cause::State(e)))?;
         self.volumes.write().expect("volume map poisoned").remove(name.as_str());
+        self.record_metrics();
         info!(volume = %name, "volume removed");
         Ok(())
     }
 
-    /// Mounts a volume for `holder` and returns its host path. The first holder activates it;
-    /// an unknown name is created first when implicit create is on.
+    /// Mounts a volume for `holder` and returns its host path. The first holder activates it.
+    /// An unknown name is adopted when the storage has it (made by another host), else created
+    /// when implicit create is on.
     ///
     /// # Errors
     /// [`Cause::NotFound`] (implicit create off), or the backend's failure.
@@ -271,7 +345,7 @@ impl VolumeService {
         let _guard = self.locks.lock(name.as_str()).await;
         let mut record = match self.record(&name) {
             Some(r) => r,
-            None if self.settings.implicit_create => {
+            None if self.settings.implicit_create || self.backend.knows(&name).await => {
                 let options = self.backend.parse_options(&BTreeMap::new()).map_err(self.backend_err(OP, &name))?;
                 self.create_locked(OP, &name, options).await?;
                 self.record(&name).ok_or_else(|| ServiceError::new(OP, name.as_str(), Cause::NotFound))?
@@ -360,31 +434,58 @@ impl VolumeService {
     ///
     /// # Errors
     /// [`Cause::NotFound`].
-    pub fn path(&self, raw_name: &str) -> Result<Option<PathBuf>, ServiceError> {
-        let info = self.get(raw_name).map_err(|mut e| {
+    pub async fn path(&self, raw_name: &str) -> Result<Option<PathBuf>, ServiceError> {
+        let info = self.get(raw_name).await.map_err(|mut e| {
             e.op = "path";
             e
         })?;
         Ok(info.mountpoint)
     }
 
-    /// Describes one volume from local state (never calls the backend's storage).
+    /// Describes one volume from local state, or from the backend's cache for a volume another
+    /// host created (global backends). Never waits for the storage's API.
     ///
     /// # Errors
     /// [`Cause::NotFound`] or an invalid name.
-    pub fn get(&self, raw_name: &str) -> Result<VolumeInfo, ServiceError> {
+    pub async fn get(&self, raw_name: &str) -> Result<VolumeInfo, ServiceError> {
         const OP: &str = "get";
         debug!(volume = raw_name, "get");
         let name = Self::validate(OP, raw_name)?;
-        let record = self.record(&name).ok_or_else(|| ServiceError::new(OP, raw_name, Cause::NotFound))?;
-        Ok(self.info(&name, &record))
+        if let Some(record) = self.record(&name) {
+            return Ok(self.info(&name, &record));
+        }
+        if self.backend.knows(&name).await {
+            return Ok(self.remote_info(&name));
+        }
+        Err(ServiceError::new(OP, raw_name, Cause::NotFound))
     }
 
-    /// Describes every volume, from local state.
-    pub fn list(&self) -> Vec<VolumeInfo> {
+    /// Describes every volume: local state, plus the volumes of a global backend that other
+    /// hosts created.
+    pub async fn list(&self) -> Vec<VolumeInfo> {
         debug!("list");
         let records: Vec<VolumeRecord> = self.volumes.read().expect("volume map poisoned").values().cloned().collect();
-        records.iter().filter_map(|r| VolumeName::new(&r.name).ok().map(|n| self.info(&n, r))).collect()
+        let mut infos: Vec<VolumeInfo> =
+            records.iter().filter_map(|r| VolumeName::new(&r.name).ok().map(|n| self.info(&n, r))).collect();
+        for remote in self.backend.known_volumes().await {
+            if records.iter().any(|r| r.name == remote) {
+                continue;
+            }
+            if let Ok(name) = VolumeName::new(&remote) {
+                infos.push(self.remote_info(&name));
+            }
+        }
+        infos
+    }
+
+    /// A volume this host has no record of, as the backend reports it.
+    fn remote_info(&self, name: &VolumeName) -> VolumeInfo {
+        let mut status = self.backend.status(name, &Options::new());
+        status.insert("service".into(), self.name.clone().into());
+        status.insert("backend".into(), self.backend.kind().into());
+        status.insert("holders".into(), 0.into());
+        status.insert("active".into(), false.into());
+        VolumeInfo { name: name.to_string(), mountpoint: None, created_at: String::new(), status }
     }
 
     fn info(&self, name: &VolumeName, record: &VolumeRecord) -> VolumeInfo {
@@ -424,8 +525,8 @@ mod tests {
         BTreeMap::new()
     }
 
-    fn holders(s: &VolumeService, name: &str) -> u64 {
-        s.get(name).unwrap().status["holders"].as_u64().unwrap()
+    async fn holders(s: &VolumeService, name: &str) -> u64 {
+        s.get(name).await.unwrap().status["holders"].as_u64().unwrap()
     }
 
     #[tokio::test]
@@ -436,7 +537,7 @@ mod tests {
         s.create("v1", &BTreeMap::from([("SIZE".into(), "2".into())])).await.unwrap();
         s.create("v1", &BTreeMap::from([("size".into(), "5".into())])).await.unwrap();
         assert_eq!(fake.count("create"), 1);
-        let info = s.get("v1").unwrap();
+        let info = s.get("v1").await.unwrap();
         assert_eq!(info.status["options"]["size"], "2");
         assert!(info.mountpoint.is_none());
         assert!(humantime::parse_rfc3339(&info.created_at).is_ok(), "{}", info.created_at);
@@ -446,7 +547,7 @@ mod tests {
         assert!(err.contains("size") && err.contains("abc"), "{err}");
         let err = s.create("../x", &no_opts()).await.unwrap_err().chain();
         assert!(err.contains("create \"../x\"") && err.contains("'/'"), "{err}");
-        assert_eq!(s.list().len(), 1);
+        assert_eq!(s.list().await.len(), 1);
     }
 
     #[tokio::test]
@@ -460,10 +561,10 @@ mod tests {
         assert_eq!(p1, p2);
         s.unmount("v", Some("id1")).await.unwrap();
         assert_eq!(fake.count("deactivate"), 0, "the running container still uses it");
-        assert_eq!(s.path("v").unwrap(), Some(p1));
+        assert_eq!(s.path("v").await.unwrap(), Some(p1));
         s.unmount("v", Some("id1")).await.unwrap();
         assert_eq!(fake.calls(), ["create:v", "activate:v", "deactivate:v"]);
-        assert_eq!(s.path("v").unwrap(), None);
+        assert_eq!(s.path("v").await.unwrap(), None);
     }
 
     #[tokio::test]
@@ -474,7 +575,7 @@ mod tests {
         for _ in 0..3 {
             s.mount("dv", None).await.unwrap();
         }
-        assert_eq!(holders(&s, "dv"), 1);
+        assert_eq!(holders(&s, "dv").await, 1);
         s.unmount("dv", Some("")).await.unwrap();
         assert_eq!(fake.calls(), ["create:dv", "activate:dv", "deactivate:dv"]);
     }
@@ -492,7 +593,7 @@ mod tests {
         s.unmount("v", Some("a")).await.unwrap();
         s.remove("v").await.unwrap();
         s.remove("v").await.unwrap();
-        assert!(s.get("v").is_err());
+        assert!(s.get("v").await.is_err());
         assert_eq!(fake.calls(), ["create:v", "activate:v", "deactivate:v", "remove:v"]);
     }
 
@@ -515,7 +616,7 @@ mod tests {
         s.mount("v", Some("b")).await.unwrap();
         s.unmount("v", Some("a")).await.unwrap();
         assert_eq!(fake.count("deactivate"), 1);
-        assert_eq!(holders(&s, "v"), 0);
+        assert_eq!(holders(&s, "v").await, 0);
     }
 
     #[tokio::test]
@@ -530,7 +631,7 @@ mod tests {
         s2.create("w", &no_opts()).await.unwrap();
         s2.remove("w").await.unwrap();
         assert_eq!(fake.count("remove"), 0);
-        assert!(s2.get("w").is_ok());
+        assert!(s2.get("w").await.is_ok());
     }
 
     #[tokio::test]
@@ -542,10 +643,10 @@ mod tests {
         fake.set_failing("activate", true);
         let err = s.mount("v", Some("a")).await.unwrap_err().chain();
         assert!(err.contains("mount \"v\": fake backend: injected activate failure"), "{err}");
-        assert_eq!(holders(&s, "v"), 0);
+        assert_eq!(holders(&s, "v").await, 0);
         fake.set_failing("activate", false);
         s.mount("v", Some("a")).await.unwrap();
-        assert_eq!(holders(&s, "v"), 1);
+        assert_eq!(holders(&s, "v").await, 1);
     }
 
     #[tokio::test]
@@ -556,7 +657,7 @@ mod tests {
         s.mount("v", Some("a")).await.unwrap();
         fake.set_failing("deactivate", true);
         assert!(s.unmount("v", Some("a")).await.is_err());
-        assert_eq!(holders(&s, "v"), 0);
+        assert_eq!(holders(&s, "v").await, 0);
         fake.set_failing("deactivate", false);
         s.remove("v").await.unwrap();
         assert_eq!(fake.count("deactivate"), 2);
@@ -579,7 +680,7 @@ mod tests {
             assert_eq!(m.await.unwrap().unwrap(), PathBuf::from("/fake/v"));
         }
         assert_eq!(fake.count("activate"), 1);
-        assert_eq!(holders(&s, "v"), 16);
+        assert_eq!(holders(&s, "v").await, 16);
         let unmounts: Vec<_> = (0..16)
             .map(|i| {
                 let s = s.clone();
@@ -591,35 +692,88 @@ mod tests {
         }
         assert_eq!(fake.count("deactivate"), 1);
         assert_eq!(fake.calls().last().unwrap(), "deactivate:v");
-        assert_eq!(holders(&s, "v"), 0);
+        assert_eq!(holders(&s, "v").await, 0);
+    }
+
+    /// Makes the next open of `dir` look like the first one after a reboot.
+    fn pretend_reboot(dir: &std::path::Path) {
+        std::fs::write(dir.join(BOOT_ID_FILE), "an-earlier-boot").unwrap();
     }
 
     #[tokio::test]
-    async fn restart_keeps_holders_of_active_volumes_and_drops_the_rest() {
+    async fn restart_keeps_active_holders_reactivates_lost_mounts_and_releases_leaks() {
         let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(FakeBackend::default());
         {
             let s = open(dir.path(), fake.clone(), settings()).await;
             s.mount("kept", Some("a")).await.unwrap();
             s.mount("kept", None).await.unwrap();
-            s.mount("lost", Some("b")).await.unwrap();
+            s.mount("vanished", Some("c")).await.unwrap();
+            s.create("leaked", &no_opts()).await.unwrap();
             s.create("idle", &BTreeMap::from([("size".into(), "3".into())])).await.unwrap();
         }
-        // As after a reboot for "lost": the kernel no longer has it.
-        fake.state.lock().unwrap().active.remove("lost");
+        // The daemon restarts in the same boot: the mount of "vanished" is gone (a managed
+        // plugin's can be), and "leaked" is active with no holders (a crash between its
+        // activation and the reply).
+        fake.state.lock().unwrap().active.remove("vanished");
+        fake.state.lock().unwrap().active.insert("leaked".into());
+        let calls_before = fake.calls().len();
         let s = open(dir.path(), fake.clone(), settings()).await;
-        assert_eq!(holders(&s, "kept"), 2);
-        assert_eq!(s.path("kept").unwrap(), Some(PathBuf::from("/fake/kept")));
-        assert_eq!(holders(&s, "lost"), 0);
-        assert_eq!(s.path("lost").unwrap(), None);
-        assert_eq!(s.get("idle").unwrap().status["options"]["size"], "3");
-        assert_eq!(s.list().len(), 3);
+        let mut new_calls = fake.calls()[calls_before..].to_vec();
+        new_calls.sort();
+        assert_eq!(new_calls, ["activate:vanished", "deactivate:leaked"]);
+        assert_eq!(holders(&s, "kept").await, 2);
+        assert_eq!(s.path("kept").await.unwrap(), Some(PathBuf::from("/fake/kept")));
+        assert_eq!(holders(&s, "vanished").await, 1);
+        assert_eq!(s.path("vanished").await.unwrap(), Some(PathBuf::from("/fake/vanished")));
+        assert_eq!(s.path("leaked").await.unwrap(), None);
+        assert_eq!(s.get("idle").await.unwrap().status["options"]["size"], "3");
+        assert_eq!(s.list().await.len(), 4);
         s.unmount("kept", Some("a")).await.unwrap();
         s.unmount("kept", None).await.unwrap();
-        assert_eq!(fake.count("deactivate"), 1);
-        // A Mount after the reboot re-activates.
-        s.mount("lost", Some("b")).await.unwrap();
-        assert_eq!(fake.count("activate"), 3);
+        assert!(!fake.state.lock().unwrap().active.contains("kept"));
+    }
+
+    #[tokio::test]
+    async fn after_a_reboot_holders_are_dropped_and_a_mount_activates_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeBackend::default());
+        {
+            let s = open(dir.path(), fake.clone(), settings()).await;
+            s.mount("v", Some("b")).await.unwrap();
+        }
+        fake.state.lock().unwrap().active.clear();
+        pretend_reboot(dir.path());
+        let s = open(dir.path(), fake.clone(), settings()).await;
+        assert_eq!(holders(&s, "v").await, 0);
+        assert_eq!(s.path("v").await.unwrap(), None);
+        assert_eq!(fake.count("activate"), 1, "nothing re-activated after a reboot");
+        s.mount("v", Some("b")).await.unwrap();
+        assert_eq!(fake.count("activate"), 2);
+        assert_eq!(s.path("v").await.unwrap(), Some(PathBuf::from("/fake/v")));
+    }
+
+    #[tokio::test]
+    async fn volumes_made_by_another_host_are_listed_adopted_and_removable() {
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let storage = Arc::new(FakeBackend::default());
+        let host_a = open(dir_a.path(), storage.clone(), settings()).await;
+        let host_b = open(dir_b.path(), storage.clone(), Integration { implicit_create: false, ..settings() }).await;
+        host_a.create("shared", &no_opts()).await.unwrap();
+        host_a.create("gone", &no_opts()).await.unwrap();
+        let names: Vec<String> = host_b.list().await.into_iter().map(|v| v.name).collect();
+        assert_eq!(names, ["gone", "shared"]);
+        let info = host_b.get("shared").await.unwrap();
+        assert_eq!(info.status["holders"], 0);
+        assert!(info.mountpoint.is_none());
+        assert!(host_b.get("never-made").await.unwrap_err().is_not_found());
+        // Implicit create is off on B, but the volume exists: B adopts it, never creates a twin.
+        assert_eq!(host_b.mount("shared", Some("x")).await.unwrap(), PathBuf::from("/fake/shared"));
+        assert_eq!(holders(&host_b, "shared").await, 1);
+        assert!(host_b.mount("never-made", Some("x")).await.unwrap_err().is_not_found());
+        host_b.remove("gone").await.unwrap();
+        assert!(!storage.state.lock().unwrap().volumes.contains("gone"));
+        assert_eq!(host_b.list().await.len(), 1);
     }
 
     #[tokio::test]

@@ -3,10 +3,10 @@
 //! A block backend only knows how to get a device for a volume: it implements [`Attacher`].
 //! [`BlockPipeline`] does everything after that, the same way for every backend:
 //!
-//! - **activate**: attach → probe (`blkid -p`) → format only when blank → mount at
-//!   `<mount.path>/<name>` (XFS with `nouuid`, plus the volume's `mountOptions`) → create the
-//!   `rootPath` directory (default `data`) with the volume's mode and owner → return
-//!   `<mount.path>/<name>/<rootPath>`. A file system smaller than its device (the image or disk
+//! - **activate**: attach → probe (an ext4/XFS superblock is recognised directly; anything else
+//!   goes to `blkid -p`) → format only when blank → mount at `<mount.path>/<name>` (XFS with
+//!   `nouuid`, plus the volume's `mountOptions`) → create the `rootPath` directory (default
+//!   `data`) with the volume's mode and owner → return `<mount.path>/<name>/<rootPath>`. A file system smaller than its device (the image or disk
 //!   was enlarged) is grown: ext4 before mounting (`e2fsck -f -p`, `resize2fs`), XFS right after
 //!   (`xfs_growfs`). The sizes are compared from the superblock first, so an ordinary mount runs
 //!   no extra tool.

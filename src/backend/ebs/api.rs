@@ -311,18 +311,39 @@ impl CloudError {
 pub fn classify(code: &str, message: &str, http_status: Option<u16>) -> CloudErrorKind {
     use CloudErrorKind as K;
     match code {
-        "RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "RequestThrottled"
-        | "RequestThrottledException" | "TooManyRequestsException" | "ProvisionedThroughputExceededException"
-        | "TransactionInProgressException" | "SlowDown" | "EC2ThrottledException" => K::Throttled,
+        "RequestLimitExceeded"
+        | "Throttling"
+        | "ThrottlingException"
+        | "RequestThrottled"
+        | "RequestThrottledException"
+        | "TooManyRequestsException"
+        | "ProvisionedThroughputExceededException"
+        | "TransactionInProgressException"
+        | "SlowDown"
+        | "EC2ThrottledException" => K::Throttled,
         "IdempotentParameterMismatch" => K::IdempotentParameterMismatch,
         "InvalidVolume.ZoneMismatch" => K::ZoneMismatch,
         "IncorrectState" | "InvalidAttachment.NotFound" => K::IncorrectState,
         "VolumeInUse" => K::VolumeInUse,
-        "AttachmentLimitExceeded" | "VolumeLimitExceeded" | "VolumeModificationSizeLimitExceeded"
-        | "MaxIOPSLimitExceeded" | "SnapshotLimitExceeded" | "ResourceLimitExceeded" => K::LimitExceeded,
-        "AuthFailure" | "UnauthorizedOperation" | "InvalidClientTokenId" | "SignatureDoesNotMatch"
-        | "OptInRequired" | "Blocked" | "AccessDenied" | "AccessDeniedException" => K::Unauthorized,
-        "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" | "RequestTimeout"
+        "AttachmentLimitExceeded"
+        | "VolumeLimitExceeded"
+        | "VolumeModificationSizeLimitExceeded"
+        | "MaxIOPSLimitExceeded"
+        | "SnapshotLimitExceeded"
+        | "ResourceLimitExceeded" => K::LimitExceeded,
+        "AuthFailure"
+        | "UnauthorizedOperation"
+        | "InvalidClientTokenId"
+        | "SignatureDoesNotMatch"
+        | "OptInRequired"
+        | "Blocked"
+        | "AccessDenied"
+        | "AccessDeniedException" => K::Unauthorized,
+        "InternalError"
+        | "InternalFailure"
+        | "ServiceUnavailable"
+        | "Unavailable"
+        | "RequestTimeout"
         | "RequestTimeoutException" => K::Transient,
         "InvalidParameterValue" if message.contains("already in use") => K::DeviceInUse,
         c if c.ends_with(".NotFound") => K::NotFound,
@@ -333,7 +354,11 @@ pub fn classify(code: &str, message: &str, http_status: Option<u16>) -> CloudErr
             || c.starts_with("InvalidZone")
             || matches!(
                 c,
-                "UnknownParameter" | "UnknownVolumeType" | "UnsupportedOperation" | "ValidationError" | "MissingParameter"
+                "UnknownParameter"
+                    | "UnknownVolumeType"
+                    | "UnsupportedOperation"
+                    | "ValidationError"
+                    | "MissingParameter"
             ) =>
         {
             K::InvalidParameter

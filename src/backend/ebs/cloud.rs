@@ -141,7 +141,8 @@ fn volume_of(v: &aws_sdk_ec2::types::Volume) -> Volume {
 #[async_trait]
 impl Ec2Api for AwsEc2 {
     async fn create_volume(&self, req: &CreateVolumeRequest) -> Result<Volume, CloudError> {
-        let spec = TagSpecification::builder().resource_type(ResourceType::Volume).set_tags(Some(sdk_tags(&req.tags))).build();
+        let spec =
+            TagSpecification::builder().resource_type(ResourceType::Volume).set_tags(Some(sdk_tags(&req.tags))).build();
         let out = self
             .client
             .create_volume()

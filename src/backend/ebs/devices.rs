@@ -292,7 +292,9 @@ mod tests {
             ]
         );
         let mut host = Host::default();
-        assert!(matches!(find_device(&host, Path::new("/l"), "vol-0abc", "/dev/xvdf"), Found::Missing(p) if p.len() == 3));
+        assert!(
+            matches!(find_device(&host, Path::new("/l"), "vol-0abc", "/dev/xvdf"), Found::Missing(p) if p.len() == 3)
+        );
         host.links.insert("/dev/sdf".into(), "/dev/sdf".into());
         assert_eq!(
             find_device(&host, Path::new("/l"), "vol-0abc", "/dev/xvdf"),

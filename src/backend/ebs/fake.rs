@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::api::{
-    AttachState, CloudError, CreateVolumeRequest, Ec2Api, Instance, Volume, VolumeAttachment, VolumePage,
-    VolumeQuery, VolumeState,
+    AttachState, CloudError, CreateVolumeRequest, Ec2Api, Instance, Volume, VolumeAttachment, VolumePage, VolumeQuery,
+    VolumeState,
 };
 use super::devices::DeviceHost;
 
@@ -210,9 +210,10 @@ impl FakeEc2 {
 
     /// Adds a running instance in `az` with its root device `/dev/sda1` mapped.
     pub fn add_instance(&self, id: &str, az: &str) {
-        self.world()
-            .instances
-            .insert(id.to_owned(), FakeInstance { az: az.to_owned(), devices: BTreeSet::from(["/dev/sda1".to_owned()]) });
+        self.world().instances.insert(
+            id.to_owned(),
+            FakeInstance { az: az.to_owned(), devices: BTreeSet::from(["/dev/sda1".to_owned()]) },
+        );
     }
 
     /// Adds an available volume with these tags; returns its ID.
@@ -234,13 +235,8 @@ impl FakeEc2 {
             attachments: Vec::new(),
             create_time: Some("2026-11-01T00:00:00Z".into()),
         };
-        let fv = FakeVolume {
-            volume,
-            creating: 0,
-            attaching: BTreeMap::new(),
-            detaching: BTreeMap::new(),
-            vanish: false,
-        };
+        let fv =
+            FakeVolume { volume, creating: 0, attaching: BTreeMap::new(), detaching: BTreeMap::new(), vanish: false };
         w.volumes.insert(id.clone(), fv);
         id
     }
@@ -398,7 +394,8 @@ impl FakeEc2 {
 #[async_trait]
 impl Ec2Api for FakeEc2 {
     async fn create_volume(&self, req: &CreateVolumeRequest) -> Result<Volume, CloudError> {
-        let mut w = self.enter(Ec2Call::CreateVolume { name: req.tags.get("Name").cloned(), token: req.client_token.clone() })?;
+        let mut w =
+            self.enter(Ec2Call::CreateVolume { name: req.tags.get("Name").cloned(), token: req.client_token.clone() })?;
         let mut params = req.clone();
         params.client_token = String::new();
         if let Some((earlier, volume)) = w.tokens.get(&req.client_token) {
@@ -476,11 +473,9 @@ impl Ec2Api for FakeEc2 {
             instance: instance_id.to_owned(),
             device: device.to_owned(),
         })?;
-        let inst = w
-            .instances
-            .get(instance_id)
-            .cloned()
-            .ok_or_else(|| err("InvalidInstanceID.NotFound", format!("The instance ID '{instance_id}' does not exist")))?;
+        let inst = w.instances.get(instance_id).cloned().ok_or_else(|| {
+            err("InvalidInstanceID.NotFound", format!("The instance ID '{instance_id}' does not exist"))
+        })?;
         let (polls, stuck) = (w.attach_polls, w.stuck_attaching);
         let fv = w
             .volumes
@@ -489,9 +484,7 @@ impl Ec2Api for FakeEc2 {
         if fv.volume.availability_zone != inst.az {
             return Err(err(
                 "InvalidVolume.ZoneMismatch",
-                format!(
-                    "The volume '{volume_id}' is not in the same availability zone as instance '{instance_id}'"
-                ),
+                format!("The volume '{volume_id}' is not in the same availability zone as instance '{instance_id}'"),
             ));
         }
         if fv.volume.live_attachments().next().is_some() {
@@ -501,7 +494,10 @@ impl Ec2Api for FakeEc2 {
             return Err(err("IncorrectState", format!("The volume '{volume_id}' is '{}'", fv.volume.state.as_str())));
         }
         if inst.devices.contains(device) {
-            return Err(err("InvalidParameterValue", format!("Invalid value '{device}' for unixDevice. Attachment point {device} is already in use")));
+            return Err(err(
+                "InvalidParameterValue",
+                format!("Invalid value '{device}' for unixDevice. Attachment point {device} is already in use"),
+            ));
         }
         let state = if polls > 0 || stuck { AttachState::Attaching } else { AttachState::Attached };
         fv.volume.attachments.push(VolumeAttachment {
@@ -574,10 +570,9 @@ impl Ec2Api for FakeEc2 {
 
     async fn describe_instance(&self, instance_id: &str) -> Result<Instance, CloudError> {
         let w = self.enter(Ec2Call::DescribeInstances(instance_id.to_owned()))?;
-        let inst = w
-            .instances
-            .get(instance_id)
-            .ok_or_else(|| err("InvalidInstanceID.NotFound", format!("The instance ID '{instance_id}' does not exist")))?;
+        let inst = w.instances.get(instance_id).ok_or_else(|| {
+            err("InvalidInstanceID.NotFound", format!("The instance ID '{instance_id}' does not exist"))
+        })?;
         Ok(Instance {
             id: instance_id.to_owned(),
             availability_zone: inst.az.clone(),
@@ -633,10 +628,8 @@ impl DeviceHost for FakeDeviceHost {
         let hex = name.strip_prefix("nvme-Amazon_Elastic_Block_Store_vol")?;
         let id = format!("vol-{hex}");
         let volume = self.ec2.volume(&id)?;
-        let attached = volume
-            .attachments
-            .iter()
-            .any(|a| a.instance_id == self.instance && a.state == AttachState::Attached);
+        let attached =
+            volume.attachments.iter().any(|a| a.instance_id == self.instance && a.state == AttachState::Attached);
         if !attached {
             return None;
         }

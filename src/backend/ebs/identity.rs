@@ -138,11 +138,13 @@ impl Imds {
     }
 
     async fn request(&self, method: Method, path: &str, header: (&str, &str)) -> Result<(StatusCode, String), String> {
-        let uri: Uri = format!("{}{path}", self.endpoint).parse().map_err(|e| format!("bad endpoint {}: {e}", self.endpoint))?;
+        let uri: Uri =
+            format!("{}{path}", self.endpoint).parse().map_err(|e| format!("bad endpoint {}: {e}", self.endpoint))?;
         if uri.scheme_str() != Some("http") {
             return Err(format!("metadata endpoint {} must be http://", self.endpoint));
         }
-        let host = uri.host().ok_or_else(|| format!("no host in {}", self.endpoint))?.trim_matches(['[', ']']).to_owned();
+        let host =
+            uri.host().ok_or_else(|| format!("no host in {}", self.endpoint))?.trim_matches(['[', ']']).to_owned();
         let port = uri.port_u16().unwrap_or(80);
         let authority = uri.authority().map(ToString::to_string).unwrap_or_default();
         let exchange = async {
@@ -178,9 +180,8 @@ impl Imds {
             }
         }
         let ttl = TOKEN_TTL_SECS.to_string();
-        let (status, body) = self
-            .request(Method::PUT, "/latest/api/token", ("X-aws-ec2-metadata-token-ttl-seconds", &ttl))
-            .await?;
+        let (status, body) =
+            self.request(Method::PUT, "/latest/api/token", ("X-aws-ec2-metadata-token-ttl-seconds", &ttl)).await?;
         if status != StatusCode::OK || body.is_empty() {
             return Err(format!("IMDSv2 token request answered {status}"));
         }
@@ -256,10 +257,18 @@ mod tests {
             ..EbsSettings::default()
         };
         let d = discover(&s, &m).await.unwrap();
-        assert_eq!(d, Discovered { instance_id: "i-1".into(), availability_zone: Some("us-east-1c".into()), region: "us-east-1".into() });
+        assert_eq!(
+            d,
+            Discovered {
+                instance_id: "i-1".into(),
+                availability_zone: Some("us-east-1c".into()),
+                region: "us-east-1".into()
+            }
+        );
         assert!(m.1.lock().unwrap().is_empty(), "no metadata call");
         // Only the instance: the AZ is left to DescribeInstances; the region comes from config.
-        let s = EbsSettings { instance_id: Some("i-1".into()), region: Some("us-west-2".into()), ..EbsSettings::default() };
+        let s =
+            EbsSettings { instance_id: Some("i-1".into()), region: Some("us-west-2".into()), ..EbsSettings::default() };
         let d = discover(&s, &m).await.unwrap();
         assert_eq!((d.availability_zone, d.region.as_str()), (None, "us-west-2"));
         assert!(m.1.lock().unwrap().is_empty());
@@ -270,7 +279,14 @@ mod tests {
         let m = md();
         let s = EbsSettings { region: Some("us-east-1".into()), ..EbsSettings::default() };
         let d = discover(&s, &m).await.unwrap();
-        assert_eq!(d, Discovered { instance_id: "i-0meta".into(), availability_zone: Some("eu-west-1b".into()), region: "eu-west-1".into() });
+        assert_eq!(
+            d,
+            Discovered {
+                instance_id: "i-0meta".into(),
+                availability_zone: Some("eu-west-1b".into()),
+                region: "eu-west-1".into()
+            }
+        );
         let err = discover(&EbsSettings::default(), &Static::default()).await.unwrap_err();
         assert!(err.contains("instance ID") && err.contains("ebs.instanceID"), "{err}");
     }
@@ -323,7 +339,14 @@ mod tests {
         let env = |k: &str| (k == "AWS_EC2_METADATA_SERVICE_ENDPOINT").then(|| endpoint.clone());
         let imds = Imds::from_env(&env);
         let d = discover(&EbsSettings::default(), &imds).await.unwrap();
-        assert_eq!(d, Discovered { instance_id: "i-0fromimds".into(), availability_zone: Some("us-west-2b".into()), region: "us-west-2".into() });
+        assert_eq!(
+            d,
+            Discovered {
+                instance_id: "i-0fromimds".into(),
+                availability_zone: Some("us-west-2b".into()),
+                region: "us-west-2".into()
+            }
+        );
         let seen = requests.lock().unwrap().clone();
         assert!(seen[0].starts_with("PUT /latest/api/token"), "{seen:?}");
         assert_eq!(seen.iter().filter(|r| r.starts_with("PUT")).count(), 1, "{seen:?}");

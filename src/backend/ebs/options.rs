@@ -205,15 +205,10 @@ impl EbsOptions {
     /// # Errors
     /// [`BackendError::InvalidOption`] naming the key.
     pub fn from_options(opts: &Options, defaults: &EbsDefaults) -> Result<Self, BackendError> {
-        let volume_type = opts
-            .get("volumeType")
-            .cloned()
-            .or_else(|| defaults.volume_type.clone())
-            .unwrap_or_else(|| "gp3".into());
+        let volume_type =
+            opts.get("volumeType").cloned().or_else(|| defaults.volume_type.clone()).unwrap_or_else(|| "gp3".into());
         let num = |key: &str| -> Result<Option<u64>, BackendError> {
-            opts.get(key)
-                .map(|v| v.parse::<u64>().map_err(|_| invalid(key, v, "expected a whole number")))
-                .transpose()
+            opts.get(key).map(|v| v.parse::<u64>().map_err(|_| invalid(key, v, "expected a whole number"))).transpose()
         };
         let size_gib = num("size")?;
         if let Some(size) = size_gib {
@@ -229,7 +224,11 @@ impl EbsOptions {
         let iops = num("iops")?;
         if let Some(n) = iops {
             let Some((min, max)) = iops_range(&volume_type) else {
-                return Err(invalid("iops", &n.to_string(), format!("only io1, io2 and gp3 take iops, not {volume_type}")));
+                return Err(invalid(
+                    "iops",
+                    &n.to_string(),
+                    format!("only io1, io2 and gp3 take iops, not {volume_type}"),
+                ));
             };
             if !(min..=max).contains(&n) {
                 return Err(invalid("iops", &n.to_string(), format!("{volume_type} takes {min} to {max} iops")));
@@ -238,7 +237,11 @@ impl EbsOptions {
         let throughput = num("throughput")?;
         if let Some(t) = throughput {
             if volume_type != "gp3" {
-                return Err(invalid("throughput", &t.to_string(), format!("only gp3 takes throughput, not {volume_type}")));
+                return Err(invalid(
+                    "throughput",
+                    &t.to_string(),
+                    format!("only gp3 takes throughput, not {volume_type}"),
+                ));
             }
             if !(125..=2_000).contains(&t) {
                 return Err(invalid("throughput", &t.to_string(), "gp3 takes 125 to 2000 MiB/s"));
@@ -315,7 +318,11 @@ mod tests {
 
     #[test]
     fn config_defaults_apply() {
-        let ebs = EbsDefaults { volume_type: Some("io1".into()), iops: Some(500), availability_zone: Some("eu-west-1c".into()) };
+        let ebs = EbsDefaults {
+            volume_type: Some("io1".into()),
+            iops: Some(500),
+            availability_zone: Some("eu-west-1c".into()),
+        };
         let o = go_with(&[], &ebs).unwrap();
         assert_eq!(o["volumeType"], "io1");
         assert_eq!(o["iops"], "500");

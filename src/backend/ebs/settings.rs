@@ -122,9 +122,7 @@ impl EbsSettings {
     /// access key without its secret key.
     pub fn parse(raw: &BTreeMap<String, String>) -> Result<Self, BackendError> {
         let get = |k: &str| raw.get(k).map(|v| v.trim()).filter(|v| !v.is_empty()).map(str::to_owned);
-        let mut s = Self::default();
-        s.access_key = get("accesskey");
-        s.secret_key = get("secretkey");
+        let mut s = Self { access_key: get("accesskey"), secret_key: get("secretkey"), ..Self::default() };
         if s.access_key.is_some() != s.secret_key.is_some() {
             let (key, value) = if s.access_key.is_some() { ("accessKey", "…") } else { ("secretKey", "…") };
             return Err(invalid(key, value, "ebs.accessKey and ebs.secretKey must be set together"));
@@ -253,8 +251,8 @@ mod tests {
         assert_eq!(s.default_volume_type.as_deref(), Some("io2"));
         assert_eq!(s.endpoint_url().as_deref(), Some("http://127.0.0.1:5000"));
         assert!(!format!("{s:?}").contains("s3cr3t"));
-        let s = EbsSettings::parse(&raw(&[("endpoint", "ec2.us-east-1.amazonaws.com"), ("statustimeout", "30")]))
-            .unwrap();
+        let s =
+            EbsSettings::parse(&raw(&[("endpoint", "ec2.us-east-1.amazonaws.com"), ("statustimeout", "30")])).unwrap();
         assert_eq!(s.endpoint_url().as_deref(), Some("https://ec2.us-east-1.amazonaws.com"));
         assert_eq!(s.status_timeout, Duration::from_secs(30));
     }

@@ -1,0 +1,393 @@
+#!/usr/bin/env python3
+"""Turns a suite run (OUT_DIR/*.json from bench/suite.py) into markdown tables.
+
+    python3 bench/report.py OUT_DIR [--write BENCHMARKS.md]
+
+Writes OUT_DIR/tables.md. With --write, replaces every block
+`<!-- generated:NAME -->` … `<!-- /generated:NAME -->` in the given file with the fresh table of
+that NAME, leaving the prose around it alone (a block whose stage did not run keeps its old text).
+"""
+import json
+import os
+import re
+import statistics
+import sys
+
+
+def load(out, stage):
+    p = os.path.join(out, f"{stage}.json")
+    if not os.path.exists(p):
+        return None
+    with open(p) as f:
+        return json.load(f)
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def f0(x):
+    return "–" if x is None else f"{x:,.0f}"
+
+
+def f1(x):
+    return "–" if x is None else f"{x:,.1f}"
+
+
+def f2(x):
+    return "–" if x is None else f"{x:.2f}"
+
+
+def mib(kib):
+    return "–" if kib is None else f"{kib / 1024:.1f} MiB"
+
+
+def yes(ok):
+    return "–" if ok is None else ("**yes**" if ok else "**no**")
+
+
+def skipped(d):
+    return d is None or "skipped" in d
+
+
+def skip_note(name, d):
+    if d is None:
+        return f"_not run in this run (stage `{name}`)._\n"
+    return f"_skipped: {d['skipped']}_\n"
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def machine_block(m, suite=None):
+    if m is None:
+        return None
+    took = f"| suite run time | {suite['suite_secs'] // 60} min {suite['suite_secs'] % 60} s (builds excluded) |\n" if suite else ""
+    return "| | |\n|---|---|\n" + took + (
+        f"| date | {m['date']} |\n"
+        f"| machine | {m['cores']} cores ({m.get('cpu') or '?'}), {m.get('mem_gib')} GiB |\n"
+        f"| kernel | {m['kernel']} |\n"
+        f"| Docker | {m.get('docker_server') and 'Engine ' + m['docker_server'] or m.get('dockerd') or '?'} (CLI {m.get('docker_client') or '?'}) |\n"
+        f"| toolchain | {m.get('rustc')} |\n"
+        f"| source | `{m.get('git')}`{' + uncommitted changes' if m.get('git_dirty') else ''} |\n"
+        f"| load average at start | {' '.join(m.get('loadavg_at_start') or [])} |\n"
+        f"| CPU pinning | {'server on CPU 0, load generator on CPU 1' if m.get('pinned') else 'none (all processes share both cores)'} |\n"
+    )
+
+
+def protocol_cells(p):
+    """(op, conns) -> dict of medians and the median per-round ratio."""
+    cells = {}
+    for op in ("get", "path", "list"):
+        for c in (1, 16, 64):
+            runs = [r for r in p["runs"] if r["op"] == op and r["conns"] == c]
+            ours = [r for r in runs if r["label"] == "ours"]
+            bare = [r for r in runs if r["label"] == "bare"]
+            if not ours or not bare:
+                continue
+            ratios = []
+            for o in ours:
+                b = [x for x in bare if x["round"] == o["round"]]
+                if b and b[0]["rps"]:
+                    ratios.append(o["rps"] / b[0]["rps"])
+            cells[(op, c)] = {
+                "ours_rps": med([r["rps"] for r in ours]), "bare_rps": med([r["rps"] for r in bare]),
+                "ratio": med(ratios),
+                "ours_p50": med([r["p50_us"] for r in ours]), "ours_p99": med([r["p99_us"] for r in ours]),
+                "bare_p50": med([r["p50_us"] for r in bare]), "bare_p99": med([r["p99_us"] for r in bare]),
+                "ours_cpu": med([r["server_cpu_us_per_req"] for r in ours]),
+                "bare_cpu": med([r["server_cpu_us_per_req"] for r in bare]),
+                "errors": sum(r["errors"] for r in runs),
+                "other": med([r.get("other_cpu_pct") for r in runs]),
+            }
+    return cells
+
+
+def protocol_block(p):
+    if skipped(p):
+        return skip_note("protocol", p)
+    cells = protocol_cells(p)
+    lines = [
+        "| call | conns | ours req/s | bare req/s | ours / bare | ours p50 / p99 (µs) | bare p50 / p99 (µs) "
+        "| server CPU per request, ours / bare (µs) | other tenants' CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (op, c), x in cells.items():
+        lines.append(
+            f"| {op.capitalize()} | {c} | {f0(x['ours_rps'])} | {f0(x['bare_rps'])} | {f2(x['ratio'])} | "
+            f"{f0(x['ours_p50'])} / {f0(x['ours_p99'])} | {f0(x['bare_p50'])} / {f0(x['bare_p99'])} | "
+            f"{f1(x['ours_cpu'])} / {f1(x['bare_cpu'])} | {f0(x['other'])} % |")
+    errors = sum(x["errors"] for x in cells.values())
+    lines.append("")
+    lines.append(f"Medians of {p['rounds']} interleaved rounds of {p['duration_s']} s each (after "
+                 f"{p['warmup_s']} s of warm-up) per cell; ours/bare is the median of the per-round ratios. "
+                 f"Reply sizes: Get {p['reply_bytes']['get']} B, Path {p['reply_bytes']['path']} B, "
+                 f"List {p['reply_bytes']['list']} B ({p['names']} volumes). Errors: {errors}. "
+                 "Other tenants' CPU: what the rest of the machine used during the cells, in % of both "
+                 "cores (/proc/stat minus the server and the load generator). "
+                 f"Stage time {p.get('stage_secs')} s.")
+    return "\n".join(lines) + "\n"
+
+
+def docker_block(d):
+    if skipped(d):
+        return skip_note("docker", d)
+    lines = ["| command | ours (vfs) ms | local ms | ours / local | median of pair ratios | pairs |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for k in ("inspect", "ls", "run"):
+        x = d.get(k)
+        if not x:
+            continue
+        lines.append(f"| `{x['command']}` | {f1(x['ours_p50_ms'])} | {f1(x['local_p50_ms'])} | "
+                     f"{f2(x['ratio'])} | {f2(x['pair_ratio_p50'])} | {len(x['ours_ms'])} |")
+    calls = d.get("plugin_calls") or {}
+    if calls:
+        lines.append("")
+        lines.append("VolumeDriver calls Docker made to us per command (from the daemon's debug log; "
+                     "Path is logged as a Get): " + "; ".join(
+                         f"{k}: {', '.join(f'{op} ×{n}' for op, n in v.items()) or 'none'}" for k, v in calls.items()))
+    lines.append("")
+    lines.append(f"Docker Engine {d.get('docker')}, image `{d.get('image')}`, {d.get('volumes_per_driver')} volumes per "
+                 f"driver, medians of interleaved pairs (order alternating). Stage time {d.get('stage_secs')} s.")
+    return "\n".join(lines) + "\n"
+
+
+def loop_block(lp):
+    if skipped(lp):
+        return skip_note("loop", lp)
+    m = lp["median_ms"]
+    lines = ["| 16 GiB loop volume | daemon ms | bare sequence ms | daemon / bare |", "|---|---:|---:|---:|"]
+    for label, key in (("create + first mount", "create"), ("remount", "remount"), ("unmount", "unmount")):
+        d, b = m.get("d_" + key), m.get("b_" + key)
+        lines.append(f"| {label} | {f1(d)} | {f1(b)} | {f2(d / b if d and b else None)} |")
+    lines.append("")
+    lines.append(f"Medians of {lp['runs']} interleaved runs. Stage time {lp.get('stage_secs')} s.")
+    return "\n".join(lines) + "\n"
+
+
+# REX-Ray 0.11's EC2 calls per VolumeDriver call, derived from its algorithm as
+# ../shared/reference/rexray.md §3, §3.1, §3.2 and §4 describe it (not measured: there is no
+# REX-Ray binary here). "wait" = waitVolumeComplete's polls (DescribeVolumes at 100 ms × 2^i):
+# at least one; one against an emulator that attaches at once, typically 3–5 on AWS.
+REXRAY_EBS = [
+    ("Get (`docker volume inspect`; Docker also sends 4 per `docker run`)", "1",
+     "inspect by name: DescribeVolumes filtered on AZ + tag:Name (§3, §4.2)"),
+    ("Path", "0–1", "0 with the path cache and an uncounted volume, else an inspect with attachments (§3)"),
+    ("List (`docker volume ls`)", "1, unpaginated",
+     "Volumes(): one DescribeVolumes returning every named volume in the AZ — all 5,000 in one reply (§3, #1316)"),
+    ("Create", "≥ 4", "DescribeVolumes (exists?), CreateVolume, CreateTags (Name), wait until `available` (§4.3)"),
+    ("Mount of an existing, detached volume", "≥ 5",
+     "inspect (§3.1 step 2), VolumeAttach: DescribeVolumes, AttachVolume, wait until `attached` (§4.4), "
+     "re-inspect with attachments (step 6)"),
+    ("Unmount (last holder)", "≥ 4",
+     "inspect attached-to-me (§3.2), VolumeDetach: DescribeVolumes, DetachVolume, wait until detached (§4.6)"),
+    ("`docker run --rm -v vol:/data` of an existing volume", "≥ 13",
+     "Docker's calls Get ×4, Mount, Unmount (environment.md): 4 + 5 + 4"),
+]
+
+
+def rexray_ebs_table():
+    lines = ["| VolumeDriver call | REX-Ray EC2 calls (derived) | from its algorithm |", "|---|---:|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in REXRAY_EBS]
+    return "\n".join(lines) + "\n"
+
+
+def ebs_block(e):
+    if skipped(e):
+        return skip_note("ebs", e) + "\nREX-Ray, for comparison:\n\n" + rexray_ebs_table()
+    if "ops" not in e:
+        return f"_failed: {e.get('error')}_\n"
+    lines = ["| operation (through the socket) | EC2 calls | which | ms |", "|---|---:|---|---:|"]
+    for o in e["ops"]:
+        which = ", ".join(f"{k} ×{v}" for k, v in o["calls"].items()) or "–"
+        lines.append(f"| {o['op']}{'' if o['ok'] else ' (FAILED)'} | {o['total']} | {which} | {f1(o['ms'])} |")
+    rs = e.get("restart")
+    if rs:
+        which = ", ".join(f"{k} ×{v}" for k, v in rs["calls"].items()) or "none"
+        lines.append("")
+        lines.append(f"Restart with {e['volumes_for_ls']:,} volumes in state: first Get answered "
+                     f"{rs['first_get_ms']:,.0f} ms after spawn{'' if rs['ok'] else ' (FAILED)'}; EC2 calls meanwhile: {which}.")
+    if e.get("ls"):
+        lines.append("")
+        lines.append(f"| listing {e['volumes_for_ls']:,} volumes of this daemon + {e.get('made_elsewhere', 0)} made "
+                     f"by another host | ms | volumes listed | EC2 calls |")
+        lines.append("|---|---:|---:|---|")
+        for x in e["ls"]:
+            which = ", ".join(f"{k} ×{v}" for k, v in x["calls"].items()) or "none"
+            lines.append(f"| {x['how']}{'' if x['ok'] else ' (FAILED)'} | {f1(x['ms'])} | {x['listed']} | {which} |")
+    if e.get("error"):
+        lines.append("")
+        lines.append(f"_The stage stopped early: {e['error']}_")
+    lines.append("")
+    lines.append(f"Binary `{e.get('binary')}` ({e.get('binary_bytes', 0) / 1e6:.1f} MB). Stage time {e.get('stage_secs')} s.")
+    lines.append("")
+    lines.append("REX-Ray 0.11, side by side (derived from its algorithm in `rexray.md`, not measured):")
+    lines.append("")
+    return "\n".join(lines) + "\n" + rexray_ebs_table()
+
+
+def scale_block(s):
+    if skipped(s):
+        return skip_note("scale", s)
+    lines = ["| volumes in state | Mount p50 / p99 (µs) | Unmount p50 / p99 (µs) | Get p50 (µs) | List p50 (ms) | "
+             "List reply | RSS | first Get after a restart (ms) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for lv in s["levels"]:
+        rs = lv.get("restart") or {}
+        each = [f1(x) for x in ((rs.get("first_get") or {}).get("each_ms") or [])]
+        each += [f"> {rs.get('get_timeout_s', 0) * 1000:,.0f}"] * int(rs.get("first_get_timeouts") or 0)
+        lines.append(
+            f"| {lv['volumes']:,} | {f0(lv['mount']['p50_us'])} / {f0(lv['mount']['p99_us'])} | "
+            f"{f0(lv['unmount']['p50_us'])} / {f0(lv['unmount']['p99_us'])} | {f0(lv['get']['p50_us'])} | "
+            f"{f2(lv['list']['p50_us'] / 1000)} | {lv['list_bytes'] / 1024:,.0f} KiB | {mib(lv['rss']['rss_kib'])} | "
+            f"{' / '.join(each) or '–'} |")
+    fp = s.get("fsync_probe")
+    lines.append("")
+    lines.append(f"{s['levels'][0]['mount']['n']} Mount/Unmount pairs per level (a new 64-hex ID each), the levels "
+                 "served by one daemon each and measured in turn, pair by pair; then 500 Gets and 10 Lists. "
+                 "The restart column is each of 2 successive restarts after the run (the first loads and reconciles "
+                 "the state the run left, the second is steady): time from spawn to the first Get answered." + (f" This disk's write + fsync + rename + directory fsync: p50 {f0(fp['p50_us'])} µs, "
+                                    f"p99 {f0(fp['p99_us'])} µs." if fp else "")
+                 + f" Stage time {s.get('stage_secs')} s.")
+    return "\n".join(lines) + "\n"
+
+
+def footprint_block(f):
+    if skipped(f):
+        return skip_note("footprint", f)
+    st = f["startup"]
+    lines = ["| figure | value |", "|---|---:|",
+             f"| release binary (stripped, thin LTO) | {f['binary_bytes'] / 1e6:.2f} MB |"]
+    if f.get("binary_ebs_bytes"):
+        lines.append(f"| release binary with `--features ebs` | {f['binary_ebs_bytes'] / 1e6:.2f} MB |")
+    lines += [
+        f"| start → socket accepts (median of {st['runs']}; min–max) | {st['listening']['p50_ms']} ms "
+        f"({st['listening']['min_ms']}–{st['listening']['max_ms']}) |",
+        f"| start → first Plugin.Activate answered | {st['first_activate']['p50_ms']} ms |",
+        f"| start → first Get answered | {st['first_get']['p50_ms']} ms |",
+        f"| RSS idle (8 volumes) | {mib(f['idle']['rss_kib'])} |",
+        f"| RSS after {f['requests']:,} Get (16 connections) | {mib(f['after_get']['rss_kib'])} |",
+        f"| RSS after {f['requests'] // 10:,} more List on 64 connections | {mib(f['after_list64']['rss_kib'])} |",
+        f"| peak RSS (VmHWM) | {mib(f['after_list64']['hwm_kib'])} |",
+        f"| threads | {f['after_settle']['threads']} |",
+    ]
+    lines.append("")
+    lines.append(f"Stage time {f.get('stage_secs')} s.")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def summary_block(out):
+    p, d, lp, e, s, f = (load(out, x) for x in ("protocol", "docker", "loop", "ebs", "scale", "footprint"))
+    rows = []
+
+    def row(figure, goal, result, met):
+        rows.append(f"| {figure} | {goal} | {result} | {yes(met)} |")
+
+    if not skipped(p):
+        c = protocol_cells(p).get(("get", 16))
+        if c:
+            row("Get throughput at 16 connections, vs a bare hyper server", "≥ 80 %",
+                f"{c['ratio'] * 100:.0f} % ({f0(c['ours_rps'])} vs {f0(c['bare_rps'])} req/s)", c["ratio"] >= 0.8)
+            row("Get p99 at 16 connections", "< 2 ms", f"{c['ours_p99'] / 1000:.2f} ms (bare server: "
+                f"{c['bare_p99'] / 1000:.2f} ms)", c["ours_p99"] < 2000)
+    else:
+        row("Get throughput / p99 at 16 connections", "≥ 80 % / < 2 ms", "not measured", None)
+    if not skipped(d):
+        for k, label in (("inspect", "`docker volume inspect`"), ("ls", "`docker volume ls`"),
+                         ("run", "`docker run --rm -v vol:/data img true`")):
+            x = d.get(k)
+            if x:
+                row(f"{label}, vfs vs `local`", "≤ 1.05×", f"{x['ratio']:.2f}× ({x['ours_p50_ms']:.0f} vs "
+                    f"{x['local_p50_ms']:.0f} ms)", x["ratio"] <= 1.05)
+    else:
+        row("Docker commands, vfs vs `local`", "≤ 1.05×", "not measured", None)
+    if not skipped(lp):
+        m = lp["median_ms"]
+        r = m["d_create"] / m["b_create"]
+        row("16 GiB loop volume: create + first mount vs bare sequence", "≤ 1.2× and < 300 ms",
+            f"{r:.2f}×, {m['d_create']:.0f} ms", r <= 1.2 and m["d_create"] < 300)
+        for key, label in (("remount", "remount"), ("unmount", "unmount")):
+            r = m["d_" + key] / m["b_" + key]
+            row(f"16 GiB loop volume: {label} vs bare sequence", "≤ 1.2×", f"{r:.2f}× ({m['d_' + key]:.0f} vs "
+                f"{m['b_' + key]:.0f} ms)", r <= 1.2)
+    else:
+        row("loop volumes vs bare sequence", "≤ 1.2×", "not measured", None)
+    if not skipped(e) and e.get("ops"):
+        by = {o["op"]: o for o in e["ops"]}
+
+        def n(label):
+            o = by.get(label)
+            return "–" if o is None else str(o["total"])
+        row("EBS: EC2 calls per create / mount existing / unmount / inspect / ls",
+            "state them; REX-Ray (derived): ≥4 / ≥5 / ≥4 / 1 / 1",
+            f"{n('create (size 1)')} / {n('mount existing (attach)')} / {n('unmount (detach)')} / "
+            f"{n('get while mounted')} (first after start: {n('get / inspect')}) / {n('list')}", None)
+        dl = [x for x in e.get("ls") or [] if x["how"].startswith("docker")]
+        if dl:
+            row(f"EBS: `docker volume ls` with {e['volumes_for_ls']:,} volumes", "state time and calls",
+                f"{med([x['ms'] for x in dl]):.0f} ms, {dl[-1]['listed']} listed, "
+                f"{sum(sum(x['calls'].values()) for x in dl)} EC2 calls in {len(dl)} runs", None)
+    else:
+        row("EBS control plane", "state calls per operation", "not measured: " + (
+            (e or {}).get("skipped") or (e or {}).get("error") or "stage not run"), None)
+    if not skipped(s):
+        lv = s["levels"]
+        a, b = lv[0], lv[-1]
+        rm, ru = b["mount"]["p50_us"] / a["mount"]["p50_us"], b["unmount"]["p50_us"] / a["unmount"]["p50_us"]
+        row(f"Mount / Unmount p50 with {b['volumes']:,} vs {a['volumes']:,} volumes in state", "flat (≤ 1.5×)",
+            f"{rm:.2f}× / {ru:.2f}× ({b['mount']['p50_us'] / 1000:.2f} / {b['unmount']['p50_us'] / 1000:.2f} ms)",
+            rm <= 1.5 and ru <= 1.5)
+    if not skipped(f):
+        row("Resident memory idle", "< 15 MiB", mib(f["idle"]["rss_kib"]), f["idle"]["rss_kib"] < 15 * 1024)
+        row(f"Resident memory after {f['requests']:,} requests", "< 15 MiB", mib(f["after_get"]["rss_kib"]),
+            f["after_get"]["rss_kib"] < 15 * 1024)
+        st = f["startup"]["listening"]["p50_ms"]
+        row("Start to a listening socket", "< 20 ms", f"{st} ms", st < 20)
+        row("Release binary size", "–", f"{f['binary_bytes'] / 1e6:.2f} MB", None)
+    return "| figure | goal | result | met? |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
+
+
+def blocks(out):
+    return {
+        "summary": summary_block(out),
+        "machine": machine_block(load(out, "machine"), load(out, "suite")),
+        "protocol": protocol_block(load(out, "protocol")) if load(out, "protocol") is not None else None,
+        "docker": docker_block(load(out, "docker")) if load(out, "docker") is not None else None,
+        "loop": loop_block(load(out, "loop")) if load(out, "loop") is not None else None,
+        "ebs": ebs_block(load(out, "ebs")) if load(out, "ebs") is not None else None,
+        "scale": scale_block(load(out, "scale")) if load(out, "scale") is not None else None,
+        "footprint": footprint_block(load(out, "footprint")) if load(out, "footprint") is not None else None,
+    }
+
+
+def main():
+    if len(sys.argv) < 2:
+        raise SystemExit(__doc__)
+    out = sys.argv[1]
+    bl = blocks(out)
+    text = "".join(f"### {k}\n\n{v}\n" for k, v in bl.items() if v)
+    with open(os.path.join(out, "tables.md"), "w") as f:
+        f.write(text)
+    if "--write" in sys.argv:
+        target = sys.argv[sys.argv.index("--write") + 1]
+        with open(target) as f:
+            doc = f.read()
+        for name, body in bl.items():
+            if body is None:
+                continue
+            pat = re.compile(rf"(<!-- generated:{name} -->\n).*?(<!-- /generated:{name} -->)", re.S)
+            doc, n = pat.subn(lambda m: m.group(1) + body + m.group(2), doc)
+            if n == 0:
+                print(f"report: no block <!-- generated:{name} --> in {target}", file=sys.stderr)
+        with open(target, "w") as f:
+            f.write(doc)
+        print(f"report: updated {target}", file=sys.stderr)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

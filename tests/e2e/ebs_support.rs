@@ -1,0 +1,474 @@
+//! Shared parts of the EBS tests with real parts (included with `#[path]` by `tests/ebs_*.rs`):
+//! the moto EC2 emulator, a raw EC2 query client for what the backend never calls
+//! (RunInstances), the test "hypervisor" that backs attached volumes with loop devices, and a
+//! VolumeDriver client for the daemon's socket.
+//!
+//! Prerequisites are checked by [`require`]: a missing one skips the test with a printed reason,
+//! except when `CI` is set, where it fails the test.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rexray::backend::ebs::api::{AttachState, Ec2Api, Volume, VolumeQuery};
+use rexray::backend::ebs::cloud::{AwsEc2, Connection};
+
+/// Whether CI is set (then missing prerequisites fail instead of skipping).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
+}
+
+/// Skips (returns `false` after printing why) or, in CI, panics, when `reason` is `Some`.
+pub fn require(test: &str, reason: Option<String>) -> bool {
+    match reason {
+        None => true,
+        Some(reason) if in_ci() => panic!("{test}: cannot run in CI: {reason}"),
+        Some(reason) => {
+            let _ = writeln!(std::io::stderr(), "skipping {test}: {reason}");
+            false
+        }
+    }
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
+}
+
+/// A moto server: the one at `MOTO_ENDPOINT`, or one this test starts (killed on drop).
+#[derive(Debug)]
+pub struct Moto {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    child: Option<Child>,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Moto {
+    /// Finds or starts moto.
+    ///
+    /// # Errors
+    /// Why moto is not available (no `MOTO_ENDPOINT`, no `moto_server` on PATH, or it did not
+    /// answer).
+    pub fn start() -> Result<Moto, String> {
+        if let Ok(endpoint) = std::env::var("MOTO_ENDPOINT") {
+            if !endpoint.is_empty() {
+                wait_http(&endpoint, Duration::from_secs(10))?;
+                return Ok(Moto { endpoint, child: None });
+            }
+        }
+        let program = std::env::var_os("MOTO_SERVER")
+            .map(PathBuf::from)
+            .or_else(|| find_in_path("moto_server"))
+            .ok_or("moto is not installed: pip install 'moto[server]==5.2.5' (or set MOTO_ENDPOINT)")?;
+        let port = free_port();
+        let child = Command::new(&program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        let moto = Moto { endpoint: format!("http://127.0.0.1:{port}"), child: Some(child) };
+        wait_http(&moto.endpoint, Duration::from_secs(30))?;
+        Ok(moto)
+    }
+
+    /// An EC2 client for `region` (signed for it, which picks moto's backend).
+    pub async fn api(&self, region: &str) -> AwsEc2 {
+        AwsEc2::connect(&Connection {
+            region: region.to_owned(),
+            endpoint: Some(self.endpoint.clone()),
+            static_credentials: Some(("test".into(), "test".into())),
+        })
+        .await
+    }
+
+    /// Starts an instance in `az` (RunInstances) and returns its ID.
+    pub fn run_instance(&self, region: &str, az: &str) -> String {
+        let body = ec2_query(
+            &self.endpoint,
+            region,
+            &[
+                ("Action", "RunInstances"),
+                ("ImageId", "ami-12c6146b"),
+                ("MinCount", "1"),
+                ("MaxCount", "1"),
+                ("InstanceType", "t3.micro"),
+                ("Placement.AvailabilityZone", az),
+            ],
+        )
+        .expect("RunInstances");
+        let start = body.find("<instanceId>").expect("instanceId in RunInstances") + "<instanceId>".len();
+        let end = start + body[start..].find('<').expect("end tag");
+        body[start..end].to_owned()
+    }
+}
+
+fn wait_http(endpoint: &str, limit: Duration) -> Result<(), String> {
+    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let deadline = Instant::now() + limit;
+    loop {
+        if TcpStream::connect(&addr).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("moto did not answer at {endpoint} within {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Splits a raw HTTP/1.1 response into status and (de-chunked) body.
+fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
+    let text = String::from_utf8_lossy(raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no header end")?;
+    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no status")?;
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    if !chunked {
+        return Ok((status, body.to_owned()));
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let (size, after) = rest.split_once("\r\n").ok_or("bad chunk")?;
+        let size = usize::from_str_radix(size.trim(), 16).map_err(|e| e.to_string())?;
+        if size == 0 {
+            return Ok((status, out));
+        }
+        out.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+}
+
+/// One EC2 Query API call, unsigned but with a credential scope naming `region` (moto routes
+/// by it and checks no signature). Returns the XML body of a 200 answer.
+///
+/// # Errors
+/// The transport failure, or the status and body of a non-200 answer.
+pub fn ec2_query(endpoint: &str, region: &str, params: &[(&str, &str)]) -> Result<String, String> {
+    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut body: Vec<String> = params.iter().map(|(k, v)| format!("{}={}", url_encode(k), url_encode(v))).collect();
+    body.push("Version=2016-11-15".into());
+    let body = body.join("&");
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded; charset=utf-8\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/{region}/ec2/aws4_request, SignedHeaders=host, Signature=0\r\n\
+         X-Amz-Date: 20260101T000000Z\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let (status, text) = parse_response(&raw)?;
+    if status == 200 {
+        Ok(text)
+    } else {
+        Err(format!("{status}: {text}"))
+    }
+}
+
+/// Calls `method` (`VolumeDriver.Mount`, …) on the daemon's socket the way Docker does (no
+/// Content-Type) and returns the status and the JSON answer.
+pub fn plugin_call(socket: &Path, method: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let body = body.to_string();
+    let request = format!(
+        "POST /{method} HTTP/1.1\r\nHost: plugin\r\nAccept: application/vnd.docker.plugins.v1.2+json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    stream.set_read_timeout(Some(Duration::from_secs(180))).expect("timeout");
+    stream.write_all(request.as_bytes()).expect("write request");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read response");
+    let (status, text) = parse_response(&raw).expect("HTTP response");
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method}: not JSON ({e}): {text}"));
+    (status, json)
+}
+
+/// A `rexray service start -f -c FILE` process.
+#[derive(Debug)]
+pub struct Daemon {
+    /// The socket it serves.
+    pub socket: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts the daemon with `config` and `REXRAY_HOME=home` (plus `env`) and waits until the
+    /// socket answers Plugin.Activate.
+    pub fn start(config: &Path, home: &Path, socket: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rexray"));
+        cmd.args(["service", "start", "-f", "-c"])
+            .arg(config)
+            .env("REXRAY_HOME", home)
+            .env("RUST_LOG", "rexray=debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start the daemon");
+        let daemon = Daemon { socket: socket.to_path_buf(), log: log.to_path_buf(), child: Some(child) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if UnixStream::connect(socket).is_ok() {
+                let (status, _) = plugin_call(socket, "Plugin.Activate", &serde_json::Value::Null);
+                if status == 200 {
+                    return daemon;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not listen on {}; log:\n{}",
+                socket.display(),
+                daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = rustix::process::Pid::from_child(&child);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(format!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Mount points whose source is `device`, per /proc/self/mountinfo.
+fn mounts_of(device: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let sep = fields.iter().position(|f| *f == "-")?;
+            let source = fields.get(sep + 2)?;
+            (Path::new(source) == device).then(|| fields[4].replace("\\040", " "))
+        })
+        .collect()
+}
+
+/// The test "hypervisor": watches the emulator every 100 ms and, for each volume attached
+/// (`attached`) to a known instance, backs it with a loop device over `<sim>/<volume-id>.img`
+/// linked as `<links>/nvme-Amazon_Elastic_Block_Store_vol<hex>` in that instance's link
+/// directory. When the attachment goes away it lazily unmounts whatever still mounts the
+/// device (a dead host's mounts), removes the link and releases the loop device.
+#[derive(Debug)]
+pub struct Hypervisor {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// Errors it met (reported by the test).
+    pub errors: Arc<Mutex<Vec<String>>>,
+}
+
+#[derive(Debug)]
+struct Plugged {
+    device: PathBuf,
+    link: PathBuf,
+}
+
+impl Hypervisor {
+    /// Starts watching `region` of `moto` for `instances` (instance ID → link directory).
+    pub fn start(endpoint: &str, region: &str, sim: &Path, instances: BTreeMap<String, PathBuf>) -> Hypervisor {
+        let stop = Arc::new(AtomicBool::new(false));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, errors2, sim, endpoint, region) =
+            (stop.clone(), errors.clone(), sim.to_path_buf(), endpoint.to_owned(), region.to_owned());
+        std::fs::create_dir_all(&sim).expect("sim dir");
+        for dir in instances.values() {
+            std::fs::create_dir_all(dir).expect("links dir");
+        }
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let api = rt.block_on(AwsEc2::connect(&Connection {
+                region,
+                endpoint: Some(endpoint),
+                static_credentials: Some(("test".into(), "test".into())),
+            }));
+            let mut plugged: BTreeMap<(String, String), Plugged> = BTreeMap::new();
+            let note = |e: String| {
+                eprintln!("hypervisor: {e}");
+                errors2.lock().unwrap().push(e);
+            };
+            while !stop2.load(Ordering::SeqCst) {
+                match rt.block_on(api.describe_volumes(&VolumeQuery::default())) {
+                    Ok(page) => {
+                        let mut want: BTreeMap<(String, String), Volume> = BTreeMap::new();
+                        for v in page.volumes {
+                            for a in &v.attachments {
+                                // Skip the root volume RunInstances made for each instance.
+                                let root = a.device == "/dev/sda1" || a.device == "/dev/xvda";
+                                if !root && a.state == AttachState::Attached && instances.contains_key(&a.instance_id) {
+                                    want.insert((v.id.clone(), a.instance_id.clone()), v.clone());
+                                }
+                            }
+                        }
+                        let gone: Vec<(String, String)> =
+                            plugged.keys().filter(|k| !want.contains_key(*k)).cloned().collect();
+                        for key in gone {
+                            let p = plugged.remove(&key).expect("present");
+                            if let Err(e) = unplug(&p) {
+                                note(format!("unplug {} from {}: {e}", key.0, key.1));
+                            } else {
+                                eprintln!("hypervisor: unplugged {} from {} ({})", key.0, key.1, p.device.display());
+                            }
+                        }
+                        for (key, v) in want {
+                            if plugged.contains_key(&key) {
+                                continue;
+                            }
+                            match plug(&sim, &instances[&key.1], &v) {
+                                Ok(p) => {
+                                    eprintln!("hypervisor: plugged {} into {} as {}", key.0, key.1, p.device.display());
+                                    plugged.insert(key, p);
+                                }
+                                Err(e) => note(format!("plug {} into {}: {e}", key.0, key.1)),
+                            }
+                        }
+                    }
+                    Err(e) => note(format!("DescribeVolumes: {e}")),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            for (key, p) in std::mem::take(&mut plugged) {
+                if let Err(e) = unplug(&p) {
+                    note(format!("unplug {} from {} at stop: {e}", key.0, key.1));
+                }
+            }
+        });
+        Hypervisor { stop, thread: Some(thread), errors }
+    }
+
+    /// Stops watching and unplugs everything.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Hypervisor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn plug(sim: &Path, links: &Path, v: &Volume) -> Result<Plugged, String> {
+    let image = sim.join(format!("{}.img", v.id));
+    if !image.exists() {
+        let f = std::fs::File::create(&image).map_err(|e| format!("create {}: {e}", image.display()))?;
+        f.set_len(v.size_gib.max(1) << 30).map_err(|e| e.to_string())?;
+    }
+    let device = PathBuf::from(run("losetup", &["--find", "--show", &image.display().to_string()])?);
+    let link = links.join(format!("nvme-Amazon_Elastic_Block_Store_{}", v.id.replace('-', "")));
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&device, &link).map_err(|e| format!("link {}: {e}", link.display()))?;
+    Ok(Plugged { device, link })
+}
+
+fn unplug(p: &Plugged) -> Result<(), String> {
+    for target in mounts_of(&p.device) {
+        run("umount", &["-l", &target])?;
+    }
+    let _ = std::fs::remove_file(&p.link);
+    run("losetup", &["-d", &p.device.display().to_string()]).map(|_| ())
+}
+
+/// The volumes of `region` whose Name tag is `name`.
+pub async fn volumes_named(api: &AwsEc2, name: &str) -> Vec<Volume> {
+    api.describe_volumes(&VolumeQuery::filtered(vec![("tag:Name".into(), vec![name.to_owned()])]))
+        .await
+        .expect("DescribeVolumes")
+        .volumes
+}
+
+/// Loop devices backed by files under `sim` (to check nothing leaks).
+pub fn loops_under(sim: &Path) -> BTreeSet<String> {
+    run("losetup", &["-n", "-O", "NAME,BACK-FILE"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&sim.display().to_string()))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}

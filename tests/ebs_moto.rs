@@ -1,0 +1,305 @@
+//! The real `aws-sdk-ec2` client ([`AwsEc2`]) and the EBS backend against moto's EC2, on the
+//! wire. No root needed: the OS side is the recording fake; the kernel side is in
+//! `tests/ebs_failover.rs`.
+//!
+//! Needs moto (`MOTO_ENDPOINT`, or `moto_server` on PATH); without it each test prints why it
+//! is skipped, except in CI (`CI` set), where that is a failure. Each test uses its own region,
+//! so they share one moto server safely.
+#![cfg(feature = "ebs")]
+
+#[path = "e2e/ebs_support.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rexray::backend::ebs::api::{AttachState, CloudErrorKind, CreateVolumeRequest, Ec2Api, VolumeQuery, VolumeState};
+use rexray::backend::ebs::devices::DeviceHost;
+use rexray::backend::ebs::identity::Imds;
+use rexray::backend::ebs::{client_token, EbsBackend, Parts, OWNER_TAG};
+use rexray::backend::Backend;
+use rexray::config::ServiceConfig;
+use rexray::os::fake::{Call, FakeOs};
+use rexray::service::name::VolumeName;
+use support::{require, volumes_named, Moto};
+
+fn moto(test: &str) -> Option<Moto> {
+    match Moto::start() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            require(test, Some(e));
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn sdk_client_speaks_ec2_to_moto() {
+    let Some(moto) = moto("sdk_client_speaks_ec2_to_moto") else { return };
+    let region = "us-west-1";
+    let api = moto.api(region).await;
+    let instance = moto.run_instance(region, "us-west-1b");
+
+    let tags: BTreeMap<String, String> = [("Name", "wire1"), (OWNER_TAG, "true"), ("team", "qa")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let created = api
+        .create_volume(&CreateVolumeRequest {
+            size_gib: Some(3),
+            availability_zone: "us-west-1b".into(),
+            volume_type: "gp3".into(),
+            iops: Some(4000),
+            throughput: Some(250),
+            encrypted: false,
+            kms_key_id: None,
+            snapshot_id: None,
+            tags: tags.clone(),
+            client_token: client_token("wire1"),
+        })
+        .await
+        .unwrap();
+    assert!(created.id.starts_with("vol-"), "{created:?}");
+    let found = volumes_named(&api, "wire1").await;
+    assert_eq!(found.len(), 1);
+    let v = &found[0];
+    assert_eq!((v.size_gib, v.volume_type.as_str(), v.availability_zone.as_str()), (3, "gp3", "us-west-1b"));
+    assert_eq!(v.iops, Some(4000));
+    assert_eq!(v.tags, tags, "tags set in the CreateVolume call");
+    assert_eq!(v.state, VolumeState::Available);
+
+    // Filter on the ownership tag with a page size.
+    let page = api
+        .describe_volumes(&VolumeQuery {
+            filters: vec![(format!("tag:{OWNER_TAG}"), vec!["true".into()])],
+            max_results: Some(500),
+            ..VolumeQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.volumes.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), [created.id.as_str()]);
+
+    // Attach, see it in the instance's mapping (next to the root device), detach.
+    let inst = api.describe_instance(&instance).await.unwrap();
+    assert_eq!(inst.availability_zone, "us-west-1b");
+    assert!(inst.device_names.iter().any(|d| d == "/dev/sda1"), "{inst:?}");
+    api.attach_volume(&created.id, &instance, "/dev/xvdf").await.unwrap();
+    let v = &api.describe_volumes(&VolumeQuery::by_id(&created.id)).await.unwrap().volumes[0];
+    assert_eq!(v.attachments.len(), 1);
+    assert_eq!(
+        (v.attachments[0].instance_id.as_str(), v.attachments[0].device.as_str()),
+        (instance.as_str(), "/dev/xvdf")
+    );
+    assert_eq!(v.attachments[0].state, AttachState::Attached);
+    let attached = api
+        .describe_volumes(&VolumeQuery::filtered(vec![("attachment.instance-id".into(), vec![instance.clone()])]))
+        .await
+        .unwrap();
+    assert!(attached.volumes.iter().any(|x| x.id == created.id));
+    assert!(api.describe_instance(&instance).await.unwrap().device_names.contains(&"/dev/xvdf".to_owned()));
+
+    // Error codes map to the sentinels the backend branches on.
+    let in_use = api.delete_volume(&created.id).await.unwrap_err();
+    assert_eq!(in_use.kind, CloudErrorKind::VolumeInUse, "{in_use}");
+    api.detach_volume(&created.id, &instance, true).await.unwrap();
+    let again = api.detach_volume(&created.id, &instance, false).await.unwrap_err();
+    assert_eq!(again.kind, CloudErrorKind::IncorrectState, "{again}");
+    api.delete_volume(&created.id).await.unwrap();
+    let gone = api.describe_volumes(&VolumeQuery::by_id(&created.id)).await.unwrap_err();
+    assert_eq!(gone.kind, CloudErrorKind::NotFound, "{gone}");
+    let no_instance = api.describe_instance("i-00000000000000000").await.unwrap_err();
+    assert_eq!(no_instance.kind, CloudErrorKind::NotFound, "{no_instance}");
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_is_a_transient_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let api = rexray::backend::ebs::cloud::AwsEc2::connect(&rexray::backend::ebs::cloud::Connection {
+        region: "us-east-1".into(),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        static_credentials: Some(("test".into(), "test".into())),
+    })
+    .await;
+    let err = api.describe_volumes(&VolumeQuery::default()).await.unwrap_err();
+    assert_eq!(err.kind, CloudErrorKind::Transient, "{err}");
+    assert!(err.is_retryable());
+}
+
+/// Every volume attached to `instance` shows up as `/dev/fake-<id>` (no kernel involved).
+#[derive(Debug)]
+struct LinkEverything {
+    links: PathBuf,
+}
+
+impl DeviceHost for LinkEverything {
+    fn resolve(&self, path: &Path) -> Option<PathBuf> {
+        let name = path.strip_prefix(&self.links).ok()?.to_str()?;
+        name.strip_prefix("nvme-Amazon_Elastic_Block_Store_").map(|v| PathBuf::from(format!("/dev/fake-{v}")))
+    }
+    fn serial(&self, _device: &Path) -> Option<String> {
+        None
+    }
+}
+
+fn service(moto: &Moto, region: &str, instance: &str, az: &str, preempt: bool, tag: Option<&str>) -> ServiceConfig {
+    let home = tempfile::tempdir().unwrap().keep();
+    let env = BTreeMap::from([("REXRAY_HOME".to_owned(), home.display().to_string())]);
+    let mut text = format!(
+        "libstorage:\n  service: ebs\n  integration:\n    volume:\n      operations:\n        mount:\n          preempt: {preempt}\n\
+         ebs:\n  endpoint: {}\n  region: {region}\n  accessKey: test\n  secretKey: test\n  instanceID: {instance}\n  availabilityZone: {az}\n  deviceLinksDir: /links\n",
+        moto.endpoint
+    );
+    if let Some(t) = tag {
+        text.push_str(&format!("  tag: {t}\n"));
+    }
+    let config = rexray::config::parse(&text, None, &env).expect("config");
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    config.services.into_iter().find(|s| s.name == "ebs").expect("ebs service")
+}
+
+fn backend(svc: &ServiceConfig) -> (Arc<FakeOs>, EbsBackend) {
+    let os = Arc::new(FakeOs::new());
+    let moto_conn = svc.ebs.clone();
+    let parts = Parts {
+        os: os.clone(),
+        host: Arc::new(LinkEverything { links: "/links".into() }),
+        metadata: Arc::new(Imds::new("http://127.0.0.1:9", true)),
+        factory: Box::new(move |conn| {
+            assert_eq!(conn.endpoint.as_deref(), moto_conn.get("endpoint").map(String::as_str));
+            Box::pin(async move {
+                let api: Arc<dyn Ec2Api> = Arc::new(rexray::backend::ebs::cloud::AwsEc2::connect(&conn).await);
+                api
+            })
+        }),
+    };
+    (os, EbsBackend::with_parts(svc, parts).unwrap())
+}
+
+fn name(s: &str) -> VolumeName {
+    VolumeName::new(s).unwrap()
+}
+
+#[tokio::test]
+async fn backend_lifecycle_and_takeover_on_moto() {
+    let Some(moto) = moto("backend_lifecycle_and_takeover_on_moto") else { return };
+    let region = "eu-west-1";
+    let api = moto.api(region).await;
+    let a_id = moto.run_instance(region, "eu-west-1a");
+    let b_id = moto.run_instance(region, "eu-west-1a");
+    let c_id = moto.run_instance(region, "eu-west-1b");
+    let (a_os, a) = backend(&service(&moto, region, &a_id, "eu-west-1a", false, None));
+    let (_, b_off) = backend(&service(&moto, region, &b_id, "eu-west-1a", false, None));
+    let (b_os, b_on) = backend(&service(&moto, region, &b_id, "eu-west-1a", true, None));
+    let (_, c) = backend(&service(&moto, region, &c_id, "eu-west-1b", false, None));
+
+    // Create with options: the emulator holds the tags, size and type.
+    let raw: BTreeMap<String, String> = [("size", "2"), ("volumeType", "gp2"), ("fsType", "xfs"), ("tags", "team=qa")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let opts = a.parse_options(&raw).unwrap();
+    a.create(&name("db"), &opts).await.unwrap();
+    a.create(&name("db"), &opts).await.unwrap();
+    let vols = volumes_named(&api, "db").await;
+    assert_eq!(vols.len(), 1, "create is idempotent");
+    let v = &vols[0];
+    assert_eq!((v.size_gib, v.volume_type.as_str(), v.availability_zone.as_str()), (2, "gp2", "eu-west-1a"));
+    assert_eq!(v.tags.get(OWNER_TAG).map(String::as_str), Some("true"));
+    assert_eq!(v.tags.get("rexray-rs/fsType").map(String::as_str), Some("xfs"));
+    assert_eq!(v.tags.get("team").map(String::as_str), Some("qa"));
+
+    // Mount on A: attached in EC2 at a device of the default range, formatted xfs.
+    let path = a.activate(&name("db"), &opts).await.unwrap();
+    assert!(path.ends_with("volumes/db/data"), "{}", path.display());
+    let v = &volumes_named(&api, "db").await[0];
+    assert_eq!(v.attachments[0].instance_id, a_id);
+    assert_eq!(v.attachments[0].device, "/dev/xvdf");
+    assert!(a_os.calls().iter().any(|c| matches!(c, Call::Mkfs { fs: rexray::os::FsType::Xfs, .. })));
+    let status = a.status(&name("db"), &opts);
+    assert_eq!(status["attachedInstance"], a_id.as_str());
+    assert_eq!(status["sizeGiB"], 2);
+
+    // moto would let anyone attach it; the backend refuses without preempt, naming A.
+    let b_opts = b_off.parse_options(&BTreeMap::new()).unwrap();
+    b_off.create(&name("db"), &b_opts).await.unwrap();
+    let err = b_off.activate(&name("db"), &b_opts).await.unwrap_err().to_string();
+    assert!(err.contains(&format!("attached to instance {a_id}")), "{err}");
+    assert_eq!(volumes_named(&api, "db").await[0].attachments[0].instance_id, a_id);
+    // A host in another AZ is told where the volume is.
+    let err = c.activate(&name("db"), &b_opts).await.unwrap_err().to_string();
+    assert!(err.starts_with("volume db is in eu-west-1a; this instance is in eu-west-1b"), "{err}");
+
+    // Preempt: B takes it over; its record says ext4 but the tag says xfs.
+    b_on.activate(&name("db"), &b_opts).await.unwrap();
+    let v = &volumes_named(&api, "db").await[0];
+    assert_eq!(v.attachments.len(), 1);
+    assert_eq!(v.attachments[0].instance_id, b_id);
+    assert!(b_os.calls().iter().any(|c| matches!(c, Call::Mkfs { fs: rexray::os::FsType::Xfs, .. })));
+
+    // Unmount: detached in EC2. Remove: deleted; again: fine.
+    b_on.deactivate(&name("db"), &b_opts).await.unwrap();
+    let v = &volumes_named(&api, "db").await[0];
+    assert!(v.attachments.is_empty(), "{v:?}");
+    assert_eq!(v.state, VolumeState::Available);
+    b_on.remove(&name("db"), &b_opts).await.unwrap();
+    assert!(volumes_named(&api, "db").await.is_empty());
+    b_on.remove(&name("db"), &b_opts).await.unwrap();
+
+    // An implicit volume is 16 GiB gp3.
+    b_on.create(&name("imp"), &b_opts).await.unwrap();
+    let v = volumes_named(&api, "imp").await.remove(0);
+    assert_eq!((v.size_gib, v.volume_type.as_str()), (16, "gp3"));
+
+    // snapshotID: a volume restored from a snapshot takes its size unless one is given.
+    let xml = support::ec2_query(&moto.endpoint, region, &[("Action", "CreateSnapshot"), ("VolumeId", &v.id)]).unwrap();
+    let start = xml.find("<snapshotId>").unwrap() + "<snapshotId>".len();
+    let snap = xml[start..start + xml[start..].find('<').unwrap()].to_owned();
+    let raw = BTreeMap::from([("snapshotId".to_owned(), snap.clone())]);
+    let restored_opts = b_on.parse_options(&raw).unwrap();
+    assert!(!restored_opts.contains_key("size"), "{restored_opts:?}");
+    b_on.create(&name("restored"), &restored_opts).await.unwrap();
+    let r = &volumes_named(&api, "restored").await[0];
+    assert_eq!((r.size_gib, r.snapshot_id.as_deref()), (16, Some(snap.as_str())));
+    let raw = BTreeMap::from([("snapshotID".to_owned(), snap.clone()), ("size".to_owned(), "20".to_owned())]);
+    b_on.create(&name("bigger"), &b_on.parse_options(&raw).unwrap()).await.unwrap();
+    assert_eq!(volumes_named(&api, "bigger").await[0].size_gib, 20);
+    for n in ["imp", "restored", "bigger"] {
+        b_on.remove(&name(n), &b_opts).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn namespaces_duplicates_and_lists_on_moto() {
+    let Some(moto) = moto("namespaces_duplicates_and_lists_on_moto") else { return };
+    let region = "ap-southeast-2";
+    let api = moto.api(region).await;
+    let i = moto.run_instance(region, "ap-southeast-2a");
+    let (_, plain) = backend(&service(&moto, region, &i, "ap-southeast-2a", false, None));
+    let (_, scoped) = backend(&service(&moto, region, &i, "ap-southeast-2a", false, Some("prod")));
+    let opts = plain.parse_options(&BTreeMap::new()).unwrap();
+    scoped.create(&name("db"), &opts).await.unwrap();
+    assert_eq!(volumes_named(&api, "prod/db").await.len(), 1);
+    assert!(volumes_named(&api, "db").await.is_empty());
+    plain.create(&name("other"), &opts).await.unwrap();
+    assert_eq!(scoped.list(true).await.keys().collect::<Vec<_>>(), ["db"]);
+    assert_eq!(plain.list(true).await.keys().collect::<Vec<_>>(), ["other"]);
+
+    // A second volume with the same Name (moto ignores client tokens): an error listing both.
+    let dup = api
+        .create_volume(&CreateVolumeRequest {
+            size_gib: Some(1),
+            availability_zone: "ap-southeast-2b".into(),
+            volume_type: "gp3".into(),
+            tags: BTreeMap::from([("Name".to_owned(), "prod/db".to_owned())]),
+            client_token: "other".into(),
+            ..CreateVolumeRequest::default()
+        })
+        .await
+        .unwrap();
+    let err = scoped.activate(&name("db"), &opts).await.unwrap_err().to_string();
+    assert!(err.contains("2 EC2 volumes are named prod/db") && err.contains(&dup.id), "{err}");
+    api.delete_volume(&dup.id).await.unwrap();
+    scoped.remove(&name("db"), &opts).await.unwrap();
+    plain.remove(&name("other"), &opts).await.unwrap();
+}
