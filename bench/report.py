@@ -84,6 +84,7 @@ def protocol_cells(p):
             runs = [r for r in p["runs"] if r["op"] == op and r["conns"] == c]
             ours = [r for r in runs if r["label"] == "ours"]
             bare = [r for r in runs if r["label"] == "bare"]
+            axum = [r for r in runs if r["label"] == "axum"]
             if not ours or not bare:
                 continue
             ratios = []
@@ -100,6 +101,8 @@ def protocol_cells(p):
                 "bare_cpu": med([r["server_cpu_us_per_req"] for r in bare]),
                 "errors": sum(r["errors"] for r in runs),
                 "other": med([r.get("other_cpu_pct") for r in runs]),
+                "axum_rps": med([r["rps"] for r in axum]),
+                "axum_cpu": med([r["server_cpu_us_per_req"] for r in axum]),
             }
     return cells
 
@@ -109,15 +112,15 @@ def protocol_block(p):
         return skip_note("protocol", p)
     cells = protocol_cells(p)
     lines = [
-        "| call | conns | ours req/s | bare req/s | ours / bare | ours p50 / p99 (µs) | bare p50 / p99 (µs) "
-        "| server CPU per request, ours / bare (µs) | other tenants' CPU |",
+        "| call | conns | ours req/s | bare hyper req/s | ours / bare | ours p50 / p99 (µs) | bare p50 / p99 (µs) "
+        "| server CPU µs per request: ours / axum-only / bare | other tenants' CPU |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (op, c), x in cells.items():
         lines.append(
             f"| {op.capitalize()} | {c} | {f0(x['ours_rps'])} | {f0(x['bare_rps'])} | {f2(x['ratio'])} | "
             f"{f0(x['ours_p50'])} / {f0(x['ours_p99'])} | {f0(x['bare_p50'])} / {f0(x['bare_p99'])} | "
-            f"{f1(x['ours_cpu'])} / {f1(x['bare_cpu'])} | {f0(x['other'])} % |")
+            f"{f1(x['ours_cpu'])} / {f1(x['axum_cpu'])} / {f1(x['bare_cpu'])} | {f0(x['other'])} % |")
     errors = sum(x["errors"] for x in cells.values())
     lines.append("")
     lines.append(f"Medians of {p['rounds']} interleaved rounds of {p['duration_s']} s each (after "
@@ -125,7 +128,9 @@ def protocol_block(p):
                  f"Reply sizes: Get {p['reply_bytes']['get']} B, Path {p['reply_bytes']['path']} B, "
                  f"List {p['reply_bytes']['list']} B ({p['names']} volumes). Errors: {errors}. "
                  "Other tenants' CPU: what the rest of the machine used during the cells, in % of both "
-                 "cores (/proc/stat minus the server and the load generator). "
+                 "cores (/proc/stat minus the server and the load generator). Axum-only: the same fixed reply "
+                 "behind an axum Router shaped like the daemon's (`rxbench serve --router axum`), i.e. what the "
+                 "framework alone adds to bare hyper. "
                  f"Stage time {p.get('stage_secs')} s.")
     return "\n".join(lines) + "\n"
 
@@ -171,7 +176,7 @@ def loop_block(lp):
 # REX-Ray binary here). "wait" = waitVolumeComplete's polls (DescribeVolumes at 100 ms × 2^i):
 # at least one; one against an emulator that attaches at once, typically 3–5 on AWS.
 REXRAY_EBS = [
-    ("Get (`docker volume inspect`; Docker also sends 4 per `docker run`)", "1",
+    ("Get (`docker volume inspect`; Docker sends 3 more per `docker run`)", "1",
      "inspect by name: DescribeVolumes filtered on AZ + tag:Name (§3, §4.2)"),
     ("Path", "0–1", "0 with the path cache and an uncounted volume, else an inspect with attachments (§3)"),
     ("List (`docker volume ls`)", "1, unpaginated",
@@ -182,8 +187,8 @@ REXRAY_EBS = [
      "re-inspect with attachments (step 6)"),
     ("Unmount (last holder)", "≥ 4",
      "inspect attached-to-me (§3.2), VolumeDetach: DescribeVolumes, DetachVolume, wait until detached (§4.6)"),
-    ("`docker run --rm -v vol:/data` of an existing volume", "≥ 13",
-     "Docker's calls Get ×4, Mount, Unmount (environment.md): 4 + 5 + 4"),
+    ("`docker run --rm -v vol:/data` of an existing volume", "≥ 12",
+     "the calls Docker 20.10 made to us for it in §2 (Get ×3, Mount, Unmount): 3 + 5 + 4"),
 ]
 
 
@@ -230,16 +235,17 @@ def ebs_block(e):
 def scale_block(s):
     if skipped(s):
         return skip_note("scale", s)
-    lines = ["| volumes in state | Mount p50 / p99 (µs) | Unmount p50 / p99 (µs) | Get p50 (µs) | List p50 (ms) | "
-             "List reply | RSS | first Get after a restart (ms) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| volumes in state | Mount p50 / p99 (µs) | Unmount p50 / p99 (µs) | daemon CPU per Mount+Unmount (µs) "
+             "| Get p50 (µs) | List p50 (ms) | List reply | RSS | first Get after a restart (ms) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for lv in s["levels"]:
         rs = lv.get("restart") or {}
         each = [f1(x) for x in ((rs.get("first_get") or {}).get("each_ms") or [])]
         each += [f"> {rs.get('get_timeout_s', 0) * 1000:,.0f}"] * int(rs.get("first_get_timeouts") or 0)
         lines.append(
             f"| {lv['volumes']:,} | {f0(lv['mount']['p50_us'])} / {f0(lv['mount']['p99_us'])} | "
-            f"{f0(lv['unmount']['p50_us'])} / {f0(lv['unmount']['p99_us'])} | {f0(lv['get']['p50_us'])} | "
+            f"{f0(lv['unmount']['p50_us'])} / {f0(lv['unmount']['p99_us'])} | {f0(lv.get('cpu_us_per_pair'))} | "
+            f"{f0(lv['get']['p50_us'])} | "
             f"{f2(lv['list']['p50_us'] / 1000)} | {lv['list_bytes'] / 1024:,.0f} KiB | {mib(lv['rss']['rss_kib'])} | "
             f"{' / '.join(each) or '–'} |")
     fp = s.get("fsync_probe")
@@ -326,9 +332,15 @@ def summary_block(out):
             "state them; REX-Ray (derived): ≥4 / ≥5 / ≥4 / 1 / 1",
             f"{n('create (size 1)')} / {n('mount existing (attach)')} / {n('unmount (detach)')} / "
             f"{n('get while mounted')} (first after start: {n('get / inspect')}) / {n('list')}", None)
+        run = [by.get(k) for k in ("get while mounted", "mount existing (attach)", "unmount (detach)")]
+        if all(run):
+            row("EBS: EC2 calls per `docker run --rm -v vol:/data` (Get ×3, Mount, Unmount)",
+                "state them; REX-Ray (derived): ≥12",
+                str(3 * run[0]["total"] + run[1]["total"] + run[2]["total"]), None)
         dl = [x for x in e.get("ls") or [] if x["how"].startswith("docker")]
         if dl:
-            row(f"EBS: `docker volume ls` with {e['volumes_for_ls']:,} volumes", "state time and calls",
+            row(f"EBS: `docker volume ls` with {e['volumes_for_ls']:,} volumes (+{e.get('made_elsewhere', 0)} "
+                "made by another host)", "state time and calls; REX-Ray (derived): 1 unpaginated DescribeVolumes",
                 f"{med([x['ms'] for x in dl]):.0f} ms, {dl[-1]['listed']} listed, "
                 f"{sum(sum(x['calls'].values()) for x in dl)} EC2 calls in {len(dl)} runs", None)
     else:

@@ -14,7 +14,7 @@ Environment (all optional):
   BENCH_ROUNDS        protocol rounds per cell (5), BENCH_DURATION seconds per cell (2.0)
   BENCH_RESTART_TIMEOUT  seconds a restart may take to answer its first Get (120)
   BENCH_DOCKER_RUNS   pairs of `docker run` (12); inspect/ls pairs are 2x that
-  BENCH_LOOP_RUNS     loop create/mount pairs (7)
+  BENCH_LOOP_RUNS     loop create/mount pairs (15)
   BENCH_PIN=1         pin the server to CPU 0 and the load generator to CPU 1
   BENCH_QUICK=1       a short smoke run of everything (numbers meaningless)
 """
@@ -62,6 +62,13 @@ def rx(*args, timeout=300, env=None, pin_cpu=None):
         cmd = ["taskset", "-c", str(pin_cpu), *cmd]
     out = sh(*cmd, timeout=timeout, env=env)
     return json.loads(out.splitlines()[-1])
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def med(xs):
@@ -212,7 +219,7 @@ def stage_machine(ctx):
 
 
 def stage_protocol(ctx):
-    rounds = env_num("BENCH_ROUNDS", 5, 1)
+    rounds = env_num("BENCH_ROUNDS", 4, 1)
     duration = env_num("BENCH_DURATION", 2.0, 0.5)
     warmup = 0.5 if not QUICK else 0.2
     conns_list = [1, 16, 64]
@@ -229,21 +236,25 @@ def stage_protocol(ctx):
             "list": json.dumps(d.call("VolumeDriver.List", "{}"), separators=(",", ":")),
         }
         for op in ("get", "path", "list"):
-            bare_sock = os.path.join(ctx["tmp"], "bare.sock")
-            cmd = [RXBENCH, "serve", "--socket", bare_sock, "--body", bodies[op]]
-            if PIN:
-                cmd = ["taskset", "-c", "0", *cmd]
-            bare = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+            servers = {}
             try:
-                for _ in range(100):
-                    if os.path.exists(bare_sock):
-                        break
-                    time.sleep(0.02)
+                for kind in ("bare", "axum"):
+                    sock = os.path.join(ctx["tmp"], f"{kind}.sock")
+                    cmd = [RXBENCH, "serve", "--socket", sock, "--body", bodies[op]]
+                    if kind == "axum":
+                        cmd += ["--router", "axum"]
+                    if PIN:
+                        cmd = ["taskset", "-c", "0", *cmd]
+                    servers[kind] = (subprocess.Popen(cmd, stdin=subprocess.DEVNULL), sock)
+                for _, sock in servers.values():
+                    for _ in range(100):
+                        if os.path.exists(sock):
+                            break
+                        time.sleep(0.02)
                 for r in range(rounds):
                     for conns in conns_list:
-                        order = [("ours", d.sock, d.pid), ("bare", bare_sock, bare.pid)]
-                        if r % 2:
-                            order.reverse()
+                        order = [("ours", d.sock, d.pid)] + [(k, sock, p.pid) for k, (p, sock) in servers.items()]
+                        order = order[r % 3:] + order[:r % 3]  # rotate who goes first
                         for label, sock, pid in order:
                             res = rx("load", "--socket", sock, "--op", op, "--names", ",".join(names),
                                      "--conns", conns, "--duration", duration, "--warmup", warmup,
@@ -252,15 +263,18 @@ def stage_protocol(ctx):
                             results.append(res)
                             log(f"protocol {op:4} c={conns:2} {label}: {res['rps']:.0f} req/s "
                                 f"p50 {res['p50_us']:.0f} µs p99 {res['p99_us']:.0f} µs, "
-                                f"{res['server_cpu_us_per_req']} µs CPU/req, errors {res['errors']}")
+                                f"{res['server_cpu_us_per_req']} µs CPU/req, other load {res['other_cpu_pct']} %, "
+                                f"errors {res['errors']}")
             finally:
-                bare.terminate()
-                bare.wait(timeout=10)
+                for proc, _ in servers.values():
+                    proc.terminate()
+                    proc.wait(timeout=10)
         rss = proc_status(d.pid)
     return {"rounds": rounds, "duration_s": duration, "warmup_s": warmup, "names": len(names),
             "reply_bytes": {k: len(v) for k, v in bodies.items()}, "runs": results, "daemon_after": rss,
             "command": f"rxbench load --socket S --op OP --names bench0..7 --conns C --duration {duration} "
-                       f"--warmup {warmup} --server-pid PID  (vs rxbench serve --socket S --body <our exact reply>)"}
+                       f"--warmup {warmup} --server-pid PID  (vs rxbench serve --socket S --body <our exact reply> "
+                       f"[--router axum])"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -322,15 +336,22 @@ def stage_scale(ctx):
             out["levels"].append({"volumes": n, "populate_secs": t["secs"]})
             log(f"scale: {n} volumes created in {t['secs']} s")
         out["fsync_probe_before"] = fsync_probe(os.path.join(ctx["tmp"], "fsync-probe"))
-        m = rx("mountloop", "--socket", ",".join(d.sock for d in daemons), "--name", "s0", "--runs", runs,
-               "--get-runs", 500, "--list-runs", 10, timeout=900)
+        socks = ",".join(d.sock for d in daemons)
+        cpu0 = [cpu_seconds(d.pid) for d in daemons]
+        m = rx("mountloop", "--socket", socks, "--name", "s0", "--runs", runs, "--get-runs", 0, "--list-runs", 0,
+               timeout=900)
+        cpu1 = [cpu_seconds(d.pid) for d in daemons]
+        g = rx("mountloop", "--socket", socks, "--name", "s0", "--runs", 0, "--get-runs", 500, "--list-runs", 10,
+               timeout=900)
         out["fsync_probe"] = fsync_probe(os.path.join(ctx["tmp"], "fsync-probe"))
-        for lv, d, per in zip(out["levels"], daemons, m["per_socket"]):
-            lv.update({k: per[k] for k in ("mount", "unmount", "get", "list", "list_bytes")})
+        for lv, d, per, pg, c0, c1 in zip(out["levels"], daemons, m["per_socket"], g["per_socket"], cpu0, cpu1):
+            lv.update({k: per[k] for k in ("mount", "unmount")})
+            lv.update({k: pg[k] for k in ("get", "list", "list_bytes")})
+            lv["cpu_us_per_pair"] = round((c1 - c0) * 1e6 / runs, 1)
             lv["rss"] = proc_status(d.pid)
             log(f"scale {lv['volumes']:5} volumes: mount p50 {per['mount']['p50_us']:.0f} µs, unmount p50 "
-                f"{per['unmount']['p50_us']:.0f} µs, get p50 {per['get']['p50_us']:.0f} µs, list p50 "
-                f"{per['list']['p50_us']:.0f} µs")
+                f"{per['unmount']['p50_us']:.0f} µs, {lv['cpu_us_per_pair']} µs CPU per pair, get p50 "
+                f"{pg['get']['p50_us']:.0f} µs, list p50 {pg['list']['p50_us']:.0f} µs")
         # restarts: time from spawn to the first Get answered (the service loads its state then)
         for lv, d in zip(out["levels"], daemons):
             d.stop()
@@ -485,7 +506,7 @@ def plugin_calls_per_command(d, dk, image, vol, driver):
 
 
 def stage_loop(ctx):
-    runs = env_num("BENCH_LOOP_RUNS", 7, 2)
+    runs = env_num("BENCH_LOOP_RUNS", 15, 2)
     path = os.path.join(ctx["out"], "loop.raw.json")
     env = dict(os.environ, REXRAY_BIN=ctx["bin"])
     r = subprocess.run([sys.executable, os.path.join(BENCH, "loop_create_mount.py"), str(runs), "--json", path],

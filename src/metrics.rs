@@ -344,8 +344,9 @@ async fn classify(response: Response) -> (Response, RequestOutcome) {
 /// A [`Backend`] that records each storage operation in `rexray_backend_operations_total` and
 /// its latency. Built by [`instrument`] at the composition root.
 ///
-/// Every trait method is forwarded, including the ones with a default body: a method added to
-/// [`Backend`] must be forwarded here too.
+/// Every trait method is forwarded, including the ones with a default body (`status`,
+/// `known_volumes`, `knows`): a method added to [`Backend`] must be forwarded here too, or the
+/// wrapped backend's own version is silently replaced by the default.
 #[derive(Debug)]
 pub struct InstrumentedBackend {
     /// The real backend.
@@ -410,6 +411,14 @@ impl Backend for InstrumentedBackend {
 
     fn status(&self, name: &VolumeName, opts: &Options) -> BTreeMap<String, serde_json::Value> {
         self.inner.status(name, opts)
+    }
+
+    async fn known_volumes(&self) -> Vec<String> {
+        self.inner.known_volumes().await
+    }
+
+    async fn knows(&self, name: &VolumeName) -> bool {
+        self.inner.knows(name).await
     }
 }
 
@@ -518,6 +527,27 @@ mod tests {
         assert!(text.contains("# TYPE rexray_ec2_api_calls counter"), "{text}");
         assert!(text.contains("rexray_build_info{version=\""), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_instrumented_backend_forwards_every_method() {
+        let fake = Arc::new(FakeBackend::default());
+        let backend = instrument(fake.clone());
+        let name = VolumeName::new("fwd").unwrap();
+        let opts = backend.parse_options(&BTreeMap::new()).unwrap();
+        assert_eq!(backend.kind(), "fake");
+        assert_eq!(backend.scope(), fake.scope());
+        backend.create(&name, &opts).await.unwrap();
+        assert_eq!(backend.known_volumes().await, vec!["fwd".to_string()]);
+        assert!(backend.knows(&name).await);
+        assert_eq!(backend.activate(&name, &opts).await.unwrap(), fake.mountpoint(&name, &opts));
+        assert!(backend.is_active(&name, &opts).await.unwrap());
+        assert_eq!(backend.mountpoint(&name, &opts), fake.mountpoint(&name, &opts));
+        assert_eq!(backend.status(&name, &opts), fake.status(&name, &opts));
+        backend.deactivate(&name, &opts).await.unwrap();
+        backend.remove(&name, &opts).await.unwrap();
+        assert_eq!(fake.calls(), ["create:fwd", "activate:fwd", "deactivate:fwd", "remove:fwd"]);
+        assert!(!backend.knows(&name).await);
     }
 
     #[test]

@@ -309,19 +309,21 @@ pub async fn serve_all(
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// Listens for SIGTERM and SIGINT from now on, and returns a future that resolves on the first
+/// one. Registering at once (not when first polled) means a signal that comes right after the
+/// daemon said it is ready (systemd stopping it during start) is not lost to the default
+/// action. Must be called inside the runtime.
+///
+/// # Errors
+/// The signal handlers could not be installed.
+pub fn shutdown_signals() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGTERM");
-            std::future::pending::<()>().await;
-            return;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-    }
+    })
 }

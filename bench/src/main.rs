@@ -1,9 +1,11 @@
 //! `rxbench`: the benchmark tools of rexray-rs (see BENCHMARKS.md and bench/run-all.sh).
 //!
 //! ```text
-//! rxbench serve    --socket S [--body JSON] [--workers 2]
+//! rxbench serve    --socket S [--body JSON] [--workers 2] [--router axum]
 //!     A bare hyper 1 HTTP/1.1 server on a Unix socket that reads each request body and answers
 //!     200 with a fixed JSON body: the limit a VolumeDriver daemon on this machine can approach.
+//!     With --router axum the same reply comes through an axum Router shaped like the daemon's:
+//!     the cost of the framework alone.
 //! rxbench load     --socket S --op get|path|list|activate|capabilities [--names a,b,c]
 //!                  [--conns 16] [--duration 5] [--requests N] [--warmup 1] [--threads 1]
 //!                  [--server-pid PID] [--label TEXT]
@@ -366,6 +368,9 @@ fn cmd_serve(a: &Args) {
 }
 
 async fn serve(a: &Args) {
+    if a.str("router") == Some("axum") {
+        return serve_axum(a).await;
+    }
     let socket = PathBuf::from(a.req("socket"));
     let body = Bytes::from(
         a.str("body")
@@ -401,6 +406,42 @@ async fn serve(a: &Args) {
     tokio::select! {
         _ = accept => {}
         _ = stop => {}
+        _ = term.recv() => {}
+    }
+    let _ = std::fs::remove_file(&socket);
+}
+
+/// The same fixed reply behind an axum Router shaped like the daemon's (the nine plugin routes,
+/// a body limit, the body read as Bytes): what the framework alone costs.
+async fn serve_axum(a: &Args) {
+    use axum::routing::post;
+    let socket = PathBuf::from(a.req("socket"));
+    let body = Bytes::from(a.str("body").unwrap_or("{}").to_owned());
+    let reply = move |_b: Bytes| {
+        let body = body.clone();
+        async move { ([("content-type", "application/vnd.docker.plugins.v1.2+json")], body) }
+    };
+    let mut router = axum::Router::new();
+    for path in [
+        "/Plugin.Activate",
+        "/VolumeDriver.Create",
+        "/VolumeDriver.Remove",
+        "/VolumeDriver.Mount",
+        "/VolumeDriver.Unmount",
+        "/VolumeDriver.Path",
+        "/VolumeDriver.Get",
+        "/VolumeDriver.List",
+        "/VolumeDriver.Capabilities",
+    ] {
+        router = router.route(path, post(reply.clone()));
+    }
+    let router = router.layer(axum::extract::DefaultBodyLimit::max(1 << 20));
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap_or_else(|e| die(&format!("bind: {e}")));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
+    tokio::select! {
+        _ = axum::serve(listener, router) => {}
+        _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
     let _ = std::fs::remove_file(&socket);

@@ -438,7 +438,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             // Before the runtime starts its threads: this reads the environment.
             let inherited = crate::server::Inherited::from_env();
-            runtime()?.block_on(daemon::run(config, inherited, crate::server::shutdown_signal()))?;
+            runtime()?.block_on(async {
+                let shutdown = crate::server::shutdown_signals().context("listen for SIGTERM and SIGINT")?;
+                daemon::run(config, inherited, shutdown).await
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Service(ServiceCommand::Status) | Command::Status => status(&load_config(&cli)?),

@@ -21,7 +21,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
-use rustix::ioctl::{ioctl, opcode, IntegerSetter, Ioctl, IoctlOutput, NoArg, Opcode, Setter};
+use rustix::ioctl::{ioctl, opcode, Getter, IntegerSetter, Ioctl, IoctlOutput, NoArg, Opcode, Setter};
 
 use super::{mountinfo, BlockOs, DirSpec, FsType, MountEntry, MountFlags, OsError, Probe, GROW_THRESHOLD};
 
@@ -200,6 +200,8 @@ const LOOP_SET_FD: Opcode = opcode::none(b'L', 0x00);
 const LOOP_CLR_FD: Opcode = opcode::none(b'L', 0x01);
 /// `LOOP_SET_STATUS64`: sets a bound device's `struct loop_info64`. Pre-5.8 kernels.
 const LOOP_SET_STATUS64: Opcode = opcode::none(b'L', 0x04);
+/// `LOOP_GET_STATUS64`: reads a bound device's `struct loop_info64`.
+const LOOP_GET_STATUS64: Opcode = opcode::none(b'L', 0x05);
 /// `LOOP_CONFIGURE` (Linux ≥ 5.8): binds a file and sets its status in one step.
 const LOOP_CONFIGURE: Opcode = opcode::none(b'L', 0x0A);
 /// `LOOP_CTL_GET_FREE`: returns the number of an unbound loop device, creating one if needed.
@@ -826,7 +828,10 @@ impl BlockOs for LinuxOs {
                 }
             };
             let backing = Path::new(OsStr::from_bytes(backing.strip_suffix(b"\n").unwrap_or(backing)));
-            if backing != image && backing != resolved.get_or_insert_with(|| resolved_image_path(image)).as_path() {
+            if backing != image
+                && backing != resolved.get_or_insert_with(|| resolved_image_path(image)).as_path()
+                && !(backing.file_name() == image.file_name() && same_backing_file(number, image))
+            {
                 continue;
             }
             // We never set autoclear, so it means a detach is pending until the last opener
@@ -891,6 +896,26 @@ impl BlockOs for LinuxOs {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(sys(format!("remove {}", path.display()))(e)),
         }
+    }
+}
+
+/// Whether loop device `number` is bound to the very file `image` (same device and inode). The
+/// sysfs `backing_file` is a path as the attaching process saw it: a device attached in another
+/// mount namespace that has since gone (a managed plugin before its restart) shows a path
+/// relative to a detached mount, such as `/loop/v1.img`, so only the inode tells.
+fn same_backing_file(number: u32, image: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(image) else {
+        return false;
+    };
+    let Ok(file) = File::open(format!("/dev/loop{number}")) else {
+        return false;
+    };
+    // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64`, which `LoopInfo64` mirrors
+    // field for field; the kernel reads nothing from it.
+    match unsafe { ioctl(&file, Getter::<LOOP_GET_STATUS64, LoopInfo64>::new()) } {
+        Ok(info) => info.lo_device == meta.dev() && info.lo_inode == meta.ino(),
+        Err(_) => false,
     }
 }
 

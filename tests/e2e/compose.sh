@@ -104,4 +104,6 @@ assert_not_contains "$OUT" "$V" "docker volume ls after down -v"
 assert_ok plugin_call VolumeDriver.Get "{\"Name\":\"$V\"}"
 assert_contains "$OUT" "no such volume" "the daemon's Get after down -v"
 E2E_VOLUMES_CLEAN=1
+
+assert_no_loop_devices "$V"
 stop_daemon

@@ -15,7 +15,7 @@ e2e_init dockerfile
 ensure_docker
 ensure_image "$E2E_IMAGE"
 
-BASE=rexray-base:bookworm
+BASE=${E2E_BASE_IMAGE:-rexray-base:bookworm}  # kept across runs; E2E_BASE_IMAGE picks another
 IMG=rexray-e2e-image:latest
 P=rexray-img
 V=rexray-e2e-imgvol

@@ -124,7 +124,7 @@ step "remove the volume through the plugin; nothing is left attached"
 assert_ok docker volume rm "$V"
 E2E_VOLUMES_CLEAN=1
 check "the image is gone" test ! -e "$PID_DIR/propagated-mount/loop/$V.img"
-assert_eq "$(losetup -a | grep -c "$PID_DIR")" 0 "loop devices over the plugin's images"
+assert_no_loop_devices "$V" "$V2"
 assert_ok docker plugin disable "$P"
 assert_ok docker plugin rm "$P"
 E2E_PLUGIN=""

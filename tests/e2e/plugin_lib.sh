@@ -75,6 +75,17 @@ plugin_enable() {
     assert_eq "$(docker plugin inspect -f '{{.Enabled}}' "$1" 2>&1)" true "$1 enabled"
 }
 
+# assert_no_loop_devices VOLUME…: no loop device is left over the volumes' images. Matched by
+# file name: a device attached inside a plugin that has since stopped shows its backing file
+# relative to the plugin's (gone) mount, e.g. /loop/NAME.img.
+assert_no_loop_devices() {
+    local v left
+    for v in "$@"; do
+        left=$(losetup -l -n -O NAME,BACK-FILE 2>/dev/null | grep -F "/$v.img" | tr '\n' ' ')
+        assert_eq "$left" "" "loop devices over $v.img"
+    done
+}
+
 # plugin_id NAME
 plugin_id() { docker plugin inspect -f '{{.Id}}' "$1"; }
 

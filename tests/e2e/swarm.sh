@@ -95,6 +95,7 @@ service_scenario() {
     assert_eq "$(docker ps -aq --filter "label=com.docker.swarm.service.name=$SVC")" "" "task containers left"
     assert_holders "$vol" 0
     assert_ok docker volume rm "$vol"
+    assert_no_loop_devices "$vol"
 }
 
 state=$(docker info --format '{{.Swarm.LocalNodeState}}')

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::api::CloudError;
+use super::api::{CloudError, CloudErrorKind};
 
 /// The longest delay between two status polls.
 pub const MAX_POLL_DELAY: Duration = Duration::from_secs(15);
@@ -144,7 +144,15 @@ impl RetryPolicy {
         let start = Instant::now();
         let mut retry = 0;
         loop {
-            match f().await {
+            let call_start = Instant::now();
+            let result = f().await;
+            let outcome = match &result {
+                Ok(_) => crate::metrics::Ec2Outcome::Ok,
+                Err(e) if e.kind == CloudErrorKind::Throttled => crate::metrics::Ec2Outcome::Throttled,
+                Err(_) => crate::metrics::Ec2Outcome::Error,
+            };
+            crate::metrics::ec2_call_timed(op, outcome, call_start.elapsed());
+            match result {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() && retry < self.max_retries => {
                     retry += 1;
@@ -290,6 +298,35 @@ mod tests {
         assert_eq!((v, calls.load(Ordering::SeqCst)), (7, 5));
         // At most the sum of the caps: 250 + 500 + 1000 + 2000 ms.
         assert!(start.elapsed() <= Duration::from_millis(3750), "{:?}", start.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_attempt_is_counted_in_the_metrics_by_action_and_outcome() {
+        let policy = RetryPolicy::new(10);
+        let calls = AtomicU32::new(0);
+        policy
+            .run("MetricsProbeAction", || async {
+                match calls.fetch_add(1, Ordering::SeqCst) {
+                    0 | 1 => Err(throttled()),
+                    _ => Ok(()),
+                }
+            })
+            .await
+            .unwrap();
+        policy
+            .run("MetricsProbeAction", || async {
+                Err::<(), _>(CloudError::from_code("InvalidVolume.NotFound", "gone", Some(400)))
+            })
+            .await
+            .unwrap_err();
+        let text = crate::metrics::render();
+        let count = |outcome: &str| {
+            let prefix = format!("rexray_ec2_api_calls_total{{action=\"MetricsProbeAction\",outcome=\"{outcome}\"}} ");
+            text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).map(str::to_owned)
+        };
+        assert_eq!(count("throttled").as_deref(), Some("2"), "{text}");
+        assert_eq!(count("ok").as_deref(), Some("1"), "{text}");
+        assert_eq!(count("error").as_deref(), Some("1"), "{text}");
     }
 
     #[tokio::test(start_paused = true)]
