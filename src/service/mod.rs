@@ -53,6 +53,17 @@ pub struct VolumeService {
     volumes: RwLock<BTreeMap<String, VolumeRecord>>,
     /// One async lock per volume for the whole of each operation.
     locks: VolumeLocks,
+    /// Active volumes and holders over all records, kept up to date by [`Self::publish`].
+    totals: std::sync::Mutex<Totals>,
+}
+
+/// Sums over every record, for the metrics.
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    /// Volumes active on this host.
+    active: usize,
+    /// Holders over all volumes.
+    holders: u64,
 }
 
 /// Runs blocking state I/O off the async threads.
@@ -118,6 +129,7 @@ impl VolumeService {
             store: Arc::new(store),
             volumes: RwLock::new(BTreeMap::new()),
             locks: VolumeLocks::default(),
+            totals: std::sync::Mutex::default(),
         };
         for record in records {
             let record = service.reconcile(record, same_boot).await;
@@ -128,12 +140,29 @@ impl VolumeService {
         Ok(service)
     }
 
-    /// Publishes the volume counts (all, active, holders) to the metrics.
+    /// Counts every record once (at open) and publishes the totals to the metrics.
     fn record_metrics(&self) {
         let volumes = self.volumes.read().expect("volume map poisoned");
         let active = volumes.values().filter(|r| r.active).count();
         let holders = volumes.values().map(VolumeRecord::holder_count).sum();
+        *self.totals.lock().expect("totals poisoned") = Totals { active, holders };
         crate::metrics::service_volumes(&self.name, volumes.len(), active, holders);
+    }
+
+    /// Replaces (or with `None`, removes) one record in memory and publishes the new totals,
+    /// adjusted by the difference alone, so the cost does not grow with the number of volumes.
+    fn publish(&self, name: &str, record: Option<VolumeRecord>) {
+        let mut volumes = self.volumes.write().expect("volume map poisoned");
+        let added = record.as_ref().map_or((0, 0), |r| (usize::from(r.active), r.holder_count()));
+        let old = match record {
+            Some(r) => volumes.insert(name.to_owned(), r),
+            None => volumes.remove(name),
+        };
+        let removed = old.as_ref().map_or((0, 0), |r| (usize::from(r.active), r.holder_count()));
+        let mut totals = self.totals.lock().expect("totals poisoned");
+        totals.active = (totals.active + added.0).saturating_sub(removed.0);
+        totals.holders = (totals.holders + added.1).saturating_sub(removed.1);
+        crate::metrics::service_volumes(&self.name, volumes.len(), totals.active, totals.holders);
     }
 
     /// Brings one loaded record in line with what the backend reports:
@@ -225,8 +254,7 @@ impl VolumeService {
     /// Makes `record` durable, then publishes it in memory.
     async fn commit(&self, op: &'static str, record: VolumeRecord) -> Result<(), ServiceError> {
         self.save(record.clone()).await.map_err(|e| ServiceError::new(op, record.name.clone(), Cause::State(e)))?;
-        self.volumes.write().expect("volume map poisoned").insert(record.name.clone(), record);
-        self.record_metrics();
+        self.publish(&record.name.clone(), Some(record));
         Ok(())
     }
 
@@ -325,8 +353,7 @@ impl VolumeService {
         blocking(move || store.delete(&store_name))
             .await
             .map_err(|e| ServiceError::new(OP, name.as_str(), Cause::State(e)))?;
-        self.volumes.write().expect("volume map poisoned").remove(name.as_str());
-        self.record_metrics();
+        self.publish(name.as_str(), None);
         info!(volume = %name, "volume removed");
         Ok(())
     }
