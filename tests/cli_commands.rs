@@ -3,17 +3,18 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use assert_cmd::Command;
 use clap::CommandFactory;
 use predicates::prelude::*;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_rexray");
+mod common;
+
+use common::{plugin_call, Daemon, BIN};
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -70,54 +71,13 @@ impl Setup {
     }
 
     fn start_daemon(&self) -> Daemon {
-        let child = std::process::Command::new(BIN)
-            .args(["service", "start", "-f", "-c"])
-            .arg(self.config())
-            .env("REXRAY_HOME", self.path("home"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.path("daemon.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let daemon = Daemon { child, socket: self.path("plugins/rxt.sock") };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while UnixStream::connect(&daemon.socket).is_err() || UnixStream::connect(self.admin_socket()).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not listen: {}",
-                std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        daemon
+        common::start_daemon(
+            &self.config(),
+            &self.path("home"),
+            &self.path("daemon.log"),
+            &[self.path("plugins/rxt.sock"), self.admin_socket()],
+        )
     }
-}
-
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn plugin_call(socket: &Path, method: &str, body: &Value) -> (u16, Value) {
-    let mut stream = UnixStream::connect(socket).unwrap();
-    let body = format!("{body}\n");
-    write!(
-        stream,
-        "POST /{method} HTTP/1.1\r\nHost: plugin\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    let status = reply[9..12].parse().unwrap();
-    let (_, body) = reply.split_once("\r\n\r\n").unwrap();
-    (status, serde_json::from_str(body.trim()).unwrap_or(Value::Null))
 }
 
 #[test]

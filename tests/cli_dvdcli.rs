@@ -2,9 +2,8 @@
 //! and against a recording fake plugin (the exact calls and bodies dvdcli sends).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,9 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_rexray");
+mod common;
+
+use common::{plugin_call, Daemon, BIN};
 
 /// A temp dir with a config whose one module socket is `<dir>/plugins/rxt.sock` (vfs service).
 struct Setup {
@@ -58,55 +59,13 @@ impl Setup {
     }
 
     fn start_daemon(&self) -> Daemon {
-        let child = std::process::Command::new(BIN)
-            .args(["service", "start", "-f", "-c"])
-            .arg(self.path("rexray.yml"))
-            .env("REXRAY_HOME", self.path("home"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.path("daemon.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let daemon = Daemon { child, socket: self.path("plugins/rxt.sock") };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while UnixStream::connect(&daemon.socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not listen: {}",
-                std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        daemon
+        common::start_daemon(
+            &self.path("rexray.yml"),
+            &self.path("home"),
+            &self.path("daemon.log"),
+            &[self.path("plugins/rxt.sock")],
+        )
     }
-}
-
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One Docker-shaped call on a plugin socket; returns (status, JSON body).
-fn plugin_call(socket: &Path, method: &str, body: &Value) -> (u16, Value) {
-    let mut stream = UnixStream::connect(socket).unwrap();
-    let body = format!("{body}\n");
-    write!(
-        stream,
-        "POST /{method} HTTP/1.1\r\nHost: plugin\r\nAccept: application/vnd.docker.plugins.v1.2+json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    let status = reply[9..12].parse().unwrap();
-    let (_, body) = reply.split_once("\r\n\r\n").unwrap();
-    (status, serde_json::from_str(body.trim()).unwrap_or(Value::Null))
 }
 
 fn volume(socket: &Path, name: &str) -> Value {

@@ -1,11 +1,21 @@
-//! Real-Docker end-to-end tests: a thin wrapper around the scripts in `tests/e2e/`.
+//! Real-Docker end-to-end tests: thin wrappers around the scripts in `tests/e2e/`.
+//!
+//! - `docker_vfs.sh`, `docker_loop.sh`: the daemon as a legacy plugin with the `vfs` and `loop`
+//!   services, driven by the docker CLI;
+//! - `plugin.sh`: the managed plugin (`plugin/`) built from the release binary, serving
+//!   containers across `docker plugin disable -f` + `enable`, `docker plugin set`, metrics;
+//! - `swarm.sh`: a single-node Swarm service on a rexray volume, through a rolling update;
+//! - `compose.sh`: Debian's docker-compose with `driver: rexray`, data across `down` / `up`;
+//! - `dockerfile.sh`: the `Dockerfile` built offline from a debootstrap base, used as a rootfs.
 //!
 //! They need root and start (or reuse) a Docker Engine, so they run only when `CI` is set or
 //! `REXRAY_E2E=1`; otherwise each test prints why it is skipped and passes. The script's output
-//! is streamed, not captured, and its last line is `e2e: N passed, M failed`.
+//! is streamed, not captured, and its last line is `e2e: N passed, M failed`. The plugin and the
+//! image package the release binary: `REXRAY_RELEASE_BIN` (set by `.ci/run`, which builds it
+//! once), else `target/release/rexray`.
 //!
 //! Run them on a developer machine with `sudo REXRAY_E2E=1 cargo test --test docker_e2e`, or
-//! the script directly: `cargo build && sudo bash tests/e2e/docker_vfs.sh`.
+//! a script directly: `cargo build && sudo bash tests/e2e/docker_vfs.sh`.
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -53,4 +63,24 @@ fn docker_vfs() {
 #[test]
 fn docker_loop() {
     run_script("docker_loop.sh");
+}
+
+#[test]
+fn managed_plugin() {
+    run_script("plugin.sh");
+}
+
+#[test]
+fn swarm() {
+    run_script("swarm.sh");
+}
+
+#[test]
+fn compose() {
+    run_script("compose.sh");
+}
+
+#[test]
+fn dockerfile() {
+    run_script("dockerfile.sh");
 }
