@@ -193,8 +193,11 @@ fn two_host_failover_with_real_devices() {
 
         // 4. B without preemption: refused, naming A's instance.
         let mut daemon_b = Daemon::start(&b.config, &b.home, &b.socket, &b.log, &[]);
-        let (_, got) = plugin_call(&b.socket, "VolumeDriver.Get", &json!({"Name": "fo-db"}));
-        assert!(got["Err"].as_str().is_some_and(|e| !e.is_empty()), "unknown on B until created there: {got}");
+        // The namespace is global: B sees the volume A made, attached to A, before any Create.
+        let (status, got) = plugin_call(&b.socket, "VolumeDriver.Get", &json!({"Name": "fo-db"}));
+        assert_eq!(status, 200, "{got}");
+        assert_eq!(got["Volume"]["Status"]["attachedInstance"].as_str(), Some(a_id.as_str()), "{got}");
+        assert_eq!(got["Volume"]["Status"]["holders"], 0, "{got}");
         ok(&b.socket, "VolumeDriver.Create", json!({"Name": "fo-db"}));
         let (status, refused) = plugin_call(&b.socket, "VolumeDriver.Mount", &json!({"Name": "fo-db", "ID": "c2"}));
         assert_eq!(status, 500, "{refused}");
