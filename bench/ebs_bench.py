@@ -443,6 +443,23 @@ def run(args):
         if docker_ok:
             for i in range(3):
                 docker_ls(f"docker volume ls ({i + 1})")
+        # how long after the restart until the volumes made by "another host" are listed too
+        want = n + foreign
+        t_deadline = time.monotonic() + 60
+        seen = None
+        while time.monotonic() < t_deadline:
+            ok, reply, _ = rx_call(sock, "VolumeDriver.List", "{}")
+            try:
+                listed = len(json.loads(reply).get("Volumes") or [])
+            except ValueError:
+                listed = 0
+            if listed >= want:
+                seen = round(time.perf_counter() - t0, 1)
+                break
+            time.sleep(0.5)
+        out["all_listed_after_s"] = seen
+        log(f"all {want} volumes listed {seen} s after the restart" if seen else
+            f"the {foreign} volumes made elsewhere were still not listed 60 s after the restart")
         out["ls"] = ls
     except Exception as e:  # noqa: BLE001
         out["error"] = str(e)
@@ -451,6 +468,11 @@ def run(args):
     finally:
         if daemon:
             daemon.stop()
+            try:
+                with open(os.path.join(daemon.dir, "daemon.log"), errors="replace") as f:
+                    out["daemon_warnings"] = [l.strip()[:400] for l in f if " WARN " in l or " ERROR " in l][-20:]
+            except OSError:
+                pass
         if hv:
             hv.shutdown()
         if proxy:

@@ -54,6 +54,14 @@ def sh(*args):
     return subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
 
 
+def log_tail(tmp, n=30):
+    try:
+        with open(os.path.join(tmp, "daemon.log"), errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return "(no daemon log)"
+
+
 def main():
     if os.geteuid() != 0:
         raise SystemExit("needs root")
@@ -90,12 +98,20 @@ loop:
     os.makedirs(mnt)
     results = {k: [] for k in ("d_create", "d_remount", "d_unmount", "b_create", "b_remount", "b_unmount")}
     try:
+        # Wait until the daemon answers (bounded: 10 s), not just until the socket file exists.
+        conn = None
         for _ in range(200):
-            if os.path.exists(sock):
+            if daemon.poll() is not None:
+                raise SystemExit(f"daemon exited with {daemon.returncode}:\n" + log_tail(tmp))
+            try:
+                conn = UnixConnection(sock)
+                call(conn, "Plugin.Activate", {})
                 break
-            time.sleep(0.05)
-        conn = UnixConnection(sock)
-        call(conn, "Plugin.Activate", {})
+            except OSError:
+                conn = None
+                time.sleep(0.05)
+        if conn is None:
+            raise SystemExit("daemon did not answer Plugin.Activate within 10 s:\n" + log_tail(tmp))
         for i in range(RUNS):
             name = f"b{i}"
             t0 = time.perf_counter()
@@ -130,6 +146,8 @@ loop:
             results["b_create"].append(t1 - t0)
             results["b_unmount"].append(t2 - t1)
             results["b_remount"].append(t3 - t2)
+    except (OSError, http.client.HTTPException) as e:
+        raise SystemExit(f"{type(e).__name__}: {e}\ndaemon log:\n{log_tail(tmp)}") from e
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)

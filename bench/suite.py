@@ -421,48 +421,81 @@ def stage_docker(ctx):
 
     vfs_vols = [f"rxb-vfs-{i}" for i in range(n_vol)]
     local_vols = [f"rxb-local-{i}" for i in range(n_vol)]
+    bare_vols = [f"rxb-bare-{i}" for i in range(n_vol)]
+    bare_driver = "rxbench-bare"
+    bare_sock = f"/run/docker/plugins/{bare_driver}.sock"
     d = Daemon(ctx["bin"], ctx["tmp"], sock=sock)
+    bare = None
     out = {"docker": sh(docker, "version", "--format", "{{.Server.Version}}"), "image": image,
            "volumes_per_driver": n_vol, "runs": runs}
     try:
         d.start()
-        for v in vfs_vols + local_vols:
+        for v in vfs_vols + local_vols + bare_vols:
             sh(docker, "volume", "rm", "-f", v, check=False)
         for v in vfs_vols:
             dk("volume", "create", "-d", driver, v)
         for v in local_vols:
             dk("volume", "create", v)
-        # does `docker volume ls --filter driver=local` call our List? (count calls via the log)
+        # A stand-in plugin: bare hyper answering each endpoint with our daemon's own reply (names
+        # changed), so Docker's own cost of going through any plugin is measured too.
+        bare_dir = os.path.join(ctx["tmp"], "bare-vol")
+        os.makedirs(bare_dir, exist_ok=True)
+        rename = lambda body: body.replace("rxb-vfs-", "rxb-bare-")  # noqa: E731
+        mp = json.dumps({"Mountpoint": bare_dir})
+        routes = {
+            "/Plugin.Activate": json.dumps(d.call("Plugin.Activate")),
+            "/VolumeDriver.Capabilities": json.dumps(d.call("VolumeDriver.Capabilities", "{}")),
+            "/VolumeDriver.Get": rename(json.dumps(d.call("VolumeDriver.Get", json.dumps({"Name": vfs_vols[0]})))),
+            "/VolumeDriver.List": rename(json.dumps(d.call("VolumeDriver.List", "{}"))),
+            "/VolumeDriver.Mount": mp, "/VolumeDriver.Path": mp,
+            "/VolumeDriver.Create": "{}", "/VolumeDriver.Remove": "{}", "/VolumeDriver.Unmount": "{}",
+        }
+        routes_file = os.path.join(ctx["tmp"], "bare-routes.json")
+        with open(routes_file, "w") as f:
+            json.dump(routes, f)
+        if os.path.exists(bare_sock):
+            os.remove(bare_sock)
+        bare = subprocess.Popen([RXBENCH, "serve", "--socket", bare_sock, "--routes", routes_file],
+                                stdin=subprocess.DEVNULL)
+        for _ in range(100):
+            if os.path.exists(bare_sock):
+                break
+            time.sleep(0.02)
+        dk("volume", "create", "-d", bare_driver, bare_vols[0])
         cases = {
             "inspect": (lambda v: ("volume", "inspect", v), 2 * runs),
             "ls": (lambda v: ("volume", "ls", "-q", "--filter", f"driver={v}"), 2 * runs),
             "run": (lambda v: ("run", "--rm", "-v", f"{v}:/data", image, "true"), runs),
         }
+        targets = {"ours": (driver, vfs_vols[0]), "local": ("local", local_vols[0]),
+                   "bare": (bare_driver, bare_vols[0])}
         for what, (args, n) in cases.items():
-            ours, local = [], []
-            for _ in range(2):  # warm-up pair
-                dk(*args(driver if what == "ls" else vfs_vols[0]))
-                dk(*args("local" if what == "ls" else local_vols[0]))
+            samples = {k: [] for k in targets}
+            cmd = {k: args(drv if what == "ls" else vol) for k, (drv, vol) in targets.items()}
+            for k in targets:  # warm-up
+                dk(*cmd[k])
+            order = list(targets)
             for i in range(n):
-                a = args(driver if what == "ls" else vfs_vols[0])
-                b = args("local" if what == "ls" else local_vols[0])
-                if i % 2 == 0:
-                    ours.append(timed(*a))
-                    local.append(timed(*b))
-                else:
-                    local.append(timed(*b))
-                    ours.append(timed(*a))
+                for k in order[i % 3:] + order[:i % 3]:  # rotate who goes first
+                    samples[k].append(timed(*cmd[k]))
+            ours, local, bare_ms = samples["ours"], samples["local"], samples["bare"]
             pair_ratios = [o / l for o, l in zip(ours, local)]
-            out[what] = {"ours_ms": ours, "local_ms": local, "ours_p50_ms": round(med(ours), 1),
-                         "local_p50_ms": round(med(local), 1), "ratio": round(med(ours) / med(local), 3),
+            out[what] = {"ours_ms": ours, "local_ms": local, "bare_ms": bare_ms,
+                         "ours_p50_ms": round(med(ours), 1), "local_p50_ms": round(med(local), 1),
+                         "bare_p50_ms": round(med(bare_ms), 1), "ratio": round(med(ours) / med(local), 3),
+                         "bare_ratio": round(med(bare_ms) / med(local), 3),
                          "pair_ratio_p50": round(med(pair_ratios), 3),
                          "command": " ".join(["docker", *args("<driver>" if what == "ls" else "<vol>")])}
-            log(f"docker {what}: ours {med(ours):.1f} ms, local {med(local):.1f} ms, ratio {med(ours) / med(local):.3f}")
+            log(f"docker {what}: ours {med(ours):.1f} ms, local {med(local):.1f} ms, stand-in plugin "
+                f"{med(bare_ms):.1f} ms, ratio {med(ours) / med(local):.3f}")
         # what Docker sends us per command (for the explanation)
         out["plugin_calls"] = plugin_calls_per_command(d, dk, image, vfs_vols[0], driver)
     finally:
-        for v in vfs_vols + local_vols:
+        for v in vfs_vols + local_vols + bare_vols:
             sh(docker, "volume", "rm", "-f", v, check=False)
+        if bare:
+            bare.terminate()
+            bare.wait(timeout=10)
         d.stop()
     return out
 

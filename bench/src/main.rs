@@ -1,11 +1,12 @@
 //! `rxbench`: the benchmark tools of rexray-rs (see BENCHMARKS.md and bench/run-all.sh).
 //!
 //! ```text
-//! rxbench serve    --socket S [--body JSON] [--workers 2] [--router axum]
+//! rxbench serve    --socket S [--body JSON] [--routes FILE] [--workers 2] [--router axum]
 //!     A bare hyper 1 HTTP/1.1 server on a Unix socket that reads each request body and answers
 //!     200 with a fixed JSON body: the limit a VolumeDriver daemon on this machine can approach.
 //!     With --router axum the same reply comes through an axum Router shaped like the daemon's:
-//!     the cost of the framework alone.
+//!     the cost of the framework alone. --routes FILE (a JSON object: path → body) gives fixed
+//!     replies per path: a stand-in plugin that Docker can use.
 //! rxbench load     --socket S --op get|path|list|activate|capabilities [--names a,b,c]
 //!                  [--conns 16] [--duration 5] [--requests N] [--warmup 1] [--threads 1]
 //!                  [--server-pid PID] [--label TEXT]
@@ -377,6 +378,16 @@ async fn serve(a: &Args) {
             .unwrap_or(r#"{"Volume":{"Name":"bench0","CreatedAt":"2026-11-25T12:00:00Z","Status":{"active":false,"backend":"vfs","holders":0,"options":{},"service":"vfs"}}}"#)
             .to_owned(),
     );
+    // Optional fixed replies by path (a JSON object path → body): a stand-in plugin for Docker.
+    let routes: Arc<HashMap<String, Bytes>> = Arc::new(match a.str("routes") {
+        None => HashMap::new(),
+        Some(file) => {
+            let text = std::fs::read_to_string(file).unwrap_or_else(|e| die(&format!("--routes {file}: {e}")));
+            let map: HashMap<String, String> =
+                serde_json::from_str(&text).unwrap_or_else(|e| die(&format!("--routes {file}: {e}")));
+            map.into_iter().map(|(k, v)| (k, Bytes::from(v))).collect()
+        }
+    });
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket).unwrap_or_else(|e| die(&format!("bind: {e}")));
     let stop = tokio::signal::ctrl_c();
@@ -385,9 +396,10 @@ async fn serve(a: &Args) {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let body = body.clone();
+            let routes = routes.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let body = body.clone();
+                    let body = routes.get(req.uri().path()).cloned().unwrap_or_else(|| body.clone());
                     async move {
                         // Read the request body, as any real handler must.
                         let _ = req.into_body().collect().await?;
