@@ -330,7 +330,12 @@ def run(args):
         hv = Hypervisor(ec2, iid, os.path.join(tmp, "hv"), os.path.join(tmp, "links"))
         hv.start()
         docker = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else shutil.which("docker")
-        docker_ok = bool(docker) and subprocess.run([docker, "info"], capture_output=True, timeout=20).returncode == 0
+        try:
+            docker_ok = bool(docker) and subprocess.run([docker, "info"], capture_output=True,
+                                                        timeout=20).returncode == 0
+        except subprocess.TimeoutExpired:
+            docker_ok = False
+        out["docker"] = docker_ok
         driver = "rxbench-ebs"
         sock = f"/run/docker/plugins/{driver}.sock" if docker_ok else os.path.join(tmp, "ebs.sock")
         daemon = EbsDaemon(work_bin, tmp, sock, proxy_port=proxy.server_address[1], instance_id=iid)

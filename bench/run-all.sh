@@ -86,7 +86,7 @@ if want docker || want ebs; then
         if ! timeout 10 /usr/bin/docker info >/dev/null 2>&1; then
             before=$(pgrep -x dockerd || true)
             # lib.sh's helpers: install docker.io if missing, start dockerd, build the image.
-            if (
+            if ! (
                 set +eu
                 # shellcheck source=tests/e2e/lib.sh
                 source tests/e2e/lib.sh
@@ -94,10 +94,10 @@ if want docker || want ebs; then
                 mkdir -p "$E2E_TMP"
                 ensure_docker && ensure_image "${BENCH_IMAGE:-rexray-test-busybox}"
             ); then
-                DOCKERD_PID=$(pgrep -x dockerd | grep -vxF "${before:-none}" | head -1 || true)
-            else
                 docker_ok=0
             fi
+            # the dockerd this run started (also when it failed to answer in time): stopped at the end
+            DOCKERD_PID=$(pgrep -x dockerd | grep -vxF "${before:-none}" | head -1 || true)
         else
             (
                 set +eu

@@ -421,7 +421,10 @@ def stage_docker(ctx):
 
     vfs_vols = [f"rxb-vfs-{i}" for i in range(n_vol)]
     local_vols = [f"rxb-local-{i}" for i in range(n_vol)]
-    bare_vols = [f"rxb-bare-{i}" for i in range(n_vol)]
+    # The stand-in plugin has exactly one volume, and only that name is ever asked of Docker: its
+    # Get answers for any name, so `docker volume rm -f <other name>` would leave rows in Docker's
+    # volume DB that stall every later dockerd start-up by 15 s each (seen, and cleaned up).
+    bare_vols = ["rxb-bare-0"]
     bare_driver = "rxbench-bare"
     bare_sock = f"/run/docker/plugins/{bare_driver}.sock"
     d = Daemon(ctx["bin"], ctx["tmp"], sock=sock)
@@ -446,7 +449,10 @@ def stage_docker(ctx):
             "/Plugin.Activate": json.dumps(d.call("Plugin.Activate")),
             "/VolumeDriver.Capabilities": json.dumps(d.call("VolumeDriver.Capabilities", "{}")),
             "/VolumeDriver.Get": rename(json.dumps(d.call("VolumeDriver.Get", json.dumps({"Name": vfs_vols[0]})))),
-            "/VolumeDriver.List": rename(json.dumps(d.call("VolumeDriver.List", "{}"))),
+            # only the one volume it "has": every name a plugin lists ends up in Docker's volume
+            # DB, and a row whose plugin is gone stalls dockerd's start-up by 15 s
+            "/VolumeDriver.List": rename(json.dumps({"Volumes": [
+                v for v in d.call("VolumeDriver.List", "{}")["Volumes"] if v["Name"] == vfs_vols[0]]})),
             "/VolumeDriver.Mount": mp, "/VolumeDriver.Path": mp,
             "/VolumeDriver.Create": "{}", "/VolumeDriver.Remove": "{}", "/VolumeDriver.Unmount": "{}",
         }

@@ -149,6 +149,9 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// When the measured window began, and the server's, our own and the machine's CPU then.
+type CpuSnapshot = (Instant, Option<f64>, Option<f64>, Option<(f64, f64)>);
+
 /// (busy, total) CPU seconds of the whole machine since boot, from /proc/stat (USER_HZ = 100).
 fn machine_cpu() -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
@@ -259,7 +262,7 @@ async fn load(a: &Args) {
     let start = Instant::now();
     let measure_from = start + warmup;
     let deadline = measure_from + duration;
-    let mut cpu0: Option<(Instant, Option<f64>, Option<f64>, Option<(f64, f64)>)> = None;
+    let mut cpu0: Option<CpuSnapshot> = None;
     let cpu_probe = {
         let pid = server_pid.clone();
         tokio::spawn(async move {
