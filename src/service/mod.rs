@@ -462,6 +462,12 @@ impl VolumeService {
     /// # Errors
     /// [`Cause::NotFound`].
     pub async fn path(&self, raw_name: &str) -> Result<Option<PathBuf>, ServiceError> {
+        // The common case needs only the record, not the whole Status that Get builds.
+        if let Ok(name) = VolumeName::new(raw_name) {
+            if let Some(record) = self.record(&name) {
+                return Ok(record.active.then(|| self.backend.mountpoint(&name, &record.options)));
+            }
+        }
         let info = self.get(raw_name).await.map_err(|mut e| {
             e.op = "path";
             e
@@ -494,8 +500,9 @@ impl VolumeService {
         let records: Vec<VolumeRecord> = self.volumes.read().expect("volume map poisoned").values().cloned().collect();
         let mut infos: Vec<VolumeInfo> =
             records.iter().filter_map(|r| VolumeName::new(&r.name).ok().map(|n| self.info(&n, r))).collect();
+        let local: std::collections::BTreeSet<&str> = records.iter().map(|r| r.name.as_str()).collect();
         for remote in self.backend.known_volumes().await {
-            if records.iter().any(|r| r.name == remote) {
+            if local.contains(remote.as_str()) {
                 continue;
             }
             if let Ok(name) = VolumeName::new(&remote) {
