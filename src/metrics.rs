@@ -420,6 +420,10 @@ impl Backend for InstrumentedBackend {
     async fn knows(&self, name: &VolumeName) -> bool {
         self.inner.knows(name).await
     }
+
+    fn snapshots(&self) -> Option<&dyn crate::backend::Snapshots> {
+        self.inner.snapshots()
+    }
 }
 
 // ----- health ----------------------------------------------------------------------------------

@@ -10,6 +10,8 @@
 #[path = "e2e/ebs_support.rs"]
 mod support;
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -302,4 +304,205 @@ async fn namespaces_duplicates_and_lists_on_moto() {
     api.delete_volume(&dup.id).await.unwrap();
     scoped.remove(&name("db"), &opts).await.unwrap();
     plain.remove(&name("other"), &opts).await.unwrap();
+}
+
+#[tokio::test]
+async fn sdk_snapshot_calls_on_moto() {
+    use rexray::backend::ebs::api::{CopySnapshotRequest, CreateSnapshotRequest, SnapshotQuery, SnapshotState};
+    let Some(moto) = moto("sdk_snapshot_calls_on_moto") else { return };
+    let (region, other) = ("ca-central-1", "sa-east-1");
+    let api = moto.api(region).await;
+    let vol = api
+        .create_volume(&CreateVolumeRequest {
+            size_gib: Some(5),
+            availability_zone: "ca-central-1a".into(),
+            volume_type: "gp3".into(),
+            client_token: "snapvol".into(),
+            ..CreateVolumeRequest::default()
+        })
+        .await
+        .unwrap();
+    let tags = BTreeMap::from([("Name".to_owned(), "nightly".to_owned()), (OWNER_TAG.to_owned(), "true".to_owned())]);
+    let snap = api
+        .create_snapshot(&CreateSnapshotRequest {
+            volume_id: vol.id.clone(),
+            description: "wire test".into(),
+            tags: tags.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(snap.id.starts_with("snap-"), "{snap:?}");
+    assert_eq!((snap.volume_id.as_str(), snap.size_gib), (vol.id.as_str(), 5));
+
+    // Found by the ownership tag (with owners=self and a page size), and by ID.
+    let page = api
+        .describe_snapshots(&SnapshotQuery {
+            owners: vec!["self".into()],
+            filters: vec![(format!("tag:{OWNER_TAG}"), vec!["true".into()])],
+            max_results: Some(1000),
+            ..SnapshotQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.snapshots.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), [snap.id.as_str()]);
+    let found = &page.snapshots[0];
+    assert_eq!(found.tags, tags, "tags set in the CreateSnapshot call");
+    assert_eq!((found.state.clone(), found.description.as_str()), (SnapshotState::Completed, "wire test"));
+    assert!(found.start_time.is_some() && found.owner_id.is_some(), "{found:?}");
+
+    // CopySnapshot is sent to the destination region, naming the source region.
+    let west = moto.api(other).await;
+    let copy_tags = BTreeMap::from([("Name".to_owned(), "dr".to_owned())]);
+    let copy_id = west
+        .copy_snapshot(&CopySnapshotRequest {
+            source_snapshot_id: snap.id.clone(),
+            source_region: region.into(),
+            description: "Copy".into(),
+            tags: copy_tags.clone(),
+        })
+        .await
+        .unwrap();
+    let copied = west
+        .describe_snapshots(&SnapshotQuery { ids: vec![copy_id.clone()], ..SnapshotQuery::default() })
+        .await
+        .unwrap();
+    assert_eq!(copied.snapshots.len(), 1);
+    assert_eq!((copied.snapshots[0].tags.clone(), copied.snapshots[0].size_gib), (copy_tags, 5));
+    let not_here =
+        api.describe_snapshots(&SnapshotQuery { ids: vec![copy_id.clone()], ..SnapshotQuery::default() }).await;
+    assert_eq!(not_here.unwrap_err().kind, CloudErrorKind::NotFound);
+
+    // A volume from the snapshot; then delete, and a second delete is NotFound.
+    let restored = api
+        .create_volume(&CreateVolumeRequest {
+            availability_zone: "ca-central-1a".into(),
+            volume_type: "gp3".into(),
+            snapshot_id: Some(snap.id.clone()),
+            client_token: "restored".into(),
+            ..CreateVolumeRequest::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((restored.snapshot_id.as_deref(), restored.size_gib), (Some(snap.id.as_str()), 5));
+    api.delete_snapshot(&snap.id).await.unwrap();
+    let again = api.delete_snapshot(&snap.id).await.unwrap_err();
+    assert_eq!(again.kind, CloudErrorKind::NotFound, "{again}");
+    west.delete_snapshot(&copy_id).await.unwrap();
+}
+
+/// `rexray snapshot …` and `volume create --snapshotID` through the built binary against moto:
+/// in-process first, then through a running daemon's admin socket.
+#[test]
+fn snapshot_commands_on_moto_in_process_and_through_the_daemon() {
+    use assert_cmd::Command;
+    use serde_json::Value;
+
+    let Some(moto) = (match Moto::start() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            require("snapshot_commands_on_moto_in_process_and_through_the_daemon", Some(e));
+            None
+        }
+    }) else {
+        return;
+    };
+    let (region, other, az) = ("eu-central-1", "eu-north-1", "eu-central-1a");
+    let instance = moto.run_instance(region, az);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rexray.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "rexray:\n  modules:\n    default-docker:\n      host: unix://{0}/plugins/ebs.sock\nlibstorage:\n  service: ebs\n\
+             ebs:\n  endpoint: {1}\n  region: {region}\n  accessKey: test\n  secretKey: test\n  instanceID: {instance}\n  availabilityZone: {az}\n  tag: snapcli\n",
+            dir.path().display(),
+            moto.endpoint
+        ),
+    )
+    .unwrap();
+    let home = dir.path().join("home");
+    let rexray = |args: &[&str]| {
+        let mut cmd = Command::new(common::BIN);
+        cmd.args(args)
+            .arg("-c")
+            .arg(&config)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("REXRAY_HOME", &home)
+            .timeout(std::time::Duration::from_secs(120));
+        cmd
+    };
+    let json = |args: &[&str]| -> Value {
+        let out = rexray(args).assert().success().get_output().stdout.clone();
+        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out)))
+    };
+
+    // In-process (no daemon): create a volume, snapshot it, list it, copy it to another region.
+    rexray(&["volume", "create", "--size", "2", "data1"]).assert().success();
+    let created = json(&["snapshot", "create", "--volumeid", "data1", "--snapshotname", "nightly", "-f", "json"]);
+    let snap = &created[0];
+    let id = snap["ID"].as_str().unwrap().to_owned();
+    assert_eq!((snap["State"].as_str(), snap["Name"].as_str()), (Some("completed"), Some("nightly")), "{snap}");
+    assert_eq!((snap["Volume"].as_str(), snap["SizeGiB"].as_u64()), (Some("data1"), Some(2)), "{snap}");
+    assert_eq!(snap["Tags"]["Name"], "snapcli/nightly");
+    let listed = json(&["snapshot", "ls", "-f", "json"]);
+    assert_eq!(listed.as_array().unwrap().iter().map(|s| s["ID"].as_str().unwrap()).collect::<Vec<_>>(), [id.as_str()]);
+    let table = rexray(&["snapshot", "ls"]).assert().success().get_output().stdout.clone();
+    let table = String::from_utf8(table).unwrap();
+    assert!(table.starts_with("ID ") && table.contains(&id) && table.contains("nightly"), "{table}");
+    let all = json(&["snapshot", "ls", "--all", "-f", "json"]);
+    assert!(all.as_array().unwrap().iter().any(|s| s["ID"] == id.as_str()));
+    let copy = json(&[
+        "snapshot",
+        "copy",
+        "--snapshotid",
+        &id,
+        "--destinationregion",
+        other,
+        "--destinationsnapshotname",
+        "dr",
+        "-f",
+        "json",
+    ]);
+    assert_eq!((copy[0]["Region"].as_str(), copy[0]["Name"].as_str()), (Some(other), Some("dr")), "{copy}");
+    assert_eq!(copy[0]["State"], "completed");
+    assert_eq!(copy[0]["Tags"]["rexray-rs/copiedFrom"], format!("{region}/{id}"));
+
+    // A volume from the snapshot keeps the snapshot's size and says where it came from.
+    rexray(&["volume", "create", "--snapshotID", &id, "restored"]).assert().success();
+    let volumes = json(&["volume", "ls", "-f", "json"]);
+    let restored = volumes.as_array().unwrap().iter().find(|v| v["Name"] == "restored").expect("restored is listed");
+    assert_eq!(restored["Status"]["snapshotID"], id.as_str(), "{restored}");
+    assert_eq!(restored["Status"]["sizeGiB"], 2, "{restored}");
+
+    // Through a running daemon: the same commands act via its admin socket.
+    let admin = home.join("var/run/rexray/rexray-admin.sock");
+    let daemon = common::start_daemon(
+        &config,
+        &home,
+        &dir.path().join("daemon.log"),
+        &[dir.path().join("plugins/ebs.sock"), admin],
+    );
+    let second = json(&["snapshot", "create", "--volumeid", "restored", "--runasync", "-f", "json"]);
+    let second_id = second[0]["ID"].as_str().unwrap().to_owned();
+    assert_eq!(second[0]["Name"], "restored", "default name: the volume's");
+    let listed = json(&["snapshot", "ls", "-f", "json"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    assert!(log.contains("started EBS snapshot"), "the daemon took the snapshot: {log}");
+    rexray(&["snapshot", "create", "--volumeid", "nosuch"])
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("snapshot \"nosuch\": no such volume"));
+    rexray(&["snapshot", "rm", &second_id, &id]).assert().success();
+    rexray(&["snapshot", "rm", &id])
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains(format!("snapshot {id} does not exist in EC2 region {region}")));
+    rexray(&["snapshot", "ls", "snap-0/x"])
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("not an EBS snapshot ID"));
+    assert_eq!(json(&["snapshot", "ls", "-f", "json"]), serde_json::json!([]));
+    drop(daemon);
 }

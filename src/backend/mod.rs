@@ -10,6 +10,7 @@ pub mod ebs;
 pub mod fake;
 pub mod loopback;
 pub mod options;
+pub mod snapshot;
 pub mod vfs;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ use async_trait::async_trait;
 use crate::config::{BackendKind, ServiceConfig};
 use crate::service::name::VolumeName;
 pub use options::Options;
+pub use snapshot::Snapshots;
 
 /// Docker's volume scope, from `/VolumeDriver.Capabilities`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +161,11 @@ pub trait Backend: Send + Sync + Debug {
     /// created it (see [`Backend::known_volumes`]). Served from a cache.
     async fn knows(&self, _name: &VolumeName) -> bool {
         false
+    }
+
+    /// The backend's snapshot operations, if it has them.
+    fn snapshots(&self) -> Option<&dyn Snapshots> {
+        None
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! - this file: the clap commands (REX-Ray's names, aliases and flags) and their dispatch;
 //! - `daemon`: the composition root of `service start` (plugin sockets and the admin socket);
-//! - `volume`: `volume …` and `snapshot …`, through the daemon's admin socket or in-process;
+//! - `volume`: `volume …`, through the daemon's admin socket or in-process;
+//! - `snapshot`: `snapshot …`, the same way;
 //! - `dvdcli`: the dvdcli-compatible mode (argv[0] `dvdcli`, or `rexray dvdcli …`);
 //! - `marathon`: `marathon check`, Marathon's rules for apps with external volumes;
 //! - `config_cmd`: `config check` and `env`;
@@ -16,6 +17,7 @@ mod config_cmd;
 mod daemon;
 pub mod dvdcli;
 pub mod marathon;
+mod snapshot;
 pub mod systemd;
 mod volume;
 
@@ -75,7 +77,7 @@ enum Command {
     /// Manage volumes (through the running daemon when there is one).
     Volume(VolumeArgs),
     /// Manage snapshots (for backends that have them).
-    Snapshot(SnapshotArgs),
+    Snapshot(snapshot::SnapshotArgs),
     /// Run as dvdcli, the Docker Volume Driver CLI that Mesos runs (also: a `dvdcli` symlink).
     #[command(
         disable_help_flag = true,
@@ -324,71 +326,6 @@ struct CreateArgs {
     opts: Vec<String>,
 }
 
-#[derive(Debug, clap::Args)]
-#[command(after_help = "Example:\n  rexray snapshot ls")]
-struct SnapshotArgs {
-    /// The service (default: the first configured).
-    #[arg(short = 's', long = "service", global = true, value_name = "NAME")]
-    service: Option<String>,
-    /// Output format.
-    #[arg(short = 'f', long = "format", global = true, value_enum, default_value = "table")]
-    format: Format,
-    #[command(subcommand)]
-    command: SnapshotCommand,
-}
-
-#[derive(Debug, Subcommand)]
-enum SnapshotCommand {
-    /// List snapshots.
-    #[command(visible_aliases = ["get", "list"], after_help = "Example:\n  rexray snapshot ls")]
-    Ls {
-        /// Snapshot IDs (default: all).
-        ids: Vec<String>,
-    },
-    /// Snapshot a volume.
-    #[command(visible_aliases = ["new"], after_help = "Example:\n  rexray snapshot create --volumeid data1 --snapshotname nightly")]
-    Create {
-        /// The volume to snapshot.
-        #[arg(long = "volumeid", value_name = "VOLUME")]
-        volume_id: String,
-        /// The snapshot's name.
-        #[arg(long = "snapshotname", value_name = "NAME")]
-        snapshot_name: Option<String>,
-        /// A description.
-        #[arg(long)]
-        description: Option<String>,
-        /// Return before the snapshot completes.
-        #[arg(long = "runasync")]
-        run_async: bool,
-    },
-    /// Remove snapshots.
-    #[command(visible_aliases = ["remove"], after_help = "Example:\n  rexray snapshot rm snap-0123456789abcdef0")]
-    Rm {
-        /// Snapshot IDs.
-        #[arg(required = true, value_name = "ID")]
-        ids: Vec<String>,
-    },
-    /// Copy a snapshot (EBS: across regions).
-    #[command(after_help = "Example:\n  rexray snapshot copy --snapshotid snap-0123 --destinationregion eu-west-1")]
-    Copy {
-        /// The snapshot to copy.
-        #[arg(long = "snapshotid", value_name = "ID")]
-        snapshot_id: String,
-        /// The copy's name.
-        #[arg(long = "destinationsnapshotname", value_name = "NAME")]
-        destination_name: Option<String>,
-        /// The region to copy to.
-        #[arg(long = "destinationregion", value_name = "REGION")]
-        destination_region: Option<String>,
-        /// A description.
-        #[arg(long)]
-        description: Option<String>,
-        /// Return before the copy completes.
-        #[arg(long = "runasync")]
-        run_async: bool,
-    },
-}
-
 /// Parses the command line, runs the command, and maps the outcome to an exit code.
 ///
 /// Run as `dvdcli` (argv[0]) or as `rexray dvdcli …`, it is the dvdcli-compatible CLI.
@@ -489,10 +426,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Snapshot(args) => {
             let config = load_config(&cli)?;
-            let svc = volume::pick_service(&config, args.service.as_deref())?;
-            volume::snapshot_support(svc.backend)?;
-            let _ = (&args.command, args.format);
-            bail!("snapshot operations are not implemented for the {} backend", svc.backend.as_str())
+            volume::snapshot_support(volume::pick_service(&config, args.service.as_deref())?.backend)?;
+            crate::telemetry::init(cli.log_level.as_deref().unwrap_or("warn"), false);
+            runtime()?.block_on(snapshot::run(&config, args))
         }
         Command::Dvdcli { args } => Ok(dvdcli::main(args.clone())),
         Command::Marathon(MarathonCommand::Check(args)) => marathon_check(args),

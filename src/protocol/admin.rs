@@ -5,7 +5,8 @@
 //!
 //! - `POST /Admin.Info` → `{"Version", "Pid", "Config", "Services": [{"Name", "Backend"}]}`;
 //! - `POST /services/<name>/VolumeDriver.*` → the Docker VolumeDriver endpoints of the service
-//!   `<name>` (the same router as a plugin socket, see [`super::router`]).
+//!   `<name>` (the same router as a plugin socket, see [`super::router`]);
+//! - `POST /services/<name>/Snapshot.*` → its snapshots ([`super::snapshots`]).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -78,7 +79,8 @@ pub fn router(services: Vec<AdminService>, config: Option<String>) -> Router {
     };
     let mut app = Router::new().route("/Admin.Info", post(info_handler)).with_state(std::sync::Arc::new(info));
     for service in services {
-        app = app.nest(&service_prefix(&service.name), super::router(service.handle));
+        let endpoints = super::router(service.handle.clone()).merge(super::snapshots::router(service.handle));
+        app = app.nest(&service_prefix(&service.name), endpoints);
     }
     app
 }
@@ -142,6 +144,17 @@ mod tests {
         assert_eq!(fake.calls(), ["create:v", "activate:v"]);
         let (status, _) = post(&socket, "/services/two/VolumeDriver.Get", r#"{"Name":"v"}"#).await;
         assert_eq!(status, 404);
+
+        // Snapshot endpoints: a backend without snapshots says so; a bad body is named.
+        let (status, body) = post(&socket, "/services/one/Snapshot.List", "").await;
+        assert_eq!(status, 500, "{body}");
+        assert_eq!(body, r#"{"Err":"list snapshots: snapshots are not supported by the fake backend"}"#);
+        let (status, body) = post(&socket, "/services/one/Snapshot.Create", r#"{"Volume":"v"}"#).await;
+        assert_eq!(status, 500, "{body}");
+        assert!(body.contains(r#"snapshot \"v\": snapshots are not supported by the fake backend"#), "{body}");
+        let (status, body) = post(&socket, "/services/one/Snapshot.Wait", r#"{"ID":"snap-1"}"#).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("/Snapshot.Wait: malformed request body: missing field `TimeoutSeconds`"), "{body}");
         server.abort();
     }
 }

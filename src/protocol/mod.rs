@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod error;
 pub mod routes;
+pub mod snapshots;
 pub mod wire;
 
 pub use routes::{router, ServiceSource};

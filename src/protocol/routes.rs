@@ -41,7 +41,7 @@ pub fn router(service: ServiceSource) -> Router {
 }
 
 /// Decodes a body as JSON whatever the headers say.
-fn decode<T: DeserializeOwned>(endpoint: &'static str, body: &[u8]) -> Result<T, ProtocolError> {
+pub(super) fn decode<T: DeserializeOwned>(endpoint: &'static str, body: &[u8]) -> Result<T, ProtocolError> {
     serde_json::from_slice(body).map_err(|e| ProtocolError::Decode { endpoint, message: e.to_string() })
 }
 

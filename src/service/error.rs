@@ -5,18 +5,29 @@ use crate::backend::BackendError;
 use super::name::NameError;
 use super::state::StateError;
 
-/// A failed volume operation. Its Display names the operation and the volume; the cause is the
-/// [`Cause`] in `source`, so the whole chain reads like `mount "v1": volume "v1" does not exist`.
+/// A failed volume operation. Its Display names the operation and the volume (or snapshot); the
+/// cause is the [`Cause`] in `source`, so the whole chain reads like
+/// `mount "v1": volume "v1" does not exist`.
 #[derive(Debug, thiserror::Error)]
-#[error("{op} {volume:?}")]
 pub struct ServiceError {
     /// The operation (`create`, `mount`, …).
     pub op: &'static str,
-    /// The volume name as the caller gave it.
+    /// The volume name (or snapshot ID) as the caller gave it; empty for operations on no one
+    /// subject.
     pub volume: String,
     /// Why it failed (boxed: errors stay small on the success path).
     #[source]
     pub cause: Box<Cause>,
+}
+
+impl std::fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.volume.is_empty() {
+            f.write_str(self.op)
+        } else {
+            write!(f, "{} {:?}", self.op, self.volume)
+        }
+    }
 }
 
 /// Why a volume operation failed.
@@ -50,6 +61,12 @@ pub enum Cause {
         /// Its error.
         #[source]
         source: BackendError,
+    },
+    /// The backend cannot take snapshots (`vfs`, `loop`).
+    #[error("snapshots are not supported by the {backend} backend")]
+    NoSnapshots {
+        /// The backend name.
+        backend: &'static str,
     },
     /// The durable state could not be written or read.
     #[error("state")]

@@ -8,6 +8,7 @@ pub mod error;
 pub mod handle;
 pub mod locks;
 pub mod name;
+mod snapshots;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -497,11 +498,13 @@ impl VolumeService {
     /// hosts created.
     pub async fn list(&self) -> Vec<VolumeInfo> {
         debug!("list");
+        // First: it may refresh the backend's cache, which the local volumes' Status reads.
+        let known = self.backend.known_volumes().await;
         let records: Vec<VolumeRecord> = self.volumes.read().expect("volume map poisoned").values().cloned().collect();
         let mut infos: Vec<VolumeInfo> =
             records.iter().filter_map(|r| VolumeName::new(&r.name).ok().map(|n| self.info(&n, r))).collect();
         let local: std::collections::BTreeSet<&str> = records.iter().map(|r| r.name.as_str()).collect();
-        for remote in self.backend.known_volumes().await {
+        for remote in known {
             if local.contains(remote.as_str()) {
                 continue;
             }

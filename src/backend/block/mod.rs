@@ -298,6 +298,23 @@ impl BlockPipeline {
         .await
     }
 
+    /// Flushes the volume's file system to its device when it is mounted here (before a
+    /// snapshot); returns whether it was mounted.
+    ///
+    /// # Errors
+    /// The mount table could not be read, or `syncfs` failed.
+    pub async fn sync_if_mounted(&self, name: &VolumeName) -> Result<bool, BackendError> {
+        let mount_dir = self.layout.mount_dir(name);
+        blocking(&self.os, "sync", move |os| {
+            let Some(entry) = os.mounted_at(&mount_dir).map_err(step_error("read mounts for", &mount_dir))? else {
+                return Ok(false);
+            };
+            os.syncfs(&mount_dir).map_err(step_error("sync", &entry.source))?;
+            Ok(true)
+        })
+        .await
+    }
+
     /// The device the volume is attached as, if any.
     ///
     /// # Errors

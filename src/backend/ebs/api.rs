@@ -227,6 +227,114 @@ pub struct VolumePage {
     pub next_token: Option<String>,
 }
 
+/// The state of a snapshot, as EC2 reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotState {
+    /// Being copied off the volume.
+    Pending,
+    /// Usable.
+    Completed,
+    /// Failed for good.
+    Error,
+    /// Anything else EC2 may add (`recoverable`, `recovering`, …).
+    Other(String),
+}
+
+impl SnapshotState {
+    /// Parses EC2's spelling.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "pending" => Self::Pending,
+            "completed" => Self::Completed,
+            "error" => Self::Error,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+
+    /// EC2's spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Pending => "pending",
+            Self::Completed => "completed",
+            Self::Error => "error",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+/// A snapshot as DescribeSnapshots/CreateSnapshot report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// `snap-…`.
+    pub id: String,
+    /// The volume it was taken from (for a copy: the source's volume, or EC2's placeholder).
+    pub volume_id: String,
+    /// Its state.
+    pub state: SnapshotState,
+    /// EC2's progress text (`"42%"`), if given.
+    pub progress: Option<String>,
+    /// The size of the volume it was taken from, in GiB.
+    pub size_gib: u64,
+    /// Its description.
+    pub description: String,
+    /// Whether it is encrypted.
+    pub encrypted: bool,
+    /// The account that owns it.
+    pub owner_id: Option<String>,
+    /// When it was started, RFC 3339, if known.
+    pub start_time: Option<String>,
+    /// Its tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// CreateSnapshot's parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CreateSnapshotRequest {
+    /// The volume to snapshot.
+    pub volume_id: String,
+    /// The description.
+    pub description: String,
+    /// Tags, set in the same call (TagSpecifications).
+    pub tags: BTreeMap<String, String>,
+}
+
+/// CopySnapshot's parameters (sent to the destination region).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CopySnapshotRequest {
+    /// The snapshot to copy.
+    pub source_snapshot_id: String,
+    /// The region it is in.
+    pub source_region: String,
+    /// The copy's description.
+    pub description: String,
+    /// The copy's tags (TagSpecifications).
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A DescribeSnapshots query (one page).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SnapshotQuery {
+    /// Snapshot IDs.
+    pub ids: Vec<String>,
+    /// Owners (`self` for this account's).
+    pub owners: Vec<String>,
+    /// Filters: name → accepted values.
+    pub filters: Vec<(String, Vec<String>)>,
+    /// Page size (not with IDs).
+    pub max_results: Option<u32>,
+    /// The page to fetch.
+    pub next_token: Option<String>,
+}
+
+/// One page of DescribeSnapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SnapshotPage {
+    /// The snapshots.
+    pub snapshots: Vec<Snapshot>,
+    /// The next page, if any.
+    pub next_token: Option<String>,
+}
+
 /// What the backend needs to know about an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
@@ -418,6 +526,30 @@ pub trait Ec2Api: Send + Sync + fmt::Debug {
     /// # Errors
     /// EC2's error (`NotFound` for an unknown instance).
     async fn describe_instance(&self, instance_id: &str) -> Result<Instance, CloudError>;
+
+    /// CreateSnapshot with the tags in TagSpecifications.
+    ///
+    /// # Errors
+    /// EC2's error (`NotFound` for an unknown volume).
+    async fn create_snapshot(&self, req: &CreateSnapshotRequest) -> Result<Snapshot, CloudError>;
+
+    /// One page of DescribeSnapshots.
+    ///
+    /// # Errors
+    /// EC2's error (`NotFound` for an unknown ID).
+    async fn describe_snapshots(&self, query: &SnapshotQuery) -> Result<SnapshotPage, CloudError>;
+
+    /// DeleteSnapshot.
+    ///
+    /// # Errors
+    /// EC2's error (`NotFound` when gone, `InvalidSnapshot.InUse` while an image uses it).
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), CloudError>;
+
+    /// CopySnapshot, sent to the region the copy goes to; returns the copy's ID.
+    ///
+    /// # Errors
+    /// EC2's error.
+    async fn copy_snapshot(&self, req: &CopySnapshotRequest) -> Result<String, CloudError>;
 }
 
 #[cfg(test)]
@@ -465,5 +597,8 @@ mod tests {
             assert_eq!(AttachState::parse(s).as_str(), s);
         }
         assert!(VolumeState::InUse.is_ready() && VolumeState::Error.is_gone());
+        for s in ["pending", "completed", "error", "recoverable"] {
+            assert_eq!(SnapshotState::parse(s).as_str(), s);
+        }
     }
 }

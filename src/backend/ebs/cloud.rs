@@ -19,8 +19,9 @@ use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification, VolumeType
 use aws_sdk_ec2::Client;
 
 use super::api::{
-    AttachState, CloudError, CloudErrorKind, CreateVolumeRequest, Ec2Api, Instance, Volume, VolumeAttachment,
-    VolumePage, VolumeQuery, VolumeState,
+    AttachState, CloudError, CloudErrorKind, CopySnapshotRequest, CreateSnapshotRequest, CreateVolumeRequest, Ec2Api,
+    Instance, Snapshot, SnapshotPage, SnapshotQuery, SnapshotState, Volume, VolumeAttachment, VolumePage, VolumeQuery,
+    VolumeState,
 };
 
 /// How to reach EC2.
@@ -138,11 +139,40 @@ fn volume_of(v: &aws_sdk_ec2::types::Volume) -> Volume {
     }
 }
 
+fn sdk_filters(filters: &[(String, Vec<String>)]) -> Option<Vec<Filter>> {
+    (!filters.is_empty()).then(|| {
+        filters
+            .iter()
+            .map(|(name, values)| Filter::builder().name(name).set_values(Some(values.clone())).build())
+            .collect()
+    })
+}
+
+/// TagSpecifications for a create call: none without tags (EC2 refuses an empty one).
+fn tag_spec(resource: ResourceType, tags: &BTreeMap<String, String>) -> Option<Vec<TagSpecification>> {
+    (!tags.is_empty())
+        .then(|| vec![TagSpecification::builder().resource_type(resource).set_tags(Some(sdk_tags(tags))).build()])
+}
+
+fn snapshot_of(s: &aws_sdk_ec2::types::Snapshot) -> Snapshot {
+    Snapshot {
+        id: s.snapshot_id().unwrap_or_default().to_owned(),
+        volume_id: s.volume_id().unwrap_or_default().to_owned(),
+        state: SnapshotState::parse(s.state().map_or("", |st| st.as_str())),
+        progress: s.progress().filter(|p| !p.is_empty()).map(str::to_owned),
+        size_gib: to_u64(s.volume_size()).unwrap_or(0),
+        description: s.description().unwrap_or_default().to_owned(),
+        encrypted: s.encrypted().unwrap_or(false),
+        owner_id: s.owner_id().map(str::to_owned),
+        start_time: s.start_time().map(ToString::to_string),
+        tags: tags_of(s.tags()),
+    }
+}
+
 #[async_trait]
 impl Ec2Api for AwsEc2 {
     async fn create_volume(&self, req: &CreateVolumeRequest) -> Result<Volume, CloudError> {
-        let spec =
-            TagSpecification::builder().resource_type(ResourceType::Volume).set_tags(Some(sdk_tags(&req.tags))).build();
+        let spec = tag_spec(ResourceType::Volume, &req.tags);
         let out = self
             .client
             .create_volume()
@@ -155,7 +185,7 @@ impl Ec2Api for AwsEc2 {
             .set_kms_key_id(req.kms_key_id.clone())
             .set_snapshot_id(req.snapshot_id.clone())
             .client_token(&req.client_token)
-            .tag_specifications(spec)
+            .set_tag_specifications(spec)
             .send()
             .await
             .map_err(cloud_error)?;
@@ -177,16 +207,11 @@ impl Ec2Api for AwsEc2 {
     }
 
     async fn describe_volumes(&self, query: &VolumeQuery) -> Result<VolumePage, CloudError> {
-        let filters: Vec<Filter> = query
-            .filters
-            .iter()
-            .map(|(name, values)| Filter::builder().name(name).set_values(Some(values.clone())).build())
-            .collect();
         let out = self
             .client
             .describe_volumes()
             .set_volume_ids((!query.ids.is_empty()).then(|| query.ids.clone()))
-            .set_filters((!filters.is_empty()).then_some(filters))
+            .set_filters(sdk_filters(&query.filters))
             .set_max_results(query.max_results.map(|m| i32::try_from(m).unwrap_or(1000)))
             .set_next_token(query.next_token.clone())
             .send()
@@ -262,5 +287,69 @@ impl Ec2Api for AwsEc2 {
                 .filter_map(|m| m.device_name().map(str::to_owned))
                 .collect(),
         })
+    }
+
+    async fn create_snapshot(&self, req: &CreateSnapshotRequest) -> Result<Snapshot, CloudError> {
+        let out = self
+            .client
+            .create_snapshot()
+            .volume_id(&req.volume_id)
+            .description(&req.description)
+            .set_tag_specifications(tag_spec(ResourceType::Snapshot, &req.tags))
+            .send()
+            .await
+            .map_err(cloud_error)?;
+        Ok(Snapshot {
+            id: out.snapshot_id().unwrap_or_default().to_owned(),
+            volume_id: out.volume_id().unwrap_or(&req.volume_id).to_owned(),
+            state: SnapshotState::parse(out.state().map_or("pending", |st| st.as_str())),
+            progress: out.progress().filter(|p| !p.is_empty()).map(str::to_owned),
+            size_gib: to_u64(out.volume_size()).unwrap_or(0),
+            description: out.description().unwrap_or_default().to_owned(),
+            encrypted: out.encrypted().unwrap_or(false),
+            owner_id: out.owner_id().map(str::to_owned),
+            start_time: out.start_time().map(ToString::to_string),
+            tags: tags_of(out.tags()),
+        })
+    }
+
+    async fn describe_snapshots(&self, query: &SnapshotQuery) -> Result<SnapshotPage, CloudError> {
+        let out = self
+            .client
+            .describe_snapshots()
+            .set_snapshot_ids((!query.ids.is_empty()).then(|| query.ids.clone()))
+            .set_owner_ids((!query.owners.is_empty()).then(|| query.owners.clone()))
+            .set_filters(sdk_filters(&query.filters))
+            .set_max_results(query.max_results.map(|m| i32::try_from(m).unwrap_or(1000)))
+            .set_next_token(query.next_token.clone())
+            .send()
+            .await
+            .map_err(cloud_error)?;
+        Ok(SnapshotPage {
+            snapshots: out.snapshots().iter().map(snapshot_of).collect(),
+            next_token: out.next_token().filter(|t| !t.is_empty()).map(str::to_owned),
+        })
+    }
+
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), CloudError> {
+        self.client.delete_snapshot().snapshot_id(snapshot_id).send().await.map_err(cloud_error)?;
+        Ok(())
+    }
+
+    async fn copy_snapshot(&self, req: &CopySnapshotRequest) -> Result<String, CloudError> {
+        let out = self
+            .client
+            .copy_snapshot()
+            .source_snapshot_id(&req.source_snapshot_id)
+            .source_region(&req.source_region)
+            .description(&req.description)
+            .set_tag_specifications(tag_spec(ResourceType::Snapshot, &req.tags))
+            .send()
+            .await
+            .map_err(cloud_error)?;
+        out.snapshot_id()
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| CloudError::from_code("InvalidResponse", "CopySnapshot returned no snapshot ID", None))
     }
 }

@@ -6,7 +6,9 @@
 //! AttachVolume refuses an attached volume (`VolumeInUse`), a volume in another AZ
 //! (`InvalidVolume.ZoneMismatch`) and a device name in use; CreateVolume honours the client
 //! token (`IdempotentParameterMismatch`); a KMS key can be marked bad so its volumes vanish right
-//! after CreateVolume; and any call can be throttled (`RequestLimitExceeded`) or failed on cue.
+//! after CreateVolume; snapshots stay `pending` for a set number of polls (or end in `error`),
+//! CreateVolume needs a `completed` snapshot and CopySnapshot reads its source from the fake of
+//! the source region; and any call can be throttled (`RequestLimitExceeded`) or failed on cue.
 //! Every call is recorded, so tests count EC2 calls.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,7 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::api::{
-    AttachState, CloudError, CreateVolumeRequest, Ec2Api, Instance, Volume, VolumeAttachment, VolumePage, VolumeQuery,
+    AttachState, CloudError, CopySnapshotRequest, CreateSnapshotRequest, CreateVolumeRequest, Ec2Api, Instance,
+    Snapshot, SnapshotPage, SnapshotQuery, SnapshotState, Volume, VolumeAttachment, VolumePage, VolumeQuery,
     VolumeState,
 };
 use super::devices::DeviceHost;
@@ -38,6 +41,14 @@ pub enum Op {
     CreateTags,
     /// DescribeInstances.
     DescribeInstances,
+    /// CreateSnapshot.
+    CreateSnapshot,
+    /// DescribeSnapshots (one page).
+    DescribeSnapshots,
+    /// DeleteSnapshot.
+    DeleteSnapshot,
+    /// CopySnapshot.
+    CopySnapshot,
 }
 
 /// One recorded call.
@@ -76,6 +87,14 @@ pub enum Ec2Call {
     CreateTags(String, BTreeMap<String, String>),
     /// DescribeInstances.
     DescribeInstances(String),
+    /// CreateSnapshot.
+    CreateSnapshot(CreateSnapshotRequest),
+    /// DescribeSnapshots.
+    DescribeSnapshots(SnapshotQuery),
+    /// DeleteSnapshot.
+    DeleteSnapshot(String),
+    /// CopySnapshot.
+    CopySnapshot(CopySnapshotRequest),
 }
 
 impl Ec2Call {
@@ -89,6 +108,10 @@ impl Ec2Call {
             Ec2Call::DeleteVolume(_) => Op::DeleteVolume,
             Ec2Call::CreateTags(..) => Op::CreateTags,
             Ec2Call::DescribeInstances(_) => Op::DescribeInstances,
+            Ec2Call::CreateSnapshot(_) => Op::CreateSnapshot,
+            Ec2Call::DescribeSnapshots(_) => Op::DescribeSnapshots,
+            Ec2Call::DeleteSnapshot(_) => Op::DeleteSnapshot,
+            Ec2Call::CopySnapshot(_) => Op::CopySnapshot,
         }
     }
 }
@@ -104,6 +127,15 @@ struct FakeVolume {
     detaching: BTreeMap<String, u32>,
     /// Vanishes at the first describe (bad KMS key).
     vanish: bool,
+}
+
+#[derive(Debug, Clone)]
+struct FakeSnapshot {
+    snapshot: Snapshot,
+    /// Polls left in `pending`.
+    pending: u32,
+    /// Ends in `error` instead of `completed`.
+    fails: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +160,11 @@ struct World {
     bad_kms_keys: BTreeSet<String>,
     /// Client token → (request without token, volume as created).
     tokens: BTreeMap<String, (CreateVolumeRequest, Volume)>,
+    snapshots: BTreeMap<String, FakeSnapshot>,
+    snapshot_polls: u32,
+    failing_snapshots: bool,
+    /// Other regions' fakes, for CopySnapshot's SourceRegion.
+    peers: BTreeMap<String, Arc<FakeEc2>>,
 }
 
 /// An in-process EC2; see the module documentation.
@@ -178,6 +215,23 @@ fn matches_filter(v: &Volume, name: &str, values: &[String]) -> bool {
         _ => false,
     }
 }
+
+fn matches_snapshot_filter(s: &Snapshot, name: &str, values: &[String]) -> bool {
+    let any = |candidate: &str| values.iter().any(|p| glob_match(p, candidate));
+    if let Some(key) = name.strip_prefix("tag:") {
+        return s.tags.get(key).is_some_and(|val| any(val));
+    }
+    match name {
+        "snapshot-id" => any(&s.id),
+        "volume-id" => any(&s.volume_id),
+        "status" => any(s.state.as_str()),
+        "owner-id" => s.owner_id.as_deref().is_some_and(any),
+        _ => false,
+    }
+}
+
+/// The account the fake's snapshots belong to.
+pub const FAKE_ACCOUNT: &str = "123456789012";
 
 impl FakeEc2 {
     /// An empty EC2: no instances or volumes, every transition immediate, pages of 1000.
@@ -286,6 +340,51 @@ impl FakeEc2 {
         self.world().bad_kms_keys.insert(key.to_owned());
     }
 
+    /// New snapshots stay `pending` for `n` describes of them.
+    pub fn set_snapshot_polls(&self, n: u32) {
+        self.world().snapshot_polls = n;
+    }
+
+    /// New snapshots end in `error`.
+    pub fn set_failing_snapshots(&self, failing: bool) {
+        self.world().failing_snapshots = failing;
+    }
+
+    /// Adds a completed snapshot owned by `owner` with these tags; returns its ID.
+    pub fn add_snapshot(&self, volume_id: &str, size_gib: u64, owner: &str, tags: &[(&str, &str)]) -> String {
+        let mut w = self.world();
+        let id = Self::next_snapshot_id(&mut w);
+        let snapshot = Snapshot {
+            id: id.clone(),
+            volume_id: volume_id.to_owned(),
+            state: SnapshotState::Completed,
+            progress: Some("100%".into()),
+            size_gib,
+            description: String::new(),
+            encrypted: false,
+            owner_id: Some(owner.to_owned()),
+            start_time: Some("2026-11-01T00:00:00Z".into()),
+            tags: tags.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        };
+        w.snapshots.insert(id.clone(), FakeSnapshot { snapshot, pending: 0, fails: false });
+        id
+    }
+
+    /// Makes `peer` the EC2 of `region`, for CopySnapshot's SourceRegion.
+    pub fn add_peer(&self, region: &str, peer: Arc<FakeEc2>) {
+        self.world().peers.insert(region.to_owned(), peer);
+    }
+
+    /// A snapshot as it is now (no transition).
+    pub fn snapshot(&self, id: &str) -> Option<Snapshot> {
+        self.world().snapshots.get(id).map(|s| s.snapshot.clone())
+    }
+
+    /// Every snapshot.
+    pub fn snapshots(&self) -> Vec<Snapshot> {
+        self.world().snapshots.values().map(|s| s.snapshot.clone()).collect()
+    }
+
     /// The next `n` calls of `op` fail with `RequestLimitExceeded`.
     pub fn throttle(&self, op: Op, n: u32) {
         self.world().throttled.insert(op, n);
@@ -336,6 +435,51 @@ impl FakeEc2 {
     fn next_id(w: &mut World) -> String {
         w.next_id += 1;
         format!("vol-{:017x}", 0xa000 + w.next_id)
+    }
+
+    fn next_snapshot_id(w: &mut World) -> String {
+        w.next_id += 1;
+        format!("snap-{:017x}", 0x5000 + w.next_id)
+    }
+
+    /// A new pending snapshot (or a completed one when snapshots complete at once).
+    fn start_snapshot(w: &mut World, mut snapshot: Snapshot) -> Snapshot {
+        let pending = w.snapshot_polls;
+        snapshot.id = Self::next_snapshot_id(w);
+        snapshot.state = SnapshotState::Pending;
+        snapshot.progress = Some("0%".into());
+        snapshot.owner_id = Some(FAKE_ACCOUNT.into());
+        snapshot.start_time = Some(format!("2026-11-25T00:00:{:02}Z", w.next_id % 60));
+        let answer = snapshot.clone();
+        let fails = w.failing_snapshots;
+        let mut fake = FakeSnapshot { snapshot, pending, fails };
+        if pending == 0 {
+            Self::finish_snapshot(&mut fake);
+        }
+        w.snapshots.insert(answer.id.clone(), fake);
+        answer
+    }
+
+    fn finish_snapshot(fake: &mut FakeSnapshot) {
+        if fake.fails {
+            fake.snapshot.state = SnapshotState::Error;
+        } else {
+            fake.snapshot.state = SnapshotState::Completed;
+            fake.snapshot.progress = Some("100%".into());
+        }
+    }
+
+    /// Advances snapshot `id` one observation.
+    fn observe_snapshot(w: &mut World, id: &str) {
+        let Some(fake) = w.snapshots.get_mut(id) else { return };
+        if fake.pending > 0 {
+            fake.pending -= 1;
+            if fake.pending == 0 {
+                Self::finish_snapshot(fake);
+            } else {
+                fake.snapshot.progress = Some("50%".into());
+            }
+        }
     }
 
     /// Advances `id` one observation along its transitions.
@@ -411,12 +555,33 @@ impl Ec2Api for FakeEc2 {
         if req.availability_zone.is_empty() {
             return Err(err("MissingParameter", "The request must contain the parameter AvailabilityZone"));
         }
+        let snapshot_size = match &req.snapshot_id {
+            Some(snap) => match w.snapshots.get(snap) {
+                Some(s) if s.snapshot.state == SnapshotState::Completed => Some(s.snapshot.size_gib),
+                Some(s) => {
+                    return Err(err(
+                        "IncorrectState",
+                        format!("Snapshot is in invalid state - {}", s.snapshot.state.as_str()),
+                    ))
+                }
+                None => return Err(err("InvalidSnapshot.NotFound", format!("The snapshot '{snap}' does not exist."))),
+            },
+            None => None,
+        };
+        if let (Some(size), Some(min)) = (req.size_gib, snapshot_size) {
+            if size < min {
+                return Err(err(
+                    "InvalidParameterValue",
+                    format!("Volume of {size}GiB is too small; minimum is {min}GiB."),
+                ));
+            }
+        }
         let id = Self::next_id(&mut w);
         let creating = w.create_polls;
         let vanish = req.kms_key_id.as_ref().is_some_and(|k| w.bad_kms_keys.contains(k));
         let volume = Volume {
             id: id.clone(),
-            size_gib: req.size_gib.unwrap_or(8),
+            size_gib: req.size_gib.or(snapshot_size).unwrap_or(8),
             volume_type: req.volume_type.clone(),
             iops: req.iops.or((req.volume_type == "gp3").then_some(3000)),
             throughput: req.throughput.or((req.volume_type == "gp3").then_some(125)),
@@ -560,6 +725,10 @@ impl Ec2Api for FakeEc2 {
 
     async fn create_tags(&self, resource_id: &str, tags: &BTreeMap<String, String>) -> Result<(), CloudError> {
         let mut w = self.enter(Ec2Call::CreateTags(resource_id.to_owned(), tags.clone()))?;
+        if let Some(fs) = w.snapshots.get_mut(resource_id) {
+            fs.snapshot.tags.extend(tags.clone());
+            return Ok(());
+        }
         let fv = w
             .volumes
             .get_mut(resource_id)
@@ -578,6 +747,98 @@ impl Ec2Api for FakeEc2 {
             availability_zone: inst.az.clone(),
             device_names: inst.devices.iter().cloned().collect(),
         })
+    }
+
+    async fn create_snapshot(&self, req: &CreateSnapshotRequest) -> Result<Snapshot, CloudError> {
+        let mut w = self.enter(Ec2Call::CreateSnapshot(req.clone()))?;
+        let volume =
+            w.volumes.get(&req.volume_id).map(|fv| fv.volume.clone()).ok_or_else(|| {
+                err("InvalidVolume.NotFound", format!("The volume '{}' does not exist.", req.volume_id))
+            })?;
+        let snapshot = Snapshot {
+            id: String::new(),
+            volume_id: volume.id,
+            state: SnapshotState::Pending,
+            progress: None,
+            size_gib: volume.size_gib,
+            description: req.description.clone(),
+            encrypted: volume.encrypted,
+            owner_id: None,
+            start_time: None,
+            tags: req.tags.clone(),
+        };
+        Ok(Self::start_snapshot(&mut w, snapshot))
+    }
+
+    async fn describe_snapshots(&self, query: &SnapshotQuery) -> Result<SnapshotPage, CloudError> {
+        let mut w = self.enter(Ec2Call::DescribeSnapshots(query.clone()))?;
+        if !query.ids.is_empty() && query.max_results.is_some() {
+            return Err(err(
+                "InvalidParameterCombination",
+                "The parameter snapshotIdSet cannot be used with maxResults",
+            ));
+        }
+        for id in &query.ids {
+            if !w.snapshots.contains_key(id) {
+                return Err(err("InvalidSnapshot.NotFound", format!("The snapshot '{id}' does not exist.")));
+            }
+        }
+        let owner_ok = |s: &Snapshot| {
+            query.owners.is_empty()
+                || query.owners.iter().any(|o| {
+                    let o = if o == "self" { FAKE_ACCOUNT } else { o.as_str() };
+                    s.owner_id.as_deref() == Some(o)
+                })
+        };
+        let ids: Vec<String> = w
+            .snapshots
+            .values()
+            .map(|fs| &fs.snapshot)
+            .filter(|s| query.ids.is_empty() || query.ids.contains(&s.id))
+            .filter(|s| owner_ok(s))
+            .filter(|s| query.filters.iter().all(|(n, vals)| matches_snapshot_filter(s, n, vals)))
+            .map(|s| s.id.clone())
+            .collect();
+        let start: usize = query.next_token.as_deref().and_then(|t| t.parse().ok()).unwrap_or(0);
+        let size = query.max_results.map_or(w.page_size, |m| (m as usize).min(w.page_size));
+        let page: Vec<String> = ids.iter().skip(start).take(size).cloned().collect();
+        let next_token = (start + page.len() < ids.len()).then(|| (start + page.len()).to_string());
+        let mut snapshots = Vec::with_capacity(page.len());
+        for id in &page {
+            Self::observe_snapshot(&mut w, id);
+            snapshots.push(w.snapshots[id].snapshot.clone());
+        }
+        Ok(SnapshotPage { snapshots, next_token })
+    }
+
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), CloudError> {
+        let mut w = self.enter(Ec2Call::DeleteSnapshot(snapshot_id.to_owned()))?;
+        match w.snapshots.remove(snapshot_id) {
+            Some(_) => Ok(()),
+            None => Err(err("InvalidSnapshot.NotFound", format!("The snapshot '{snapshot_id}' does not exist."))),
+        }
+    }
+
+    async fn copy_snapshot(&self, req: &CopySnapshotRequest) -> Result<String, CloudError> {
+        let peer = {
+            let w = self.enter(Ec2Call::CopySnapshot(req.clone()))?;
+            w.peers.get(&req.source_region).cloned()
+        };
+        let not_found =
+            || err("InvalidSnapshot.NotFound", format!("The snapshot '{}' does not exist.", req.source_snapshot_id));
+        let source = match &peer {
+            Some(peer) => peer.snapshot(&req.source_snapshot_id),
+            None => self.snapshot(&req.source_snapshot_id),
+        }
+        .ok_or_else(not_found)?;
+        if source.state != SnapshotState::Completed {
+            return Err(err(
+                "IncorrectState",
+                format!("Snapshot {} is in invalid state - {}", source.id, source.state.as_str()),
+            ));
+        }
+        let copy = Snapshot { description: req.description.clone(), tags: req.tags.clone(), ..source };
+        Ok(Self::start_snapshot(&mut self.world(), copy).id)
     }
 }
 

@@ -8,7 +8,8 @@
 //!   naming `aws_sdk_*`); [`fake`] is an in-process EC2 state machine for tests.
 //! - [`settings`]: the `ebs.*` keys; [`options`]: the create options; [`identity`]: instance
 //!   ID / AZ / region from config or IMDSv2; [`devices`]: device names and device discovery;
-//!   [`wait`]: bounded polls and throttling retries; [`cache`]: what EC2 last said.
+//!   [`wait`]: bounded polls and throttling retries; [`cache`]: what EC2 last said;
+//!   [`snapshots`]: the snapshot operations (create, list, copy across regions, remove, wait).
 //! - This file: [`EbsBackend`] (the [`Backend`]) and the [`Attacher`] that plugs EBS into the
 //!   shared [`BlockPipeline`] (probe → format if blank → mount → grow → data directory).
 //!
@@ -42,6 +43,7 @@ pub mod fake;
 pub mod identity;
 pub mod options;
 pub mod settings;
+pub mod snapshots;
 pub mod wait;
 
 use std::collections::BTreeMap;
@@ -179,6 +181,8 @@ struct Core {
     token_suffix: Mutex<BTreeMap<String, u32>>,
     /// The volume `activate` just described, for its `attach` to use instead of describing again.
     fresh: Mutex<BTreeMap<String, Volume>>,
+    /// EC2 clients of other regions (snapshot copies), by region.
+    regional: tokio::sync::Mutex<BTreeMap<String, Arc<dyn Ec2Api>>>,
 }
 
 impl fmt::Debug for Core {
@@ -923,6 +927,7 @@ impl EbsBackend {
             cache: VolumeCache::default(),
             token_suffix: Mutex::default(),
             fresh: Mutex::default(),
+            regional: tokio::sync::Mutex::default(),
         });
         let block_defaults =
             BlockDefaults { size_gib: integration.default_size_gib, fs_type: integration.default_fs_type.clone() };
@@ -1116,6 +1121,10 @@ impl Backend for EbsBackend {
         status.insert("device".into(), attached.map_or(Value::Null, |a| a.device.clone().into()));
         status
     }
+
+    fn snapshots(&self) -> Option<&dyn crate::backend::Snapshots> {
+        Some(self)
+    }
 }
 
 /// The device an EBS volume's NVMe link is named after: `vol-0abc` → `…vol0abc`.
@@ -1123,5 +1132,7 @@ pub fn nvme_link_name(volume_id: &str) -> String {
     format!("nvme-Amazon_Elastic_Block_Store_{}", volume_id.replace('-', ""))
 }
 
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;

@@ -149,7 +149,7 @@ pub fn complete(mut opts: Options, size_given: bool, defaults: &EbsDefaults) -> 
         }
     };
     if let Some(snap) = opts.get("snapshotID") {
-        if !snap.starts_with("snap-") || snap.len() < 6 || !snap[5..].bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if !is_snapshot_id(snap) {
             return Err(invalid("snapshotID", snap, "expected a snapshot ID such as snap-0123456789abcdef0"));
         }
         if !size_given {
@@ -263,6 +263,11 @@ impl EbsOptions {
             tags,
         })
     }
+}
+
+/// Whether `id` has the shape of an EBS snapshot ID (`snap-` and letters or digits).
+pub fn is_snapshot_id(id: &str) -> bool {
+    id.strip_prefix("snap-").is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 #[cfg(test)]

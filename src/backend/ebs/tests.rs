@@ -17,13 +17,13 @@ use crate::config::{BackendKind, Integration};
 use crate::os::fake::{Call, CallKind, FakeOs};
 use crate::os::{FsType, MountFlags, Probe};
 
-const AZ: &str = "us-east-1a";
+pub(super) const AZ: &str = "us-east-1a";
 
-fn name(s: &str) -> VolumeName {
+pub(super) fn name(s: &str) -> VolumeName {
     VolumeName::new(s).unwrap()
 }
 
-fn service(instance: &str, az: &str, preempt: bool, extra: &[(&str, &str)]) -> ServiceConfig {
+pub(super) fn service(instance: &str, az: &str, preempt: bool, extra: &[(&str, &str)]) -> ServiceConfig {
     let mut ebs: BTreeMap<String, String> = [
         ("instanceid", instance),
         ("availabilityzone", az),
@@ -54,15 +54,15 @@ fn service(instance: &str, az: &str, preempt: bool, extra: &[(&str, &str)]) -> S
 }
 
 /// One host: a backend on its own fake OS and device view, sharing an EC2.
-struct Host {
-    ec2: Arc<FakeEc2>,
-    os: Arc<FakeOs>,
-    devices: Arc<FakeDeviceHost>,
-    backend: EbsBackend,
-    connects: Arc<AtomicU32>,
+pub(super) struct Host {
+    pub(super) ec2: Arc<FakeEc2>,
+    pub(super) os: Arc<FakeOs>,
+    pub(super) devices: Arc<FakeDeviceHost>,
+    pub(super) backend: EbsBackend,
+    pub(super) connects: Arc<AtomicU32>,
 }
 
-fn host_with(ec2: &Arc<FakeEc2>, instance: &str, service: &ServiceConfig) -> Host {
+pub(super) fn host_with(ec2: &Arc<FakeEc2>, instance: &str, service: &ServiceConfig) -> Host {
     let os = Arc::new(FakeOs::new());
     let devices = Arc::new(FakeDeviceHost::new(Arc::clone(ec2), instance, "/links"));
     let connects = Arc::new(AtomicU32::new(0));
@@ -82,7 +82,7 @@ fn host_with(ec2: &Arc<FakeEc2>, instance: &str, service: &ServiceConfig) -> Hos
     Host { ec2: Arc::clone(ec2), os, devices, backend, connects }
 }
 
-fn world() -> Arc<FakeEc2> {
+pub(super) fn world() -> Arc<FakeEc2> {
     let ec2 = Arc::new(FakeEc2::new());
     ec2.add_instance("i-a", AZ);
     ec2.add_instance("i-b", AZ);
@@ -90,19 +90,19 @@ fn world() -> Arc<FakeEc2> {
     ec2
 }
 
-fn host(ec2: &Arc<FakeEc2>, instance: &str) -> Host {
+pub(super) fn host(ec2: &Arc<FakeEc2>, instance: &str) -> Host {
     host_with(ec2, instance, &service(instance, AZ, false, &[]))
 }
 
-fn opts(h: &Host, pairs: &[(&str, &str)]) -> Options {
+pub(super) fn opts(h: &Host, pairs: &[(&str, &str)]) -> Options {
     h.backend.parse_options(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap()
 }
 
-fn ops(calls: &[Ec2Call]) -> Vec<Op> {
+pub(super) fn ops(calls: &[Ec2Call]) -> Vec<Op> {
     calls.iter().map(Ec2Call::op).collect()
 }
 
-fn only(ec2: &FakeEc2, tag: &str) -> Volume {
+pub(super) fn only(ec2: &FakeEc2, tag: &str) -> Volume {
     let mut v = ec2.by_name(tag);
     assert_eq!(v.len(), 1, "{v:?}");
     v.pop().unwrap()

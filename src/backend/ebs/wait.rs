@@ -136,7 +136,34 @@ impl RetryPolicy {
     /// # Errors
     /// The last error: a non-retryable one at once, a retryable one when retries or the budget
     /// are used up.
-    pub async fn run<T, F, Fut>(&self, op: &str, mut f: F) -> Result<T, CloudError>
+    pub async fn run<T, F, Fut>(&self, op: &str, f: F) -> Result<T, CloudError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, CloudError>>,
+    {
+        self.run_retrying(op, CloudError::is_retryable, f).await
+    }
+
+    /// Runs a call that must not be sent twice (it has no idempotency token, such as
+    /// CreateSnapshot): retries only throttling, which EC2 refused before doing anything. A
+    /// transient failure may have been done, so it is returned as it is.
+    ///
+    /// # Errors
+    /// As [`RetryPolicy::run`].
+    pub async fn run_once<T, F, Fut>(&self, op: &str, f: F) -> Result<T, CloudError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, CloudError>>,
+    {
+        self.run_retrying(op, |e| e.kind == CloudErrorKind::Throttled, f).await
+    }
+
+    async fn run_retrying<T, F, Fut>(
+        &self,
+        op: &str,
+        retryable: impl Fn(&CloudError) -> bool,
+        mut f: F,
+    ) -> Result<T, CloudError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, CloudError>>,
@@ -154,7 +181,7 @@ impl RetryPolicy {
             crate::metrics::ec2_call_timed(op, outcome, call_start.elapsed());
             match result {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() && retry < self.max_retries => {
+                Err(e) if retryable(&e) && retry < self.max_retries => {
                     retry += 1;
                     let sleep = self.rng.below(self.cap(retry));
                     if start.elapsed() + sleep > self.budget {
@@ -363,6 +390,32 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind, CloudErrorKind::VolumeInUse);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_without_a_token_retry_throttling_but_not_transient_failures() {
+        let policy = RetryPolicy::new(10);
+        let calls = AtomicU32::new(0);
+        let v = policy
+            .run_once("CreateSnapshot", || async {
+                if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Err(throttled())
+                } else {
+                    Ok(1)
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!((v, calls.load(Ordering::SeqCst)), (1, 3));
+        calls.store(0, Ordering::SeqCst);
+        let err = policy
+            .run_once("CreateSnapshot", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(CloudError::transient("connection reset"))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!((err.kind, calls.load(Ordering::SeqCst)), (CloudErrorKind::Transient, 1));
     }
 
     #[test]
