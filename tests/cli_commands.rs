@@ -175,6 +175,25 @@ fn config_check_refuses_a_backend_not_built_in() {
     let version = setup.stdout(&["version"]);
     if version.contains("ebs") {
         setup.rexray(&["config", "check"]).assert().success();
+        // Built in, the backend checks its own settings: each bad one with its line or variable.
+        std::fs::write(
+            setup.config(),
+            "libstorage:\n  service: ebs\nebs:\n  region: us-west-2\n  statusTimeout: soon\n",
+        )
+        .unwrap();
+        let file = setup.config().display().to_string();
+        setup
+            .rexray(&["config", "check"])
+            .assert()
+            .code(1)
+            .stdout(predicate::str::contains(format!("{file}:5: ebs.statusTimeout: \"soon\": expected a duration")));
+        setup
+            .rexray(&["config", "check"])
+            .env("EBS_STATUSTIMEOUT", "30s")
+            .env("EBS_MAXRETRIES", "many")
+            .assert()
+            .code(1)
+            .stdout(predicate::str::contains("env EBS_MAXRETRIES: ebs.maxRetries: \"many\": expected a whole number"));
     } else {
         setup
             .rexray(&["config", "check"])

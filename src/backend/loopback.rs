@@ -289,6 +289,7 @@ mod tests {
             vfs_root: "/vfs".into(),
             loop_root: "/loop".into(),
             ebs: BTreeMap::new(),
+            ebs_origins: BTreeMap::new(),
         }
     }
 

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::backend::BackendError;
 use crate::config::{BackendKind, Config, ConfigError, Integration, ServiceConfig};
 
 /// The backends compiled into this binary (from the build script).
@@ -31,23 +32,42 @@ pub fn error_lines(err: &ConfigError, file: Option<&Path>) -> Vec<String> {
     }
 }
 
-/// Problems `config check` finds beyond the parser's: services whose backend is not built in.
+/// Problems `config check` finds beyond the parser's: services whose backend is not built in,
+/// and settings the backend refuses when it is built from the configuration (the `ebs.*`
+/// values, `mount.rootPath`), each with its line or env var when known. Building a backend
+/// makes no system or cloud call.
 pub fn build_problems(config: &Config) -> Vec<String> {
     let compiled = compiled_backends();
     let at = config.file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default();
-    config
-        .services
-        .iter()
-        .filter(|s| !compiled.contains(&s.backend.as_str()))
-        .map(|s| {
-            format!(
+    let mut problems = Vec::new();
+    for svc in &config.services {
+        if !compiled.contains(&svc.backend.as_str()) {
+            problems.push(format!(
                 "{at}libstorage.server.services.{}.driver: backend {} is not built into this binary (built in: {})",
-                s.name,
-                s.backend.as_str(),
+                svc.name,
+                svc.backend.as_str(),
                 compiled.join(", ")
-            )
-        })
-        .collect()
+            ));
+            continue;
+        }
+        if let Err(e) = crate::backend::build(svc) {
+            problems.push(backend_problem(config, svc, &e));
+        }
+    }
+    problems
+}
+
+/// One line for a backend's refusal of its settings.
+fn backend_problem(config: &Config, svc: &ServiceConfig, e: &BackendError) -> String {
+    if let BackendError::InvalidOption { key, value, reason } = e {
+        let bare = key.trim_start_matches("ebs.").to_ascii_lowercase();
+        if let Some(origin) = svc.ebs_origins.get(&bare) {
+            let message = if is_secret(&bare) { reason.clone() } else { format!("{value:?}: {reason}") };
+            return origin.problem(config.file.as_deref(), message).to_string();
+        }
+    }
+    let at = config.file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default();
+    format!("{at}libstorage.server.services.{}: {e}", svc.name)
 }
 
 /// Whether an `ebs.*` setting holds a secret.
@@ -173,6 +193,32 @@ mod tests {
         assert!(all.contains("EBS_REGION=us-west-2"), "{all}");
         assert!(all.contains("LIBSTORAGE_SERVICE=ebs"), "{all}");
         assert!(all.contains("REXRAY_CONFIG_FILE=/etc/rexray/rexray.yml"), "{all}");
+    }
+
+    #[cfg(feature = "ebs")]
+    #[test]
+    fn ebs_settings_are_checked_with_their_origin_and_secrets_stay_hidden() {
+        let file = Path::new("/etc/rexray/rexray.yml");
+        let check = |text: &str, env: &[(&str, &str)]| {
+            let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            build_problems(&crate::config::parse(text, Some(file), &env).unwrap())
+        };
+        let base = "libstorage:\n  service: ebs\nebs:\n  region: us-west-2\n";
+        assert!(check(base, &[]).is_empty());
+        let problems = check(&format!("{base}  statusTimeout: soon\n"), &[]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("/etc/rexray/rexray.yml:5: ebs.statusTimeout: \"soon\": expected"),
+            "{problems:?}"
+        );
+        let problems = check(base, &[("EBS_TAG", "a/b")]);
+        assert!(problems[0].starts_with("env EBS_TAG: ebs.tag: \"a/b\": expected at most 64"), "{problems:?}");
+        let problems = check(&format!("{base}  accessKey: AKIASECRETVALUE\n"), &[]);
+        assert!(
+            problems[0].starts_with("/etc/rexray/rexray.yml:5: ebs.accessKey: ebs.accessKey and ebs.secretKey"),
+            "{problems:?}"
+        );
+        assert!(!problems[0].contains("AKIASECRETVALUE"), "{problems:?}");
     }
 
     #[test]

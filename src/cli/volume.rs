@@ -210,7 +210,13 @@ impl Target {
                 );
             }
         }
-        Ok(Target::Local(Arc::new(open_local(config, svc).await?)))
+        let service = open_local(config, svc).await?;
+        if service.scope() == crate::backend::Scope::Global {
+            // A fresh process knows nothing of the cluster-wide storage yet: one listing fills
+            // the backend's cache, so the Status of a volume shows the storage's details.
+            service.list().await;
+        }
+        Ok(Target::Local(Arc::new(service)))
     }
 
     /// One call of `method` on the daemon's admin socket for this target's service.

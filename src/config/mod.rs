@@ -139,6 +139,33 @@ pub struct ServiceConfig {
     /// prefix → value, e.g. `accesskey`), with `aws.*`/`ec2.*` folded in and `EBS_<KEY>` env
     /// overrides applied, for the EBS backend to parse. Empty for other backends.
     pub ebs: BTreeMap<String, String>,
+    /// Where each value in [`ServiceConfig::ebs`] came from (same keys), so that a problem the
+    /// backend finds in one can name its line or variable.
+    pub ebs_origins: BTreeMap<String, ValueOrigin>,
+}
+
+/// Where a setting's value came from: a line of the config file, or an env var.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueOrigin {
+    /// The dotted key: as written in the file, or the documented spelling for env values.
+    pub key: String,
+    /// 1-based line in the config file, for a value from the file.
+    pub line: Option<u64>,
+    /// The variable, for a value from the environment.
+    pub env: Option<String>,
+}
+
+impl ValueOrigin {
+    /// A [`Problem`] with this value: `message` says what is wrong; `file` is the config file.
+    pub fn problem(&self, file: Option<&Path>, message: String) -> Problem {
+        Problem {
+            file: if self.env.is_some() { None } else { file.map(Path::to_path_buf) },
+            line: self.line,
+            env: self.env.clone(),
+            key: self.key.clone(),
+            message,
+        }
+    }
 }
 
 /// One docker module: a socket bound to one service.
@@ -387,6 +414,7 @@ mod tests {
                 vfs_root: "/var/lib/rexray/vfs".into(),
                 loop_root: "/var/lib/rexray/loop".into(),
                 ebs: BTreeMap::new(),
+                ebs_origins: BTreeMap::new(),
             }]
         );
         assert_eq!(

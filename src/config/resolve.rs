@@ -44,6 +44,15 @@ enum Origin {
     },
 }
 
+impl From<Origin> for super::ValueOrigin {
+    fn from(origin: Origin) -> Self {
+        match origin {
+            Origin::File { key, line } => Self { key, line: Some(line), env: None },
+            Origin::Env { var, key } => Self { key, line: None, env: Some(var) },
+        }
+    }
+}
+
 /// A raw value and where it came from.
 #[derive(Debug, Clone)]
 struct Found {
@@ -560,15 +569,17 @@ impl Resolver<'_> {
         let vfs_root = self.abs_path(scope, &keys::VFS_ROOT, paths.lib.join("vfs"));
         let loop_root = self.abs_path(scope, &keys::LOOP_ROOT, paths.lib.join("loop"));
         let mut ebs = BTreeMap::new();
+        let mut ebs_origins = BTreeMap::new();
         if backend == BackendKind::Ebs {
             for s in keys::EBS_SETTINGS {
                 if let Some(f) = self.lookup(scope, s) {
                     let key = s.key.trim_start_matches("ebs.").to_ascii_lowercase();
-                    ebs.insert(key, f.value.trim().to_string());
+                    ebs.insert(key.clone(), f.value.trim().to_string());
+                    ebs_origins.insert(key, f.origin.into());
                 }
             }
         }
-        ServiceConfig { name: name.to_string(), backend, integration, vfs_root, loop_root, ebs }
+        ServiceConfig { name: name.to_string(), backend, integration, vfs_root, loop_root, ebs, ebs_origins }
     }
 
     /// The service's driver: its scoped `driver`, else its name.

@@ -50,6 +50,7 @@ pub(super) fn service(instance: &str, az: &str, preempt: bool, extra: &[(&str, &
         vfs_root: "/vfs".into(),
         loop_root: "/loop".into(),
         ebs,
+        ebs_origins: BTreeMap::new(),
     }
 }
 
