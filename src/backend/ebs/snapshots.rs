@@ -165,10 +165,15 @@ impl Core {
         Some(bare.to_owned())
     }
 
-    fn snapshot_info(&self, s: Snapshot, region: &str) -> SnapshotInfo {
-        let volume = s.tags.get(SNAPSHOT_VOLUME_TAG).cloned().or_else(|| {
-            self.cache.all().into_iter().find(|(_, vs)| vs.iter().any(|v| v.id == s.volume_id)).map(|(name, _)| name)
-        });
+    /// Volume ID → Docker name, from the cache (to name the volume of a snapshot made
+    /// elsewhere, such as by AWS Backup).
+    fn volume_names(&self) -> BTreeMap<String, String> {
+        self.cache.all().into_iter().flat_map(|(name, vs)| vs.into_iter().map(move |v| (v.id, name.clone()))).collect()
+    }
+
+    /// One snapshot as the commands show it.
+    fn snapshot_info(&self, s: Snapshot, region: &str, names: &BTreeMap<String, String>) -> SnapshotInfo {
+        let volume = s.tags.get(SNAPSHOT_VOLUME_TAG).or_else(|| names.get(&s.volume_id)).cloned();
         SnapshotInfo {
             name: self.snapshot_name(&s.tags),
             volume,
@@ -222,7 +227,9 @@ impl Snapshots for EbsBackend {
             .describe_snapshots_all(api.as_ref(), core.snapshot_query(filter))
             .await
             .map_err(|e| snapshot_failed(&format!("list snapshots in {}", ident.region), &e))?;
-        let mut out: Vec<SnapshotInfo> = found.into_iter().map(|s| core.snapshot_info(s, &ident.region)).collect();
+        let names = core.volume_names();
+        let mut out: Vec<SnapshotInfo> =
+            found.into_iter().map(|s| core.snapshot_info(s, &ident.region, &names)).collect();
         out.sort_by(|a, b| (&a.start_time, &a.id).cmp(&(&b.start_time, &b.id)));
         Ok(out)
     }
@@ -259,7 +266,7 @@ impl Snapshots for EbsBackend {
             .await
             .map_err(|e| snapshot_failed(&format!("snapshot volume {volume} ({})", vol.id), &e))?;
         tracing::info!(volume = %volume, volume_id = %vol.id, snapshot = %created.id, name = %name, "started EBS snapshot");
-        Ok(core.snapshot_info(created, &ident.region))
+        Ok(core.snapshot_info(created, &ident.region, &core.volume_names()))
     }
 
     async fn remove_snapshot(&self, id: &str) -> Result<(), BackendError> {
@@ -331,7 +338,7 @@ impl Snapshots for EbsBackend {
             start_time: None,
             tags: request.tags.clone(),
         });
-        Ok(core.snapshot_info(copy, &destination))
+        Ok(core.snapshot_info(copy, &destination, &core.volume_names()))
     }
 
     async fn wait_snapshot(
@@ -363,7 +370,7 @@ impl Snapshots for EbsBackend {
             })
             .await;
         match result {
-            Ok(s) => Ok(core.snapshot_info(s, &region)),
+            Ok(s) => Ok(core.snapshot_info(s, &region, &core.volume_names())),
             Err(WaitError::Failed(e)) => Err(e),
             Err(WaitError::TimedOut { last, attempts, elapsed }) => Err(refused(format!(
                 "snapshot {id} in {region} is still {last} after {attempts} polls in {elapsed:?}; EC2 goes on with it (see `rexray snapshot ls {id}`)"
