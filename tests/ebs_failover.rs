@@ -113,13 +113,7 @@ fn two_host_failover_with_real_devices() {
     if !require(test, prerequisites()) {
         return;
     }
-    let moto = match Moto::start() {
-        Ok(m) => m,
-        Err(e) => {
-            require(test, Some(e));
-            return;
-        }
-    };
+    let Some(moto) = Moto::for_test(test) else { return };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let api = rt.block_on(moto.api(REGION));
     let tmp = tempfile::Builder::new().prefix("rexray-ebs-e2e").tempdir().unwrap();
@@ -259,13 +253,7 @@ fn docker_failover_with_real_devices() {
     if !require(test, prerequisites()) {
         return;
     }
-    let moto = match Moto::start() {
-        Ok(m) => m,
-        Err(e) => {
-            require(test, Some(e));
-            return;
-        }
-    };
+    let Some(moto) = Moto::for_test(test) else { return };
     let (region, az) = ("ca-central-1", "ca-central-1a");
     let tmp = tempfile::Builder::new().prefix("rexray-ebs-docker").tempdir().unwrap();
     let (links_a, links_b) = (tmp.path().join("links-a"), tmp.path().join("links-b"));

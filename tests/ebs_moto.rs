@@ -24,21 +24,11 @@ use rexray::backend::Backend;
 use rexray::config::ServiceConfig;
 use rexray::os::fake::{Call, FakeOs};
 use rexray::service::name::VolumeName;
-use support::{require, volumes_named, Moto};
-
-fn moto(test: &str) -> Option<Moto> {
-    match Moto::start() {
-        Ok(m) => Some(m),
-        Err(e) => {
-            require(test, Some(e));
-            None
-        }
-    }
-}
+use support::{volumes_named, Moto};
 
 #[tokio::test]
 async fn sdk_client_speaks_ec2_to_moto() {
-    let Some(moto) = moto("sdk_client_speaks_ec2_to_moto") else { return };
+    let Some(moto) = Moto::for_test("sdk_client_speaks_ec2_to_moto") else { return };
     let region = "us-west-1";
     let api = moto.api(region).await;
     let instance = moto.run_instance(region, "us-west-1b");
@@ -184,7 +174,7 @@ fn name(s: &str) -> VolumeName {
 
 #[tokio::test]
 async fn backend_lifecycle_and_takeover_on_moto() {
-    let Some(moto) = moto("backend_lifecycle_and_takeover_on_moto") else { return };
+    let Some(moto) = Moto::for_test("backend_lifecycle_and_takeover_on_moto") else { return };
     let region = "eu-west-1";
     let api = moto.api(region).await;
     let a_id = moto.run_instance(region, "eu-west-1a");
@@ -273,7 +263,7 @@ async fn backend_lifecycle_and_takeover_on_moto() {
 
 #[tokio::test]
 async fn namespaces_duplicates_and_lists_on_moto() {
-    let Some(moto) = moto("namespaces_duplicates_and_lists_on_moto") else { return };
+    let Some(moto) = Moto::for_test("namespaces_duplicates_and_lists_on_moto") else { return };
     let region = "ap-southeast-2";
     let api = moto.api(region).await;
     let i = moto.run_instance(region, "ap-southeast-2a");
@@ -309,7 +299,7 @@ async fn namespaces_duplicates_and_lists_on_moto() {
 #[tokio::test]
 async fn sdk_snapshot_calls_on_moto() {
     use rexray::backend::ebs::api::{CopySnapshotRequest, CreateSnapshotRequest, SnapshotQuery, SnapshotState};
-    let Some(moto) = moto("sdk_snapshot_calls_on_moto") else { return };
+    let Some(moto) = Moto::for_test("sdk_snapshot_calls_on_moto") else { return };
     let (region, other) = ("ca-central-1", "sa-east-1");
     let api = moto.api(region).await;
     let vol = api
@@ -397,15 +387,7 @@ fn snapshot_commands_on_moto_in_process_and_through_the_daemon() {
     use assert_cmd::Command;
     use serde_json::Value;
 
-    let Some(moto) = (match Moto::start() {
-        Ok(m) => Some(m),
-        Err(e) => {
-            require("snapshot_commands_on_moto_in_process_and_through_the_daemon", Some(e));
-            None
-        }
-    }) else {
-        return;
-    };
+    let Some(moto) = Moto::for_test("snapshot_commands_on_moto_in_process_and_through_the_daemon") else { return };
     let (region, other, az) = ("eu-central-1", "eu-north-1", "eu-central-1a");
     let instance = moto.run_instance(region, az);
     let dir = tempfile::tempdir().unwrap();

@@ -99,6 +99,18 @@ impl Moto {
         Ok(moto)
     }
 
+    /// Finds or starts moto for `test`; `None` (after [`require`] printed why, or panicked in
+    /// CI) when it is not available.
+    pub fn for_test(test: &str) -> Option<Moto> {
+        match Moto::start() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                require(test, Some(e));
+                None
+            }
+        }
+    }
+
     /// An EC2 client for `region` (signed for it, which picks moto's backend).
     pub async fn api(&self, region: &str) -> AwsEc2 {
         AwsEc2::connect(&Connection {
