@@ -102,6 +102,33 @@ fn completions_for_each_shell() {
     setup.rexray(&["completion", "tcsh"]).assert().failure();
 }
 
+/// `rexray … | head -1`: a reader that goes away ends the command quietly, with no panic.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let setup = Setup::new();
+    setup.rexray(&["volume", "create", "v1"]).assert().success();
+    for args in [&["version"][..], &["completion", "bash"], &["volume", "ls"], &["env"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .arg("-c")
+            .arg(setup.config())
+            .env("REXRAY_HOME", setup.path("home"))
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    // Other write errors are reported and fail the command.
+    let full = std::fs::File::options().write(true).open("/dev/full").unwrap();
+    let out = std::process::Command::new(BIN).arg("version").stdout(full).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("write to standard output"));
+}
+
 #[test]
 fn help_on_every_command_shows_an_example() {
     fn paths(cmd: &clap::Command, prefix: Vec<String>, out: &mut Vec<Vec<String>>) {

@@ -462,9 +462,9 @@ fn fail(volume: &str, err: impl std::fmt::Display) -> Result<(), ()> {
 async fn run(cli: DvdcliCli, roots: Roots, timing: Timing) -> Result<(), ()> {
     let name = cli.volume_name.as_str();
     if let DvdCommand::Version = cli.command {
-        println!("dvdcli (rexray {} compatibility mode)", env!("CARGO_PKG_VERSION"));
-        println!("Commit: {}", env!("REXRAY_COMMIT"));
-        println!("Formed: {}", env!("REXRAY_BUILD_DATE"));
+        outln!("dvdcli (rexray {} compatibility mode)", env!("CARGO_PKG_VERSION"));
+        outln!("Commit: {}", env!("REXRAY_COMMIT"));
+        outln!("Formed: {}", env!("REXRAY_BUILD_DATE"));
         return Ok(());
     }
     // Option errors are found before anything is sent.
@@ -518,7 +518,7 @@ async fn run(cli: DvdcliCli, roots: Roots, timing: Timing) -> Result<(), ()> {
                 Ok(reply) => {
                     let path = reply.get("Mountpoint").and_then(Value::as_str).unwrap_or_default();
                     log("info", path, &[]);
-                    println!("{path}");
+                    outln!("{path}");
                 }
                 Err(e) => return fail(name, e),
             }
@@ -550,17 +550,17 @@ async fn run(cli: DvdcliCli, roots: Roots, timing: Timing) -> Result<(), ()> {
             };
             if !path.is_empty() {
                 log("info", &path, &[]);
-                println!("{path}");
+                outln!("{path}");
             }
         }
         DvdCommand::Get => match plugin.get(name).await {
-            Ok((found, _)) => println!("{found}"),
+            Ok((found, _)) => outln!("{found}"),
             Err(e) => return fail(name, e),
         },
         DvdCommand::List => match plugin.call("VolumeDriver.List", json!({})).await {
             Ok(reply) => {
                 for v in reply.get("Volumes").and_then(Value::as_array).into_iter().flatten() {
-                    println!("{}", v.get("Name").and_then(Value::as_str).unwrap_or_default());
+                    outln!("{}", v.get("Name").and_then(Value::as_str).unwrap_or_default());
                 }
             }
             Err(e) => {

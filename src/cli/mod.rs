@@ -13,6 +13,8 @@
 //! - `client`: the small plugin-protocol HTTP client they share.
 
 mod client;
+#[macro_use]
+mod output;
 mod config_cmd;
 mod daemon;
 pub mod dvdcli;
@@ -394,27 +396,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let explicit = cli.config.as_ref().map(|c| std::path::absolute(c).unwrap_or_else(|_| c.clone()));
             let units = systemd::Units::for_config(&config, bin, explicit);
             for line in systemd::install(&args.root, &units, args.force)? {
-                println!("{line}");
+                outln!("{line}");
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Service(ServiceCommand::Uninstall { root }) => {
             for line in systemd::uninstall(root)? {
-                println!("{line}");
+                outln!("{line}");
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Version => {
-            println!("rexray {}", env!("CARGO_PKG_VERSION"));
-            println!("Commit:   {}", env!("REXRAY_COMMIT"));
-            println!("Built:    {}", env!("REXRAY_BUILD_DATE"));
-            println!("Backends: {}", config_cmd::compiled_backends().join(", "));
-            println!("OsArch:   {}-{}", std::env::consts::OS, std::env::consts::ARCH);
+            outln!("rexray {}", env!("CARGO_PKG_VERSION"));
+            outln!("Commit:   {}", env!("REXRAY_COMMIT"));
+            outln!("Built:    {}", env!("REXRAY_BUILD_DATE"));
+            outln!("Backends: {}", config_cmd::compiled_backends().join(", "));
+            outln!("OsArch:   {}-{}", std::env::consts::OS, std::env::consts::ARCH);
             Ok(ExitCode::SUCCESS)
         }
         Command::Env => {
             for line in config_cmd::env_lines(&load_config(&cli)?) {
-                println!("{line}");
+                outln!("{line}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -433,7 +435,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dvdcli { args } => Ok(dvdcli::main(args.clone())),
         Command::Marathon(MarathonCommand::Check(args)) => marathon_check(args),
         Command::Completion { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "rexray", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "rexray", &mut script);
+            output::bytes(&script);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -446,18 +450,18 @@ fn config_check(explicit: Option<&Path>) -> ExitCode {
     match crate::config::load(explicit, &env) {
         Ok(config) => {
             for warning in &config.warnings {
-                println!("warning: {warning}");
+                outln!("warning: {warning}");
             }
             let problems = config_cmd::build_problems(&config);
             for p in &problems {
-                println!("{p}");
+                outln!("{p}");
             }
             let file = config
                 .file
                 .as_ref()
                 .map_or_else(|| "(no config file: defaults and environment)".to_string(), |f| f.display().to_string());
             if problems.is_empty() {
-                println!("{file}: ok ({} service(s), {} module(s))", config.services.len(), config.modules.len());
+                outln!("{file}: ok ({} service(s), {} module(s))", config.services.len(), config.modules.len());
                 ExitCode::SUCCESS
             } else {
                 eprintln!("{file}: {} error(s)", problems.len());
@@ -467,7 +471,7 @@ fn config_check(explicit: Option<&Path>) -> ExitCode {
         Err(e) => {
             let lines = config_cmd::error_lines(&e, shown_file.as_deref());
             for line in &lines {
-                println!("{line}");
+                outln!("{line}");
             }
             eprintln!("configuration: {} error(s)", lines.len());
             ExitCode::FAILURE
@@ -505,7 +509,7 @@ fn status(config: &crate::config::Config) -> anyhow::Result<ExitCode> {
             Err(e) => format!("{e:#}"),
         };
         rows.push(vec!["(admin)".into(), admin.display().to_string(), "-".into(), admin_state]);
-        println!("{}", volume::table(&["MODULE", "SOCKET", "SERVICE", "STATE"], &rows));
+        outln!("{}", volume::table(&["MODULE", "SOCKET", "SERVICE", "STATE"], &rows));
         Ok(if answering == total {
             ExitCode::SUCCESS
         } else if answering == 0 {
@@ -576,9 +580,9 @@ async fn volume_command(config: &crate::config::Config, args: &VolumeArgs) -> an
             views.retain(|v| (!attached || v.attached()) && (!available || !v.attached()));
             if format == Format::Table {
                 if *quiet {
-                    views.iter().for_each(|v| println!("{}", v.name));
+                    views.iter().for_each(|v| outln!("{}", v.name));
                 } else {
-                    println!("{}", volume::volume_table(&views, *path));
+                    outln!("{}", volume::volume_table(&views, *path));
                 }
             } else {
                 format.print_json(&views)?;
@@ -623,7 +627,7 @@ async fn volume_command(config: &crate::config::Config, args: &VolumeArgs) -> an
                     }
                     target.remove(name).await?;
                     if format == Format::Table {
-                        println!("{name}");
+                        outln!("{name}");
                     }
                     Ok(())
                 }
@@ -645,7 +649,7 @@ async fn volume_command(config: &crate::config::Config, args: &VolumeArgs) -> an
                         target.unmount(name, CLI_HOLDER).await?;
                     }
                     if format == Format::Table {
-                        println!("{name}");
+                        outln!("{name}");
                     }
                     Ok(())
                 }
@@ -662,7 +666,7 @@ async fn volume_command(config: &crate::config::Config, args: &VolumeArgs) -> an
                     bail!("volume {name:?} is not mounted on this host");
                 };
                 if format == Format::Table {
-                    println!("{path}");
+                    outln!("{path}");
                 }
                 out.push(serde_json::json!({ "Name": name, "Mountpoint": path }));
             }
@@ -684,7 +688,7 @@ async fn mount_each(target: &Target, names: &Names, fs_type: Option<&str>, forma
             }
             let path = target.mount(name, CLI_HOLDER).await?;
             if format == Format::Table {
-                println!("{path}");
+                outln!("{path}");
             }
             out.push(serde_json::json!({ "Name": name, "Mountpoint": path }));
             Ok(())
@@ -699,7 +703,7 @@ async fn mount_each(target: &Target, names: &Names, fs_type: Option<&str>, forma
 fn print_views(format: Format, views: &[volume::View]) -> anyhow::Result<()> {
     if format == Format::Table {
         if !views.is_empty() {
-            println!("{}", volume::volume_table(views, false));
+            outln!("{}", volume::volume_table(views, false));
         }
         Ok(())
     } else {
@@ -725,12 +729,12 @@ fn marathon_check(args: &MarathonCheckArgs) -> anyhow::Result<ExitCode> {
     let (problems, counts) = marathon::check(&docs, version);
     if args.format == Format::Table {
         for line in &unreadable {
-            println!("{line}");
+            outln!("{line}");
         }
         for p in &problems {
-            println!("{p}");
+            outln!("{p}");
             if let Some(hint) = &p.hint {
-                println!("    hint: {hint}");
+                outln!("    hint: {hint}");
             }
         }
     } else {

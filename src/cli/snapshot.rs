@@ -233,7 +233,7 @@ pub fn snapshot_table(snapshots: &[Snapshot]) -> String {
 fn print(format: Format, snapshots: &[Snapshot]) -> anyhow::Result<()> {
     if format == Format::Table {
         if !snapshots.is_empty() {
-            println!("{}", snapshot_table(snapshots));
+            outln!("{}", snapshot_table(snapshots));
         }
         Ok(())
     } else {
@@ -271,7 +271,7 @@ pub async fn run(config: &Config, args: &SnapshotArgs) -> anyhow::Result<ExitCod
             let mut failed = 0;
             for id in ids {
                 match target.snapshot_remove(id).await {
-                    Ok(()) if format == Format::Table => println!("{id}"),
+                    Ok(()) if format == Format::Table => outln!("{id}"),
                     Ok(()) => {}
                     Err(e) => {
                         eprintln!("rexray: {e:#}");

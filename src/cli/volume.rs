@@ -48,8 +48,8 @@ impl Format {
     pub fn print_json(self, value: &impl Serialize) -> anyhow::Result<()> {
         match self {
             Format::Table => {}
-            Format::Json => println!("{}", serde_json::to_string(value)?),
-            Format::Jsonp => println!("{}", serde_json::to_string_pretty(value)?),
+            Format::Json => outln!("{}", serde_json::to_string(value)?),
+            Format::Jsonp => outln!("{}", serde_json::to_string_pretty(value)?),
         }
         Ok(())
     }
