@@ -12,7 +12,6 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 
 use super::volume::{table, Format, Target};
-use crate::backend::snapshot::{NewSnapshot, SnapshotCopy};
 use crate::config::Config;
 use crate::protocol::snapshots::{
     CopyRequest, CreateRequest, IdRequest, ListRequest, ListResponse, Snapshot, SnapshotResponse, WaitRequest,
@@ -154,8 +153,7 @@ impl Target {
     async fn snapshot_create(&self, req: &CreateRequest) -> anyhow::Result<Snapshot> {
         match self {
             Target::Local(s) => {
-                let new = NewSnapshot { name: req.name.clone(), description: req.description.clone() };
-                s.snapshot_create(&req.volume, &new).await.map(Snapshot::from).map_err(Self::local_err)
+                s.snapshot_create(&req.volume, &req.new_snapshot()).await.map(Snapshot::from).map_err(Self::local_err)
             }
             Target::Daemon { .. } => {
                 Ok(self.snapshot_call::<SnapshotResponse>("Snapshot.Create", req, CALL).await?.snapshot)
@@ -175,12 +173,7 @@ impl Target {
     async fn snapshot_copy(&self, req: &CopyRequest) -> anyhow::Result<Snapshot> {
         match self {
             Target::Local(s) => {
-                let copy = SnapshotCopy {
-                    name: req.name.clone(),
-                    description: req.description.clone(),
-                    destination_region: req.destination_region.clone(),
-                };
-                s.snapshot_copy(&req.id, &copy).await.map(Snapshot::from).map_err(Self::local_err)
+                s.snapshot_copy(&req.id, &req.snapshot_copy()).await.map(Snapshot::from).map_err(Self::local_err)
             }
             Target::Daemon { .. } => {
                 Ok(self.snapshot_call::<SnapshotResponse>("Snapshot.Copy", req, CALL).await?.snapshot)

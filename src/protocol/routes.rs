@@ -20,7 +20,8 @@ pub type ServiceSource = Arc<ServiceHandle>;
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-type Reply = Result<Response, ProtocolError>;
+/// What every handler returns; errors become `{"Err": …}` in one place.
+pub(super) type Reply = Result<Response, ProtocolError>;
 
 /// The VolumeDriver router for one service.
 pub fn router(service: ServiceSource) -> Router {
@@ -45,7 +46,8 @@ pub(super) fn decode<T: DeserializeOwned>(endpoint: &'static str, body: &[u8]) -
     serde_json::from_slice(body).map_err(|e| ProtocolError::Decode { endpoint, message: e.to_string() })
 }
 
-fn ok(body: &impl serde::Serialize) -> Reply {
+/// A 200 reply with `body` as JSON.
+pub(super) fn ok(body: &impl serde::Serialize) -> Reply {
     Ok(json_response(StatusCode::OK, body))
 }
 

@@ -15,14 +15,11 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
-use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
-use super::error::{json_response, ProtocolError};
-use super::routes::{decode, ServiceSource, MAX_BODY_BYTES};
+use super::routes::{decode, ok, Reply, ServiceSource, MAX_BODY_BYTES};
 use super::wire::Empty;
 use crate::backend::snapshot::{NewSnapshot, SnapshotCopy, SnapshotFilter, SnapshotInfo};
 
@@ -133,6 +130,13 @@ pub struct CreateRequest {
     pub description: Option<String>,
 }
 
+impl CreateRequest {
+    /// What the request asks of the new snapshot.
+    pub fn new_snapshot(&self) -> NewSnapshot {
+        NewSnapshot { name: self.name.clone(), description: self.description.clone() }
+    }
+}
+
 /// `Snapshot.Remove` request.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct IdRequest {
@@ -158,6 +162,17 @@ pub struct CopyRequest {
     pub destination_region: Option<String>,
 }
 
+impl CopyRequest {
+    /// What the request asks of the copy.
+    pub fn snapshot_copy(&self) -> SnapshotCopy {
+        SnapshotCopy {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            destination_region: self.destination_region.clone(),
+        }
+    }
+}
+
 /// `Snapshot.Wait` request.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct WaitRequest {
@@ -178,12 +193,6 @@ pub struct SnapshotResponse {
     /// The snapshot.
     #[serde(rename = "Snapshot")]
     pub snapshot: Snapshot,
-}
-
-type Reply = Result<Response, ProtocolError>;
-
-fn ok(body: &impl Serialize) -> Reply {
-    Ok(json_response(StatusCode::OK, body))
 }
 
 /// The snapshot endpoints of one service.
@@ -210,8 +219,7 @@ async fn list(State(s): State<ServiceSource>, body: Bytes) -> Reply {
 
 async fn create(State(s): State<ServiceSource>, body: Bytes) -> Reply {
     let req: CreateRequest = decode("/Snapshot.Create", &body)?;
-    let new = NewSnapshot { name: req.name, description: req.description };
-    let snapshot = s.get().await?.snapshot_create(&req.volume, &new).await?;
+    let snapshot = s.get().await?.snapshot_create(&req.volume, &req.new_snapshot()).await?;
     ok(&SnapshotResponse { snapshot: snapshot.into() })
 }
 
@@ -223,9 +231,7 @@ async fn remove(State(s): State<ServiceSource>, body: Bytes) -> Reply {
 
 async fn copy(State(s): State<ServiceSource>, body: Bytes) -> Reply {
     let req: CopyRequest = decode("/Snapshot.Copy", &body)?;
-    let copy =
-        SnapshotCopy { name: req.name, description: req.description, destination_region: req.destination_region };
-    let snapshot = s.get().await?.snapshot_copy(&req.id, &copy).await?;
+    let snapshot = s.get().await?.snapshot_copy(&req.id, &req.snapshot_copy()).await?;
     ok(&SnapshotResponse { snapshot: snapshot.into() })
 }
 

@@ -238,21 +238,25 @@ impl Core {
         Ok((pair.0.clone(), Arc::clone(&pair.1)))
     }
 
-    /// The Name tag of `name`.
-    fn name_tag(&self, name: &VolumeName) -> String {
+    /// The Name tag of `name` (a volume's or a snapshot's): under the `ebs.tag` namespace if set.
+    fn name_tag(&self, name: impl std::fmt::Display) -> String {
         match &self.settings.tag {
             Some(tag) => format!("{tag}/{name}"),
             None => name.to_string(),
         }
     }
 
+    /// The name a Name tag stands for, if it is in our namespace (the inverse of [`Self::name_tag`]).
+    fn untagged<'a>(&self, tag_value: &'a str) -> Option<&'a str> {
+        match &self.settings.tag {
+            Some(tag) => tag_value.strip_prefix(tag.as_str())?.strip_prefix('/'),
+            None => Some(tag_value),
+        }
+    }
+
     /// The Docker name a Name tag stands for, if it is in our namespace.
     fn docker_name(&self, tag_value: &str) -> Option<VolumeName> {
-        let bare = match &self.settings.tag {
-            Some(tag) => tag_value.strip_prefix(tag.as_str())?.strip_prefix('/')?,
-            None => tag_value,
-        };
-        VolumeName::new(bare).ok()
+        VolumeName::new(self.untagged(tag_value)?).ok()
     }
 
     /// Every page of a DescribeVolumes query.

@@ -158,11 +158,15 @@ impl Core {
     /// The name a snapshot shows: its Name tag without the `ebs.tag` namespace.
     fn snapshot_name(&self, tags: &BTreeMap<String, String>) -> Option<String> {
         let name = tags.get("Name")?;
-        let bare = match &self.settings.tag {
-            Some(tag) => name.strip_prefix(tag.as_str()).and_then(|n| n.strip_prefix('/')).unwrap_or(name),
-            None => name,
-        };
-        Some(bare.to_owned())
+        Some(self.untagged(name).unwrap_or(name).to_owned())
+    }
+
+    /// The Name tag for snapshot name `name`, both checked against EC2's limits.
+    fn snapshot_name_tag(&self, name: &str) -> Result<String, BackendError> {
+        check_text("snapshot name", name)?;
+        let tag = self.name_tag(name);
+        check_text("snapshot Name tag", &tag)?;
+        Ok(tag)
     }
 
     /// Volume ID → Docker name, from the cache (to name the volume of a snapshot made
@@ -236,13 +240,8 @@ impl Snapshots for EbsBackend {
 
     async fn create_snapshot(&self, volume: &VolumeName, req: &NewSnapshot) -> Result<SnapshotInfo, BackendError> {
         let core = &self.core;
-        let name = req.name.clone().unwrap_or_else(|| volume.to_string());
-        let name_tag = match &core.settings.tag {
-            Some(tag) => format!("{tag}/{name}"),
-            None => name.clone(),
-        };
-        check_text("snapshot name", &name)?;
-        check_text("snapshot Name tag", &name_tag)?;
+        let name = req.name.as_deref().unwrap_or(volume.as_str());
+        let name_tag = core.snapshot_name_tag(name)?;
         let (ident, api) = core.connect().await?;
         let vol = core.require_one(api.as_ref(), &ident, volume).await?;
         let description =
@@ -299,13 +298,7 @@ impl Snapshots for EbsBackend {
         let mut tags: BTreeMap<String, String> =
             source.tags.iter().filter(|(k, _)| !k.starts_with("aws:")).map(|(k, v)| (k.clone(), v.clone())).collect();
         if let Some(name) = &req.name {
-            check_text("snapshot name", name)?;
-            let tag = match &core.settings.tag {
-                Some(t) => format!("{t}/{name}"),
-                None => name.clone(),
-            };
-            check_text("snapshot Name tag", &tag)?;
-            tags.insert("Name".into(), tag);
+            tags.insert("Name".into(), core.snapshot_name_tag(name)?);
         }
         tags.insert(OWNER_TAG.into(), OWNER_VALUE.into());
         tags.insert(COPIED_FROM_TAG.into(), format!("{}/{id}", ident.region));
