@@ -205,7 +205,7 @@ fn config_check_refuses_a_backend_not_built_in() {
         // Built in, the backend checks its own settings: each bad one with its line or variable.
         std::fs::write(
             setup.config(),
-            "libstorage:\n  service: ebs\nebs:\n  region: us-west-2\n  statusTimeout: soon\n",
+            "libstorage:\n  service: ebs\nebs:\n  region: us-west-2\n  statusTimeout: soon\n  maxRetries: -1\n",
         )
         .unwrap();
         let file = setup.config().display().to_string();
@@ -213,7 +213,9 @@ fn config_check_refuses_a_backend_not_built_in() {
             .rexray(&["config", "check"])
             .assert()
             .code(1)
-            .stdout(predicate::str::contains(format!("{file}:5: ebs.statusTimeout: \"soon\": expected a duration")));
+            .stdout(predicate::str::contains(format!("{file}:5: ebs.statusTimeout: \"soon\": expected a duration")))
+            .stdout(predicate::str::contains(format!("{file}:6: ebs.maxRetries: \"-1\": expected a whole number")))
+            .stderr(predicate::str::contains("2 error(s)"));
         setup
             .rexray(&["config", "check"])
             .env("EBS_STATUSTIMEOUT", "30s")

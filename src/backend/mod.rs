@@ -189,3 +189,15 @@ pub fn build(service: &ServiceConfig) -> Result<Arc<dyn Backend>, BackendError> 
         BackendKind::Ebs => Err(BackendError::Unavailable("ebs")),
     }
 }
+
+/// Every problem [`build`] would find with a service's backend settings, where it would stop at
+/// the first (the `ebs.*` settings are all checked).
+pub fn settings_problems(service: &ServiceConfig) -> Vec<BackendError> {
+    #[cfg(feature = "ebs")]
+    if service.backend == BackendKind::Ebs {
+        if let Err(problems) = ebs::settings::EbsSettings::parse_all(&service.ebs) {
+            return problems;
+        }
+    }
+    build(service).err().into_iter().collect()
+}

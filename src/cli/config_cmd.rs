@@ -50,7 +50,7 @@ pub fn build_problems(config: &Config) -> Vec<String> {
             ));
             continue;
         }
-        if let Err(e) = crate::backend::build(svc) {
+        for e in crate::backend::settings_problems(svc) {
             problems.push(backend_problem(config, svc, &e));
         }
     }

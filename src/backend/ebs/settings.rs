@@ -114,72 +114,106 @@ fn invalid(key: &str, value: &str, reason: &str) -> BackendError {
     BackendError::InvalidOption { key: format!("ebs.{key}"), value: value.to_owned(), reason: reason.to_owned() }
 }
 
+/// Reads `ebs.*` values, noting every malformed one instead of stopping at the first.
+struct Reader<'a> {
+    /// The raw settings (lower-cased keys without `ebs.`).
+    raw: &'a BTreeMap<String, String>,
+    /// One entry per malformed value, in the order read.
+    problems: Vec<BackendError>,
+}
+
+impl Reader<'_> {
+    /// The trimmed value of `key` (spelled as documented); empty means unset.
+    fn text(&self, key: &str) -> Option<String> {
+        let value = self.raw.get(&key.to_ascii_lowercase())?.trim();
+        (!value.is_empty()).then(|| value.to_owned())
+    }
+
+    /// The value of `key` through `parse`; a value it refuses is noted with `reason`.
+    fn parse<T>(&mut self, key: &str, parse: impl FnOnce(&str) -> Option<T>, reason: &str) -> Option<T> {
+        let value = self.text(key)?;
+        let parsed = parse(&value);
+        if parsed.is_none() {
+            self.problems.push(invalid(key, &value, reason));
+        }
+        parsed
+    }
+}
+
 impl EbsSettings {
     /// Parses `ServiceConfig::ebs` (lower-cased keys without `ebs.`). Empty values are unset.
     ///
     /// # Errors
-    /// [`BackendError::InvalidOption`] naming the `ebs.*` key, for a malformed value or an
-    /// access key without its secret key.
+    /// The first of [`EbsSettings::parse_all`]'s problems.
     pub fn parse(raw: &BTreeMap<String, String>) -> Result<Self, BackendError> {
-        let get = |k: &str| raw.get(k).map(|v| v.trim()).filter(|v| !v.is_empty()).map(str::to_owned);
-        let mut s = Self { access_key: get("accesskey"), secret_key: get("secretkey"), ..Self::default() };
-        if s.access_key.is_some() != s.secret_key.is_some() {
-            let (key, value) = if s.access_key.is_some() { ("accessKey", "…") } else { ("secretKey", "…") };
-            return Err(invalid(key, value, "ebs.accessKey and ebs.secretKey must be set together"));
+        Self::parse_all(raw).map_err(|mut problems| problems.swap_remove(0))
+    }
+
+    /// Parses `ServiceConfig::ebs` like [`EbsSettings::parse`], checking every key.
+    ///
+    /// # Errors
+    /// One [`BackendError::InvalidOption`] per malformed key (never an empty list), each naming
+    /// its `ebs.*` key; an access key without its secret key (or the reverse) is one of them.
+    pub fn parse_all(raw: &BTreeMap<String, String>) -> Result<Self, Vec<BackendError>> {
+        let mut r = Reader { raw, problems: Vec::new() };
+        let defaults = Self::default();
+        let access_key = r.text("accessKey");
+        let secret_key = r.text("secretKey");
+        if access_key.is_some() != secret_key.is_some() {
+            let key = if access_key.is_some() { "accessKey" } else { "secretKey" };
+            r.problems.push(invalid(key, "…", "ebs.accessKey and ebs.secretKey must be set together"));
         }
-        s.region = get("region");
-        s.endpoint = get("endpoint");
-        if let Some(v) = get("maxretries") {
-            s.max_retries = v.parse().map_err(|_| invalid("maxRetries", &v, "expected a whole number"))?;
+        let types = format!("expected one of {}", VOLUME_TYPES.join(", "));
+        let s = Self {
+            access_key,
+            secret_key,
+            region: r.text("region"),
+            endpoint: r.text("endpoint"),
+            max_retries: r
+                .parse("maxRetries", |v| v.parse().ok(), "expected a whole number")
+                .unwrap_or(defaults.max_retries),
+            kms_key_id: r.text("kmsKeyID"),
+            tag: r.parse(
+                "tag",
+                |v| (!v.contains('/') && v.len() <= 64).then(|| v.to_owned()),
+                "expected at most 64 characters and no '/'",
+            ),
+            status_max_attempts: r
+                .parse(
+                    "statusMaxAttempts",
+                    |v| v.parse().ok().filter(|n| *n >= 1),
+                    "expected a whole number, at least 1",
+                )
+                .unwrap_or(defaults.status_max_attempts),
+            status_initial_delay: r
+                .parse("statusInitialDelay", parse_duration, "expected a duration such as 100ms or 1s, above zero")
+                .unwrap_or(defaults.status_initial_delay),
+            status_timeout: r
+                .parse("statusTimeout", parse_duration, "expected a duration such as 2m or 90s, above zero")
+                .unwrap_or(defaults.status_timeout),
+            use_large_device_range: r
+                .parse("useLargeDeviceRange", parse_bool, "expected true or false")
+                .unwrap_or(defaults.use_large_device_range),
+            instance_id: r.parse(
+                "instanceID",
+                |v| v.starts_with("i-").then(|| v.to_owned()),
+                "expected an instance ID such as i-0123456789abcdef0",
+            ),
+            availability_zone: r.text("availabilityZone"),
+            device_links_dir: r
+                .parse("deviceLinksDir", |v| v.starts_with('/').then(|| PathBuf::from(v)), "expected an absolute path")
+                .unwrap_or(defaults.device_links_dir),
+            default_volume_type: r.parse(
+                "defaultVolumeType",
+                |v| Some(v.to_ascii_lowercase()).filter(|t| VOLUME_TYPES.contains(&t.as_str())),
+                &types,
+            ),
+        };
+        if r.problems.is_empty() {
+            Ok(s)
+        } else {
+            Err(r.problems)
         }
-        s.kms_key_id = get("kmskeyid");
-        if let Some(tag) = get("tag") {
-            if tag.contains('/') || tag.len() > 64 {
-                return Err(invalid("tag", &tag, "expected at most 64 characters and no '/'"));
-            }
-            s.tag = Some(tag);
-        }
-        if let Some(v) = get("statusmaxattempts") {
-            s.status_max_attempts = v
-                .parse()
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| invalid("statusMaxAttempts", &v, "expected a whole number, at least 1"))?;
-        }
-        if let Some(v) = get("statusinitialdelay") {
-            s.status_initial_delay = parse_duration(&v).ok_or_else(|| {
-                invalid("statusInitialDelay", &v, "expected a duration such as 100ms or 1s, above zero")
-            })?;
-        }
-        if let Some(v) = get("statustimeout") {
-            s.status_timeout = parse_duration(&v)
-                .ok_or_else(|| invalid("statusTimeout", &v, "expected a duration such as 2m or 90s, above zero"))?;
-        }
-        if let Some(v) = get("uselargedevicerange") {
-            s.use_large_device_range =
-                parse_bool(&v).ok_or_else(|| invalid("useLargeDeviceRange", &v, "expected true or false"))?;
-        }
-        if let Some(v) = get("instanceid") {
-            if !v.starts_with("i-") {
-                return Err(invalid("instanceID", &v, "expected an instance ID such as i-0123456789abcdef0"));
-            }
-            s.instance_id = Some(v);
-        }
-        s.availability_zone = get("availabilityzone");
-        if let Some(v) = get("devicelinksdir") {
-            if !v.starts_with('/') {
-                return Err(invalid("deviceLinksDir", &v, "expected an absolute path"));
-            }
-            s.device_links_dir = PathBuf::from(v);
-        }
-        if let Some(v) = get("defaultvolumetype") {
-            let lower = v.to_ascii_lowercase();
-            if !VOLUME_TYPES.contains(&lower.as_str()) {
-                return Err(invalid("defaultVolumeType", &v, &format!("expected one of {}", VOLUME_TYPES.join(", "))));
-            }
-            s.default_volume_type = Some(lower);
-        }
-        Ok(s)
     }
 
     /// The endpoint as a URL: a bare host gets `https://`.
@@ -274,6 +308,29 @@ mod tests {
             let err = EbsSettings::parse(&raw(&[(k, v)])).unwrap_err();
             assert!(matches!(&err, BackendError::InvalidOption { key: got, .. } if got == key), "{err}");
         }
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_in_one_pass() {
+        let problems = EbsSettings::parse_all(&raw(&[
+            ("secretkey", "s3cr3t"),
+            ("maxretries", "-1"),
+            ("region", "eu-west-1"),
+            ("statustimeout", "soon"),
+            ("defaultvolumetype", "gp9"),
+        ]))
+        .unwrap_err();
+        let keys: Vec<&str> = problems
+            .iter()
+            .map(|p| match p {
+                BackendError::InvalidOption { key, .. } => key.as_str(),
+                other => panic!("{other}"),
+            })
+            .collect();
+        assert_eq!(keys, ["ebs.secretKey", "ebs.maxRetries", "ebs.statusTimeout", "ebs.defaultVolumeType"]);
+        assert!(problems.iter().all(|p| !p.to_string().contains("s3cr3t")), "{problems:?}");
+        let first = EbsSettings::parse(&raw(&[("maxretries", "-1"), ("statustimeout", "soon")])).unwrap_err();
+        assert!(matches!(&first, BackendError::InvalidOption { key, .. } if key == "ebs.maxRetries"), "{first}");
     }
 
     #[test]
