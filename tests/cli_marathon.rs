@@ -285,6 +285,38 @@ fn cases() -> Vec<Case> {
             "/container/volumes",
             "Only one volume driver is supported",
         ),
+        c(
+            "option-value",
+            "mesos",
+            "1.2",
+            vec![("/container/volumes/0/external/options/dvdi~1iops", Some(json!(100)))],
+            "/container/volumes(0)/external/options(\"dvdi/iops\")",
+            "expected a string value",
+        ),
+        c(
+            "json-type",
+            "mesos",
+            "1.2",
+            vec![("/instances", Some(json!("1")))],
+            "/instances",
+            "expected a whole number, 0 or more, got a string",
+        ),
+        c(
+            "json-type",
+            "docker",
+            "1.2",
+            vec![("/upgradeStrategy/maximumOverCapacity", Some(json!("0")))],
+            "/upgradeStrategy/maximumOverCapacity",
+            "expected a number, got a string",
+        ),
+        c(
+            "json-type",
+            "mesos",
+            "1.2",
+            vec![("/container/volumes/0/external", Some(json!("my-test-vol")))],
+            "/container/volumes(0)/external",
+            "expected an object, got a string",
+        ),
     ]
 }
 
@@ -334,6 +366,8 @@ fn each_rule_broken_once() {
         "docker-options",
         "docker-size",
         "docker-one-driver",
+        "option-value",
+        "json-type",
     ];
     for rule in all {
         assert!(covered.contains(rule), "no case breaks {rule}");

@@ -40,6 +40,7 @@ pub const RULES: &[(&str, &str)] = &[
     ("name", "external.name is not empty"),
     ("option-key", "option keys look like PROVIDER/NAME"),
     ("option-value", "option values are strings"),
+    ("json-type", "the values these rules read have the JSON types Marathon's schema gives them"),
     ("driver-missing", "options has dvdi/driver"),
     ("driver-label", "dvdi/driver is a label (lowercase letters, digits, '-')"),
     ("size", "external.size is a positive whole number"),
@@ -216,40 +217,72 @@ fn absolute_id(id: &str, parent: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
-/// Finds the apps in one document.
-fn collect_apps<'a>(file: &'a str, doc: &'a Value, out: &mut Vec<App<'a>>) {
-    fn group<'a>(file: &'a str, g: &'a Value, at: &str, parent: &str, out: &mut Vec<App<'a>>) {
-        let gid = g.get("id").and_then(Value::as_str).map_or_else(|| parent.to_string(), |id| absolute_id(id, parent));
-        for (i, app) in g.get("apps").and_then(Value::as_array).into_iter().flatten().enumerate() {
-            push_app(file, app, format!("{at}/apps({i})"), &gid, out);
+/// Finds the apps in one document; a group whose `apps` or `groups` is not an array of objects
+/// is a problem.
+fn collect_apps<'a>(file: &'a str, doc: &'a Value, out: &mut Vec<App<'a>>, problems: &mut Vec<Problem>) {
+    struct Walk<'a, 'o> {
+        file: &'a str,
+        out: &'o mut Vec<App<'a>>,
+        problems: &'o mut Vec<Problem>,
+    }
+    impl<'a> Walk<'a, '_> {
+        /// Notes a value of the wrong JSON type.
+        fn mistyped(&mut self, path: String, message: String) {
+            self.problems.push(Problem { file: self.file.to_string(), path, message, rule: "json-type", hint: None });
         }
-        for (i, sub) in g.get("groups").and_then(Value::as_array).into_iter().flatten().enumerate() {
-            group(file, sub, &format!("{at}/groups({i})"), &gid, out);
+
+        /// The members of group `g`'s array `key`, or none (noted) when it is not an array.
+        fn members(&mut self, g: &'a Value, at: &str, key: &str) -> &'a [Value] {
+            let value = g.get(key);
+            if let Some(message) = type_problem(value, Json::Array) {
+                self.mistyped(format!("{at}/{key}"), message);
+            }
+            value.and_then(Value::as_array).map_or(&[], Vec::as_slice)
+        }
+
+        fn group(&mut self, g: &'a Value, at: &str, parent: &str) {
+            if !g.is_object() {
+                let path = if at.is_empty() { "/".to_string() } else { at.to_string() };
+                self.mistyped(path, format!("expected an object, got {}", json_kind(g)));
+                return;
+            }
+            let gid =
+                g.get("id").and_then(Value::as_str).map_or_else(|| parent.to_string(), |id| absolute_id(id, parent));
+            for (i, app) in self.members(g, at, "apps").iter().enumerate() {
+                self.app(app, format!("{at}/apps({i})"), &gid);
+            }
+            for (i, sub) in self.members(g, at, "groups").iter().enumerate() {
+                self.group(sub, &format!("{at}/groups({i})"), &gid);
+            }
+        }
+
+        fn app(&mut self, app: &'a Value, at: String, parent: &str) {
+            let id = app
+                .get("id")
+                .and_then(Value::as_str)
+                .map_or_else(|| "(no id)".to_string(), |id| absolute_id(id, parent));
+            self.out.push(App { file: self.file, at, id, value: app });
         }
     }
-    fn push_app<'a>(file: &'a str, app: &'a Value, at: String, parent: &str, out: &mut Vec<App<'a>>) {
-        let id =
-            app.get("id").and_then(Value::as_str).map_or_else(|| "(no id)".to_string(), |id| absolute_id(id, parent));
-        out.push(App { file, at, id, value: app });
-    }
+    let mut walk = Walk { file, out, problems };
     match doc {
         Value::Array(apps) => {
             for (i, app) in apps.iter().enumerate() {
-                push_app(file, app, format!("/({i})"), "/", out);
+                walk.app(app, format!("/({i})"), "/");
             }
         }
-        Value::Object(map) if map.contains_key("apps") || map.contains_key("groups") => group(file, doc, "", "/", out),
-        _ => push_app(file, doc, String::new(), "/", out),
+        Value::Object(map) if map.contains_key("apps") || map.contains_key("groups") => walk.group(doc, "", "/"),
+        _ => walk.app(doc, String::new(), "/"),
     }
 }
 
 /// Checks documents (file name, parsed JSON) against the rules of Marathon `version`.
 pub fn check(docs: &[(String, Value)], version: Version) -> (Vec<Problem>, Counts) {
     let mut apps = Vec::new();
-    for (file, doc) in docs {
-        collect_apps(file, doc, &mut apps);
-    }
     let mut problems = Vec::new();
+    for (file, doc) in docs {
+        collect_apps(file, doc, &mut apps, &mut problems);
+    }
     let mut counts = Counts { apps: apps.len(), volumes: 0 };
     let mut per_app = Vec::new();
     for app in &apps {
@@ -295,38 +328,129 @@ fn shared_hint(shared: bool, version: Version) -> Option<String> {
     })
 }
 
+/// The JSON types of the values the rules read.
+#[derive(Debug, Clone, Copy)]
+enum Json {
+    Object,
+    Array,
+    String,
+    Bool,
+    Number,
+    /// A whole number, 0 or more (`instances`).
+    Count,
+}
+
+impl Json {
+    fn accepts(self, v: &Value) -> bool {
+        match self {
+            Json::Object => v.is_object(),
+            Json::Array => v.is_array(),
+            Json::String => v.is_string(),
+            Json::Bool => v.is_boolean(),
+            Json::Number => v.is_number(),
+            Json::Count => v.is_u64(),
+        }
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            Json::Object => "an object",
+            Json::Array => "an array",
+            Json::String => "a string",
+            Json::Bool => "true or false",
+            Json::Number => "a number",
+            Json::Count => "a whole number, 0 or more",
+        }
+    }
+}
+
+/// What a JSON value is, for a message.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The problem, if `value` is present, not null, and not of JSON type `want`.
+fn type_problem(value: Option<&Value>, want: Json) -> Option<String> {
+    let v = value.filter(|v| !v.is_null() && !want.accepts(v))?;
+    Some(format!("expected {}, got {}", want.expected(), json_kind(v)))
+}
+
+/// The problems of one app: each is placed under the app's file and path.
+struct Report<'p, 'a> {
+    app: &'p App<'a>,
+    problems: &'p mut Vec<Problem>,
+}
+
+impl Report<'_, '_> {
+    /// Notes a problem at `path` inside the app (the app itself when `path` is empty).
+    fn push(&mut self, path: String, message: String, rule: &'static str, hint: Option<String>) {
+        let mut path = format!("{}{path}", self.app.at);
+        if path.is_empty() {
+            path.push('/');
+        }
+        self.problems.push(Problem { file: self.app.file.to_string(), path, message, rule, hint });
+    }
+
+    /// `value` (at `path`) when it is of JSON type `want`; a value of another type is noted
+    /// and, like an absent or null one, gives `None`.
+    fn typed<'v>(&mut self, path: &str, value: Option<&'v Value>, want: Json) -> Option<&'v Value> {
+        if let Some(message) = type_problem(value, want) {
+            self.push(path.to_string(), message, "json-type", None);
+        }
+        value.filter(|v| want.accepts(v))
+    }
+}
+
 /// Checks one app; returns its DVDI volumes for the cross-app rule.
 fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -> Vec<DvdiVolume<'a>> {
-    let mut push = |path: String, message: String, rule: &'static str, hint: Option<String>| {
-        problems.push(Problem { file: app.file.to_string(), path: format!("{}{path}", app.at), message, rule, hint });
-    };
-    let container = app.value.get("container");
-    let kind = container.and_then(|c| c.get("type")).and_then(Value::as_str).unwrap_or("DOCKER").to_ascii_uppercase();
+    let mut r = Report { app, problems };
     let mut volumes = Vec::new();
-    let list = container.and_then(|c| c.get("volumes")).and_then(Value::as_array);
-    for (i, vol) in list.into_iter().flatten().enumerate() {
-        let Some(external) = vol.get("external") else { continue };
+    if !app.value.is_object() {
+        r.push(String::new(), format!("expected an object, got {}", json_kind(app.value)), "json-type", None);
+        return volumes;
+    }
+    let container = r.typed("/container", app.value.get("container"), Json::Object);
+    let kind = r
+        .typed("/container/type", container.and_then(|c| c.get("type")), Json::String)
+        .and_then(Value::as_str)
+        .unwrap_or("DOCKER")
+        .to_ascii_uppercase();
+    let list = r.typed("/container/volumes", container.and_then(|c| c.get("volumes")), Json::Array);
+    for (i, vol) in list.and_then(Value::as_array).into_iter().flatten().enumerate() {
         let at = format!("/container/volumes({i})");
-        let provider = external.get("provider").and_then(Value::as_str).unwrap_or_default();
+        let Some(vol) = r.typed(&at, Some(vol), Json::Object) else { continue };
+        let Some(external) = r.typed(&format!("{at}/external"), vol.get("external"), Json::Object) else { continue };
+        let provider = r.typed(&format!("{at}/external/provider"), external.get("provider"), Json::String);
+        let provider = provider.and_then(Value::as_str).unwrap_or_default();
         if provider != "dvdi" {
             if provider != "csi" {
-                push(format!("{at}/external/provider"), "is unknown provider".into(), "unknown-provider", None);
+                r.push(format!("{at}/external/provider"), "is unknown provider".into(), "unknown-provider", None);
             }
             continue;
         }
-        let name = external.get("name").and_then(Value::as_str);
-        let shared = external.get("shared").and_then(Value::as_bool).unwrap_or(false);
-        let options = external.get("options").and_then(Value::as_object);
+        let name = r.typed(&format!("{at}/external/name"), external.get("name"), Json::String).and_then(Value::as_str);
+        let shared = r.typed(&format!("{at}/external/shared"), external.get("shared"), Json::Bool);
+        let shared = shared.and_then(Value::as_bool).unwrap_or(false);
+        let options = r.typed(&format!("{at}/external/options"), external.get("options"), Json::Object);
+        let options = options.and_then(Value::as_object);
         let option = |key: &str| options.and_then(|o| o.get(key));
         let driver = option(DRIVER_OPTION).and_then(Value::as_str);
 
         // Volume rules (DVDIProvider.volume and DVDIExternalVolumeInfo).
-        if name.is_none_or(str::is_empty) {
-            push(format!("{at}/external/name"), "must not be empty".into(), "name", None);
+        let name_mistyped = external.get("name").is_some_and(|n| !n.is_string() && !n.is_null());
+        if name.is_none_or(str::is_empty) && !name_mistyped {
+            r.push(format!("{at}/external/name"), "must not be empty".into(), "name", None);
         }
         for (key, value) in options.into_iter().flatten() {
             if !is_option_key(key) {
-                push(
+                r.push(
                     format!("{at}/external/options({key:?})"),
                     format!("must match regular expression '{OPTION_KEY_REGEX}'"),
                     "option-key",
@@ -334,21 +458,28 @@ fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -
                 );
             }
             if !value.is_string() {
-                push(format!("{at}/external/options({key:?})"), "expected a string value".into(), "option-value", None);
+                r.push(
+                    format!("{at}/external/options({key:?})"),
+                    "expected a string value".into(),
+                    "option-value",
+                    None,
+                );
             }
         }
         if let Some(size) = external.get("size").filter(|s| !s.is_null()) {
             match size.as_i64() {
                 Some(n) if n > 0 => {}
-                Some(n) => push(format!("{at}/external/size"), format!("got {n}, expected more than 0"), "size", None),
-                None => push(format!("{at}/external/size"), "expected a whole number".into(), "size", None),
+                Some(n) => {
+                    r.push(format!("{at}/external/size"), format!("got {n}, expected more than 0"), "size", None)
+                }
+                None => r.push(format!("{at}/external/size"), "expected a whole number".into(), "size", None),
             }
         }
         let driver_path = format!("{at}/external/options(\"{DRIVER_OPTION}\")");
         match driver {
-            None => push(driver_path, "not defined".into(), "driver-missing", None),
+            None => r.push(driver_path, "not defined".into(), "driver-missing", None),
             Some(d) if !is_label(d) => {
-                push(driver_path, format!("must match regular expression '{LABEL_REGEX}'"), "driver-label", None)
+                r.push(driver_path, format!("must match regular expression '{LABEL_REGEX}'"), "driver-label", None)
             }
             Some(_) => {}
         }
@@ -356,7 +487,7 @@ fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -
             let text = |key: &str| option(key).and_then(Value::as_str);
             for (key, rule) in [("dvdi/volumetype", "rexray-volumetype"), ("dvdi/newfstype", "rexray-newfstype")] {
                 if text(key).is_some_and(|v| !is_label(v)) {
-                    push(
+                    r.push(
                         format!("{at}/external/options({key:?})"),
                         format!("must match regular expression '{LABEL_REGEX}'"),
                         rule,
@@ -365,7 +496,7 @@ fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -
                 }
             }
             if let Some(v) = text("dvdi/iops").filter(|v| !is_natural(v)) {
-                push(
+                r.push(
                     format!("{at}/external/options(\"dvdi/iops\")"),
                     format!("Expected a valid, positive integer instead of {v}"),
                     "rexray-iops",
@@ -376,7 +507,7 @@ fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -
                 let hint = v
                     .eq_ignore_ascii_case("false")
                     .then(|| "Marathon rejects \"false\" here too; leave dvdi/overwritefs out instead".to_string());
-                push(
+                r.push(
                     format!("{at}/external/options(\"dvdi/overwritefs\")"),
                     "Expected a valid boolean".into(),
                     "rexray-overwritefs",
@@ -386,20 +517,25 @@ fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -
         }
 
         // Container rules (DVDIProvider.app's validContainer).
-        let path = vol.get("containerPath").and_then(Value::as_str).unwrap_or_default();
         let path_at = format!("{at}/containerPath");
-        if path.is_empty() {
-            push(path_at.clone(), "must not be empty".into(), "container-path", None);
+        let path = vol.get("containerPath");
+        let path_typed = r.typed(&path_at, path, Json::String).is_some() || path.is_none_or(Value::is_null);
+        let path = path.and_then(Value::as_str).unwrap_or_default();
+        if !path_typed {
+            // The type is wrong: already noted.
+        } else if path.is_empty() {
+            r.push(path_at.clone(), "must not be empty".into(), "container-path", None);
         } else if path == "." || path == ".." {
-            push(path_at.clone(), "can not be one of (.,..)".into(), "container-path", None);
+            r.push(path_at.clone(), "can not be one of (.,..)".into(), "container-path", None);
         }
         if kind == "MESOS" {
-            let mode = vol.get("mode").and_then(Value::as_str).unwrap_or("RW");
+            let mode = r.typed(&format!("{at}/mode"), vol.get("mode"), Json::String);
+            let mode = mode.and_then(Value::as_str).unwrap_or("RW");
             if mode != "RW" {
-                push(format!("{at}/mode"), "does not equal RW".into(), "mesos-mode", None);
+                r.push(format!("{at}/mode"), "does not equal RW".into(), "mesos-mode", None);
             }
             if version < Version(1, 5) && path.contains('/') {
-                push(
+                r.push(
                     path_at,
                     format!("must fully match regular expression '{NO_SLASHES_REGEX}'"),
                     "mesos-container-path-slash",
@@ -411,10 +547,10 @@ fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -
                 && !path.is_empty()
                 && !(path.starts_with('/') && path.len() > 1 && !path[1..].starts_with('/'))
             {
-                push(path_at, "value must be an absolute path".into(), "docker-container-path-absolute", None);
+                r.push(path_at, "value must be an absolute path".into(), "docker-container-path-absolute", None);
             }
             if options.is_some_and(|o| o.keys().any(|k| k != DRIVER_OPTION)) {
-                push(
+                r.push(
                     format!("{at}/external/options"),
                     format!("must only contain {DRIVER_OPTION}"),
                     "docker-options",
@@ -422,7 +558,7 @@ fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -
                 );
             }
             if external.get("size").is_some_and(|s| !s.is_null()) {
-                push(
+                r.push(
                     format!("{at}/external/size"),
                     "must be undefined for Docker containers".into(),
                     "docker-size",
@@ -437,9 +573,9 @@ fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -
     }
 
     // App rules.
-    let instances = app.value.get("instances").and_then(Value::as_f64).unwrap_or(1.0);
-    if instances > 1.0 {
-        push(
+    let instances = r.typed("/instances", app.value.get("instances"), Json::Count).and_then(Value::as_u64);
+    if instances.unwrap_or(1) > 1 {
+        r.push(
             "/instances".into(),
             format!("Number of instances is limited to 1 when declaring DVDI volumes in app [{}]", app.id),
             "instances",
@@ -452,7 +588,7 @@ fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -
         let count = seen.entry(name).or_insert(0);
         *count += 1;
         if *count == 2 {
-            push(
+            r.push(
                 format!("{}/external/name", v.at),
                 format!("Requested DVDI volume '{name}' is declared more than once within app {}", app.id),
                 "duplicate-in-app",
@@ -460,29 +596,37 @@ fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -
             );
         }
     }
-    if let Some(strategy) = app.value.get("upgradeStrategy").filter(|s| s.is_object()) {
-        // Marathon's defaults for a partial upgradeStrategy: both fields 1.
-        let min = strategy.get("minimumHealthCapacity").and_then(Value::as_f64).unwrap_or(1.0);
-        let max = strategy.get("maximumOverCapacity").and_then(Value::as_f64).unwrap_or(1.0);
-        if version < Version(1, 3) {
-            if min > 0.5 {
-                push(
-                    "/upgradeStrategy/minimumHealthCapacity".into(),
-                    format!("got {}, expected 0.5 or less", java_double(min)),
-                    "min-health-capacity",
-                    (min <= 1.0).then(|| "Marathon 1.3+ accepts up to 1 (--marathon 1.4)".to_string()),
-                );
+    if let Some(strategy) = r.typed("/upgradeStrategy", app.value.get("upgradeStrategy"), Json::Object) {
+        // Marathon's defaults for a partial upgradeStrategy: both fields 1. A value of the wrong
+        // type is noted and its rule skipped.
+        let mut capacity = |field: &str| {
+            let value = strategy.get(field);
+            let typed = r.typed(&format!("/upgradeStrategy/{field}"), value, Json::Number);
+            match typed {
+                Some(v) => v.as_f64(),
+                None if value.is_none_or(Value::is_null) => Some(1.0),
+                None => None,
             }
-        } else if !(0.0..=1.0).contains(&min) {
-            push(
+        };
+        let min = capacity("minimumHealthCapacity");
+        let max = capacity("maximumOverCapacity");
+        match min {
+            Some(min) if version < Version(1, 3) && min > 0.5 => r.push(
+                "/upgradeStrategy/minimumHealthCapacity".into(),
+                format!("got {}, expected 0.5 or less", java_double(min)),
+                "min-health-capacity",
+                (min <= 1.0).then(|| "Marathon 1.3+ accepts up to 1 (--marathon 1.4)".to_string()),
+            ),
+            Some(min) if version >= Version(1, 3) && !(0.0..=1.0).contains(&min) => r.push(
                 "/upgradeStrategy/minimumHealthCapacity".into(),
                 format!("got {}, expected between 0.0 and 1.0", java_double(min)),
                 "min-health-capacity",
                 None,
-            );
+            ),
+            _ => {}
         }
-        if max != 0.0 {
-            push(
+        if let Some(max) = max.filter(|m| *m != 0.0) {
+            r.push(
                 "/upgradeStrategy/maximumOverCapacity".into(),
                 format!("got {}, expected 0.0", java_double(max)),
                 "max-over-capacity",
@@ -493,7 +637,7 @@ fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -
     if kind != "MESOS" {
         let drivers: BTreeSet<&str> = volumes.iter().filter_map(|v| v.driver).collect();
         if drivers.len() > 1 {
-            push(
+            r.push(
                 "/container/volumes".into(),
                 "Only one volume driver is supported".into(),
                 "docker-one-driver",
@@ -600,6 +744,43 @@ mod tests {
                 "got 1.0, expected 0.0".to_string(),
                 "max-over-capacity"
             )]
+        );
+    }
+
+    #[test]
+    fn values_of_the_wrong_json_type_are_named_not_skipped() {
+        let problems = run(json!([1, null, {"id": "g", "apps": {"a": 1}, "groups": [3]}]), Version::DOCUMENT);
+        assert_eq!(
+            problems,
+            [
+                ("/(0)".to_string(), "expected an object, got a number".to_string(), "json-type"),
+                ("/(1)".to_string(), "expected an object, got null".to_string(), "json-type"),
+            ],
+            "an array holds apps, not groups: the object is an app without volumes"
+        );
+        let group = json!({"id": "/", "apps": {"a": 1}, "groups": [3, {"apps": [null]}]});
+        assert_eq!(
+            run(group, Version::DOCUMENT),
+            [
+                ("/apps".to_string(), "expected an array, got an object".to_string(), "json-type"),
+                ("/groups(0)".to_string(), "expected an object, got a number".to_string(), "json-type"),
+                ("/groups(1)/apps(0)".to_string(), "expected an object, got null".to_string(), "json-type"),
+            ]
+        );
+        // A wrong type skips the rule that reads the value (no made-up default in its message).
+        let app = json!({"id": "a", "instances": 2.5, "upgradeStrategy": {"minimumHealthCapacity": "0", "maximumOverCapacity": 0},
+            "container": {"type": "MESOS", "volumes": [{"containerPath": 7, "mode": "RW",
+                "external": {"name": 5, "provider": "dvdi", "options": {"dvdi/driver": "rexray"}}}]}});
+        let paths: Vec<String> =
+            run(app, Version::DOCUMENT).into_iter().map(|(path, _, rule)| format!("{rule} {path}")).collect();
+        assert_eq!(
+            paths,
+            [
+                "json-type /container/volumes(0)/external/name",
+                "json-type /container/volumes(0)/containerPath",
+                "json-type /instances",
+                "json-type /upgradeStrategy/minimumHealthCapacity",
+            ]
         );
     }
 
