@@ -305,9 +305,14 @@ fn volume_commands_without_a_daemon() {
     assert_eq!(setup.stdout(&["volume", "path", "v1"]), path);
     setup.rexray(&["volume", "rm", "v1"]).assert().code(1).stderr(predicate::str::contains("in use"));
     setup.rexray(&["volume", "m", "v1"]).assert().success();
-    setup.rexray(&["volume", "u", "v1"]).assert().success().stdout("v1\n");
+    setup
+        .rexray(&["volume", "u", "v1"])
+        .assert()
+        .success()
+        .stdout("v1\n")
+        .stderr(predicate::str::contains("volume \"v1\" stays mounted: 1 hold(s) remain"));
     assert_eq!(setup.json(&["volume", "get", "-f", "json", "v1"])[0]["Status"]["holders"], 1);
-    setup.rexray(&["volume", "detach", "--force", "v1"]).assert().success();
+    setup.rexray(&["volume", "detach", "--force", "v1"]).assert().success().stderr("");
     assert_eq!(setup.json(&["volume", "ls", "-f", "json", "v1"])[0]["Status"]["holders"], 0);
     setup.rexray(&["volume", "attach", "v1"]).assert().success();
     setup.rexray(&["volume", "rm", "--force", "v1"]).assert().success().stdout("v1\n");

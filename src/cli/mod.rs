@@ -651,6 +651,14 @@ async fn volume_command(config: &crate::config::Config, args: &VolumeArgs) -> an
                     if format == Format::Table {
                         outln!("{name}");
                     }
+                    let after = target.get(name).await?;
+                    if after.attached() {
+                        // Not an error (other holders are never released here), but say so.
+                        eprintln!(
+                            "rexray: volume {name:?} stays mounted: {} hold(s) remain (containers, dvdcli, or the CLI's repeated mounts; --force releases all of the CLI's)",
+                            after.holders()
+                        );
+                    }
                     Ok(())
                 }
                 .await;
