@@ -382,6 +382,11 @@ fn type_problem(value: Option<&Value>, want: Json) -> Option<String> {
     Some(format!("expected {}, got {}", want.expected(), json_kind(v)))
 }
 
+/// Whether `value` is present, not null, and not of JSON type `want` (see [`type_problem`]).
+fn mistyped(value: Option<&Value>, want: Json) -> bool {
+    type_problem(value, want).is_some()
+}
+
 /// The problems of one app: each is placed under the app's file and path.
 struct Report<'p, 'a> {
     app: &'p App<'a>,
@@ -444,8 +449,7 @@ fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -
         let driver = option(DRIVER_OPTION).and_then(Value::as_str);
 
         // Volume rules (DVDIProvider.volume and DVDIExternalVolumeInfo).
-        let name_mistyped = external.get("name").is_some_and(|n| !n.is_string() && !n.is_null());
-        if name.is_none_or(str::is_empty) && !name_mistyped {
+        if name.is_none_or(str::is_empty) && !mistyped(external.get("name"), Json::String) {
             r.push(format!("{at}/external/name"), "must not be empty".into(), "name", None);
         }
         for (key, value) in options.into_iter().flatten() {
@@ -518,12 +522,10 @@ fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -
 
         // Container rules (DVDIProvider.app's validContainer).
         let path_at = format!("{at}/containerPath");
-        let path = vol.get("containerPath");
-        let path_typed = r.typed(&path_at, path, Json::String).is_some() || path.is_none_or(Value::is_null);
-        let path = path.and_then(Value::as_str).unwrap_or_default();
-        if !path_typed {
-            // The type is wrong: already noted.
-        } else if path.is_empty() {
+        let raw_path = vol.get("containerPath");
+        let path = r.typed(&path_at, raw_path, Json::String).and_then(Value::as_str).unwrap_or_default();
+        // A containerPath of the wrong type is already noted.
+        if path.is_empty() && !mistyped(raw_path, Json::String) {
             r.push(path_at.clone(), "must not be empty".into(), "container-path", None);
         } else if path == "." || path == ".." {
             r.push(path_at.clone(), "can not be one of (.,..)".into(), "container-path", None);
