@@ -2,25 +2,30 @@
 //!
 //! # Layout
 //!
-//! - [`protocol`]: the Docker VolumeDriver wire types and HTTP routing. Each handler decodes the
-//!   request, makes one [`service::VolumeService`] call and encodes the reply; nothing else.
-//! - [`service`]: names, options, per-volume locks, mount accounting and durable state. It owns
-//!   all state and is the only place that decides when a backend activates or deactivates a volume.
-//! - [`backend`]: the [`backend::Backend`] trait and its implementations (`vfs`, `loop`). Block
-//!   backends share one attach → format-if-blank → mount pipeline.
-//! - [`os`]: every syscall and external tool (mount, loop devices, blkid, mkfs) behind a small
-//!   trait with a recording fake.
-//! - [`config`]: `rexray.yml` in both REX-Ray formats plus environment overrides, to typed config.
-//! - [`server`]: sockets (bound, or passed by systemd socket activation), signals and graceful
-//!   shutdown.
-//! - [`metrics`]: Prometheus metrics, `/metrics` and `/health`, and the recording API the other
-//!   layers call (requests, volumes, backend operations, EC2 calls).
-//! - [`cli`]: clap commands; the only place for `anyhow` and exit codes.
+//! Dependencies point down this list only (see `ARCHITECTURE.md`; `tests/layering.rs` fails on
+//! an import that points up):
+//!
+//! - [`cli`]: clap commands and the composition root (`cli::daemon`); the only place for
+//!   `anyhow` and exit codes.
+//! - [`protocol`]: the Docker VolumeDriver wire types and request handling: each call decodes,
+//!   makes one [`service::VolumeService`] call and encodes; nothing else.
+//! - [`service`]: names, options, per-volume locks, mount accounting, durable state and the
+//!   crash-safe intents of every operation. It owns all state and composes the backend's two
+//!   halves for the Docker front.
+//! - [`backend`]: the [`backend::Controller`] and [`backend::Node`] halves of each backend
+//!   (`vfs`, `loop`, `ebs`); block backends share one node half.
+//! - [`os`]: every syscall, external tool and sysfs read behind small traits with fakes.
+//! - Leaves, used by any layer above: [`server`] (sockets, HTTP/1 serving, shutdown),
+//!   [`config`] (`rexray.yml` in both REX-Ray formats plus environment overrides, to typed
+//!   config), [`metrics`] (Prometheus registry and recording functions), [`name`] (volume
+//!   names), [`crashpoint`] (where tests crash operations), [`telemetry`] (logging setup).
 
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod crashpoint;
 pub mod metrics;
+pub mod name;
 pub mod os;
 pub mod protocol;
 pub mod server;

@@ -1,24 +1,37 @@
-//! Sockets, signals and graceful shutdown.
+//! Sockets, HTTP/1 serving with limits, signals and graceful shutdown.
 //!
 //! Each docker module gets its own Unix socket: one that systemd passed (socket activation,
-//! `LISTEN_FDS`, matched to the module by its path), else one bound here. Shutdown stops
-//! accepting, lets calls in flight finish (within a deadline), and removes the socket files that
-//! were bound here (systemd keeps its own). It never unmounts or detaches a volume: containers
-//! may still be using them.
+//! `LISTEN_FDS`, matched to the module by its path), else one bound here. Connections are served
+//! with hyper directly: every body is read whole before the reply, headers and bodies have
+//! timeouts, an oversize `Content-Length` is refused at once, and the number of connections is
+//! capped ([`Limits`]). Shutdown stops accepting, closes idle connections, lets calls in flight
+//! finish within a grace, drops the rest, and removes the socket files that were bound here
+//! (systemd keeps its own). It never unmounts or detaches a volume: containers may still be
+//! using them. A leaf module: it knows HTTP, not volumes.
 
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::Router;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{header, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
-use tracing::{info, warn};
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
 
-/// How long in-flight calls may take to finish after a shutdown signal (Docker's longest
-/// per-call timeout is 2 minutes).
-pub const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
+/// How long in-flight calls may take to finish after a shutdown signal by default: a Mount's
+/// longest wait is bounded well inside Docker's 2-minute limit, and an operation still running
+/// at exit is finished or undone at the next start.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Errors setting up or serving a socket.
 #[derive(Debug, thiserror::Error)]
@@ -234,78 +247,325 @@ fn resolve_group(group: &str) -> Result<u32, ServerError> {
         .ok_or_else(|| ServerError::UnknownGroup(group.to_owned()))
 }
 
-/// Serves each socket with its router until `shutdown` resolves, then drains and removes the
+/// What a socket's requests are answered by: a request whose body was read whole, in, a reply
+/// out. Built by the protocol layer.
+pub type Handler = Arc<dyn Fn(Request<Bytes>) -> ReplyFuture + Send + Sync>;
+
+/// A reply on its way.
+pub type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+/// A reply: status, headers and a whole body.
+pub type Reply = Response<Full<Bytes>>;
+
+/// How the server treats its clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A request's headers must arrive within this (slow or stalled clients are dropped).
+    pub header_timeout: Duration,
+    /// Its body must arrive within this, once the headers did.
+    pub body_timeout: Duration,
+    /// The largest body accepted; a larger `Content-Length` is refused at once with 413.
+    pub max_body: usize,
+    /// Connections open at once per socket; more are refused (and logged).
+    pub max_connections: usize,
+    /// After a shutdown signal, calls in flight may take this long to finish.
+    pub grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_body: 1 << 20,
+            max_connections: 512,
+            grace: DRAIN_DEADLINE,
+        }
+    }
+}
+
+/// What every connection of one listener shares.
+struct Shared {
+    handler: Handler,
+    limits: Limits,
+    /// Where the listener is, for log lines.
+    name: String,
+    /// Requests being answered right now (over every listener of the server).
+    inflight: Arc<InFlight>,
+    /// Permits for open connections.
+    connections: Arc<Semaphore>,
+    /// When a refused connection was last logged, to log a burst once.
+    refused_logged: std::sync::Mutex<Option<Instant>>,
+}
+
+/// Counts requests being answered; shutdown waits for it to reach zero.
+#[derive(Debug, Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// One request being answered; counted while it lives.
+struct Answering<'a>(&'a InFlight);
+
+impl<'a> Answering<'a> {
+    fn enter(inflight: &'a InFlight) -> Self {
+        inflight.count.fetch_add(1, Ordering::SeqCst);
+        Self(inflight)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl InFlight {
+    /// Waits until no request is being answered.
+    async fn drained(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A short plain reply (413, 408, 400) that closes the connection: the rest of the request is
+/// not read.
+fn refusal(status: StatusCode, message: &str) -> Reply {
+    let body = serde_json::json!({ "Err": message }).to_string();
+    let mut reply = Response::new(Full::new(Bytes::from(body)));
+    *reply.status_mut() = status;
+    reply.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    reply.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    reply
+}
+
+/// Reads the whole body (within the limits), then answers.
+async fn answer(shared: &Shared, request: Request<Incoming>) -> Reply {
+    let limits = &shared.limits;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body as u64) {
+        return refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "request body of {} bytes is larger than the limit of {} bytes",
+                declared.unwrap_or(0),
+                limits.max_body
+            ),
+        );
+    }
+    let (parts, body) = request.into_parts();
+    let body = match tokio::time::timeout(limits.body_timeout, Limited::new(body, limits.max_body).collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body is larger than the limit of {} bytes", limits.max_body),
+            )
+        }
+        Ok(Err(e)) => return refusal(StatusCode::BAD_REQUEST, &format!("could not read the request body: {e}")),
+        Err(_) => {
+            return refusal(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("the request body did not arrive within {} s", limits.body_timeout.as_secs()),
+            )
+        }
+    };
+    let _answering = Answering::enter(&shared.inflight);
+    (shared.handler)(Request::from_parts(parts, body)).await
+}
+
+/// Serves one connection until it closes, or, after `stop`, until its request in flight is
+/// answered.
+async fn serve_connection<IO>(io: IO, shared: Arc<Shared>, mut stop: watch::Receiver<bool>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = {
+        let shared = Arc::clone(&shared);
+        service_fn(move |request| {
+            let shared = Arc::clone(&shared);
+            async move { Ok::<_, std::convert::Infallible>(answer(&shared, request).await) }
+        })
+    };
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.limits.header_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                debug!(listener = %shared.name, error = %e, "connection ended with an error");
+            }
+        }
+        () = async { drop(stop.wait_for(|s| *s).await) } => {
+            // Idle connections close at once; a request in flight is answered first.
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                debug!(listener = %shared.name, error = %e, "connection ended with an error during shutdown");
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Takes a connection permit, or logs (once per burst) that the limit is reached.
+    fn admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() {
+            return Some(permit);
+        }
+        let mut last = self.refused_logged.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+            *last = Some(Instant::now());
+            warn!(
+                listener = %self.name,
+                limit = self.limits.max_connections,
+                "connection limit reached: refusing new connections until some close"
+            );
+        }
+        None
+    }
+}
+
+/// Serves each socket with its handler until `shutdown` resolves, then drains and removes the
 /// socket files.
 ///
 /// # Errors
 /// A socket failed while serving.
-pub async fn serve(sockets: Vec<(BoundSocket, Router)>, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-    serve_all(sockets, Vec::new(), shutdown).await
+pub async fn serve(
+    sockets: Vec<(BoundSocket, Handler)>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    serve_all(sockets, Vec::new(), limits, shutdown).await
 }
 
 /// [`serve`], plus TCP listeners (the metrics endpoint), which stop with the rest.
 ///
+/// Every request's body is read whole (up to [`Limits::max_body`]) before it is answered, so a
+/// client that sends headers and body apart keeps its connection; headers and bodies must
+/// arrive within their timeouts. On `shutdown`: no new connections; idle ones close at once;
+/// calls in flight get [`Limits::grace`] to finish; then every connection left (half-sent
+/// requests among them) is dropped.
+///
 /// # Errors
 /// A socket failed while serving.
 pub async fn serve_all(
-    sockets: Vec<(BoundSocket, Router)>,
-    tcp: Vec<(TcpListener, Router)>,
+    sockets: Vec<(BoundSocket, Handler)>,
+    tcp: Vec<(TcpListener, Handler)>,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
+    let inflight = Arc::new(InFlight::default());
+    let connections = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
+    let mut listeners = JoinSet::new();
     let mut paths = Vec::new();
-    for (listener, router) in tcp {
-        let mut stop = stop_rx.clone();
+    let shared_for = |name: String, handler: Handler| {
+        Arc::new(Shared {
+            handler,
+            limits,
+            name,
+            inflight: Arc::clone(&inflight),
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            refused_logged: std::sync::Mutex::new(None),
+        })
+    };
+    for (listener, handler) in tcp {
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tasks.spawn(async move {
-            let result = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-            result.map_err(io("serve", Path::new(&addr)))
+        let shared = shared_for(addr.clone(), handler);
+        let (stop, conns) = (stop_rx.clone(), Arc::clone(&connections));
+        listeners.spawn(async move {
+            accept_loop(&shared, stop, conns, || listener.accept()).await.map_err(io("serve", Path::new(&addr)))
         });
     }
-    for (socket, router) in sockets {
-        let mut stop = stop_rx.clone();
+    for (socket, handler) in sockets {
         let path = socket.path.clone();
         if !socket.inherited {
             paths.push(path.clone());
         }
-        tasks.spawn(async move {
-            let result = axum::serve(socket.listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-            result.map_err(io("serve", &path))
+        let shared = shared_for(path.display().to_string(), handler);
+        let (stop, conns) = (stop_rx.clone(), Arc::clone(&connections));
+        listeners.spawn(async move {
+            let listener = socket.listener;
+            accept_loop(&shared, stop, conns, || listener.accept()).await.map_err(io("serve", &path))
         });
     }
-    shutdown.await;
+    let failed = tokio::select! {
+        () = shutdown => None,
+        Some(joined) = listeners.join_next() => Some(joined),
+    };
     info!("shutting down: no new connections; finishing calls in flight");
     let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
-        let mut result = Ok(());
-        while let Some(joined) = tasks.join_next().await {
-            if let Ok(Err(e)) = joined {
-                result = Err(e);
-            }
-        }
-        result
-    })
-    .await;
+    listeners.shutdown().await;
+    let drained = tokio::time::timeout(limits.grace, inflight.drained()).await.is_ok();
+    if !drained {
+        warn!(grace_secs = limits.grace.as_secs(), "calls still in flight after the shutdown grace; exiting anyway");
+    }
+    // What is left: connections that sent half a request, or whose call outlived the grace.
+    connections.lock().await.shutdown().await;
     for path in &paths {
         if let Err(e) = std::fs::remove_file(path) {
             warn!(socket = %path.display(), error = %e, "could not remove the socket file");
         }
     }
-    match drained {
-        Ok(result) => result,
-        Err(_) => {
-            warn!("calls still in flight after the drain deadline; exiting anyway");
-            Ok(())
-        }
+    match failed {
+        Some(Ok(Err(e))) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Accepts connections until `stop`, each served on a task of its own in `connections`.
+async fn accept_loop<IO, Addr, A, F>(
+    shared: &Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    connections: Arc<tokio::sync::Mutex<JoinSet<()>>>,
+    accept: F,
+) -> std::io::Result<()>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn() -> A,
+    A: Future<Output = std::io::Result<(IO, Addr)>>,
+{
+    loop {
+        let accepted = tokio::select! {
+            accepted = accept() => accepted,
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            // Out of descriptors and the like: pause rather than spin, keep serving.
+            Err(e) => {
+                warn!(listener = %shared.name, error = %e, "could not accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(permit) = shared.admit() else {
+            drop(stream);
+            continue;
+        };
+        let (shared, stop) = (Arc::clone(shared), stop.clone());
+        let mut conns = connections.lock().await;
+        // Reap finished connections so the set does not grow with every one ever served.
+        while conns.try_join_next().is_some() {}
+        conns.spawn(async move {
+            serve_connection(stream, shared, stop).await;
+            drop(permit);
+        });
     }
 }
 

@@ -17,13 +17,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rexray::backend::ebs::api::{AttachState, CloudErrorKind, CreateVolumeRequest, Ec2Api, VolumeQuery, VolumeState};
-use rexray::backend::ebs::devices::DeviceHost;
 use rexray::backend::ebs::identity::Imds;
-use rexray::backend::ebs::{client_token, EbsBackend, Parts, OWNER_TAG};
-use rexray::backend::Backend;
+use rexray::backend::ebs::{client_token, CloudParts, EbsController, OWNER_TAG};
+use rexray::backend::{Backend, BackendError, Environment, Options};
 use rexray::config::ServiceConfig;
+use rexray::name::VolumeName;
 use rexray::os::fake::{Call, FakeOs};
-use rexray::service::name::VolumeName;
+use rexray::os::DeviceHost;
 use support::{volumes_named, Moto};
 
 #[tokio::test]
@@ -150,12 +150,40 @@ fn service(moto: &Moto, region: &str, instance: &str, az: &str, preempt: bool, t
     config.services.into_iter().find(|s| s.name == "ebs").expect("ebs service")
 }
 
-fn backend(svc: &ServiceConfig) -> (Arc<FakeOs>, EbsBackend) {
+/// One host's EBS backend, used as the Docker front uses it (both halves composed here).
+struct Ebs {
+    backend: Backend,
+    ebs: Arc<EbsController>,
+}
+
+impl Ebs {
+    fn parse_options(&self, raw: &BTreeMap<String, String>) -> Result<Options, BackendError> {
+        self.backend.controller.parse_options(raw)
+    }
+    async fn create(&self, name: &VolumeName, opts: &Options) -> Result<(), BackendError> {
+        self.backend.controller.create(name, opts, false).await
+    }
+    async fn activate(&self, name: &VolumeName, opts: &Options) -> Result<PathBuf, BackendError> {
+        self.backend.activate_here(name, opts).await
+    }
+    async fn deactivate(&self, name: &VolumeName, opts: &Options) -> Result<(), BackendError> {
+        self.backend.deactivate_here(name, opts).await
+    }
+    async fn remove(&self, name: &VolumeName, opts: &Options) -> Result<(), BackendError> {
+        self.backend.controller.delete(name, opts).await
+    }
+    fn status(&self, name: &VolumeName, opts: &Options) -> BTreeMap<String, serde_json::Value> {
+        self.backend.controller.status(name, opts)
+    }
+    async fn list(&self, force: bool) -> BTreeMap<String, Vec<rexray::backend::ebs::api::Volume>> {
+        self.ebs.list_all(force).await
+    }
+}
+
+fn backend(svc: &ServiceConfig) -> (Arc<FakeOs>, Ebs) {
     let os = Arc::new(FakeOs::new());
     let moto_conn = svc.ebs.clone();
-    let parts = Parts {
-        os: os.clone(),
-        host: Arc::new(LinkEverything { links: "/links".into() }),
+    let cloud = Arc::new(CloudParts {
         metadata: Arc::new(Imds::new("http://127.0.0.1:9", true)),
         factory: Box::new(move |conn| {
             assert_eq!(conn.endpoint.as_deref(), moto_conn.get("endpoint").map(String::as_str));
@@ -164,8 +192,15 @@ fn backend(svc: &ServiceConfig) -> (Arc<FakeOs>, EbsBackend) {
                 api
             })
         }),
+    });
+    let env = Environment {
+        os: os.clone(),
+        devices: Arc::new(LinkEverything { links: "/links".into() }),
+        host: os.clone(),
+        ebs: Some(cloud.clone()),
     };
-    (os, EbsBackend::with_parts(svc, parts).unwrap())
+    let ebs = Arc::new(EbsController::new(svc, &env, cloud).unwrap());
+    (os, Ebs { backend: ebs.backend(), ebs })
 }
 
 fn name(s: &str) -> VolumeName {

@@ -9,11 +9,12 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rexray::backend::loopback::LoopBackend;
-use rexray::backend::{Backend, BackendError, Options};
+use std::sync::Arc;
+
+use rexray::backend::{Backend, BackendError, Environment, Options};
 use rexray::config::{BackendKind, ServiceConfig};
+use rexray::name::VolumeName;
 use rexray::os::linux::LinuxOs;
-use rexray::service::name::VolumeName;
 
 const GIB: u64 = 1 << 30;
 
@@ -42,6 +43,38 @@ fn has_tool(name: &str) -> bool {
     ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].iter().any(|d| Path::new(d).join(name).exists())
 }
 
+/// The loop backend, used as the Docker front uses it (both halves composed here).
+struct Loop(Backend);
+
+impl Loop {
+    fn parse_options(&self, raw: &BTreeMap<String, String>) -> Result<Options, BackendError> {
+        self.0.controller.parse_options(raw)
+    }
+    async fn create(&self, name: &VolumeName, opts: &Options) -> Result<(), BackendError> {
+        self.0.controller.create(name, opts, false).await
+    }
+    async fn activate(&self, name: &VolumeName, opts: &Options) -> Result<PathBuf, BackendError> {
+        self.0.activate_here(name, opts).await
+    }
+    async fn deactivate(&self, name: &VolumeName, opts: &Options) -> Result<(), BackendError> {
+        self.0.deactivate_here(name, opts).await
+    }
+    async fn remove(&self, name: &VolumeName, opts: &Options) -> Result<(), BackendError> {
+        self.0.controller.delete(name, opts).await?;
+        self.0.node.forget(name).await;
+        Ok(())
+    }
+    async fn is_active(&self, name: &VolumeName, _opts: &Options) -> Result<bool, BackendError> {
+        self.0.node.is_staged(name, &self.0.node.staging_path(name)).await
+    }
+    fn mountpoint(&self, name: &VolumeName, _opts: &Options) -> PathBuf {
+        self.0.node.data_path(name)
+    }
+    fn status(&self, name: &VolumeName, opts: &Options) -> BTreeMap<String, serde_json::Value> {
+        self.0.controller.status(name, opts)
+    }
+}
+
 /// A temporary world: `loop.root` and `mount.path` under one temp dir, torn down on drop.
 struct World {
     dir: tempfile::TempDir,
@@ -65,8 +98,9 @@ impl World {
         Self { dir, service }
     }
 
-    fn backend(&self) -> LoopBackend {
-        LoopBackend::new(&self.service).unwrap()
+    fn backend(&self) -> Loop {
+        let os = Arc::new(LinuxOs::new());
+        Loop(rexray::backend::build(&self.service, &Environment::local(os.clone(), os.clone(), os)).unwrap())
     }
 
     fn image(&self, name: &str) -> PathBuf {
@@ -143,7 +177,7 @@ fn name(s: &str) -> VolumeName {
     VolumeName::new(s).unwrap()
 }
 
-fn opts(b: &LoopBackend, pairs: &[(&str, &str)]) -> Options {
+fn opts(b: &Loop, pairs: &[(&str, &str)]) -> Options {
     b.parse_options(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap()
 }
 
@@ -340,7 +374,7 @@ async fn remove_is_refused_while_attached() {
     b.activate(&v, &o).await.unwrap();
     let device = b.status(&v, &o)["device"].as_str().unwrap().to_owned();
     let err = b.remove(&v, &o).await.unwrap_err();
-    assert!(matches!(err, BackendError::Refused(_)), "{err:?}");
+    assert!(matches!(err, BackendError::InUse { .. }), "{err:?}");
     assert!(err.to_string().contains(&device), "{err:?}");
     assert!(w.image("busy").exists());
     b.deactivate(&v, &o).await.unwrap();
@@ -356,7 +390,7 @@ async fn create_beyond_free_space_is_refused() {
     let v = name("huge");
     let err = b.create(&v, &opts(&b, &[("size", "1000000")])).await.unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, BackendError::Refused(_)), "{msg} ({err:?})");
+    assert!(matches!(err, BackendError::NoSpace { .. }), "{msg} ({err:?})");
     assert!(msg.contains("1000000 GiB") && msg.contains("free"), "{msg} ({err:?})");
     assert!(!w.image("huge").exists());
 }

@@ -26,12 +26,15 @@ fn settings() -> Integration {
 
 async fn start_with(dir: tempfile::TempDir, fake: Arc<FakeBackend>) -> Server {
     let socket = dir.path().join("plugins/test.sock");
-    let service = VolumeService::open("test", fake.clone(), settings(), dir.path().join("state")).await.unwrap();
+    let backend = FakeBackend::backend(&fake);
+    let service = VolumeService::open("test", backend, settings(), dir.path().join("state"), Some("this-boot".into()))
+        .await
+        .unwrap();
     let router = rexray::protocol::router(Arc::new(ServiceHandle::ready(Arc::new(service))));
     let bound = rexray::server::bind(&socket, None).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        rexray::server::serve(vec![(bound, router)], async move {
+        rexray::server::serve(vec![(bound, router)], rexray::server::Limits::default(), async move {
             let _ = rx.await;
         })
         .await

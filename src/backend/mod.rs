@@ -1,19 +1,38 @@
-//! Storage backends: the [`Backend`] trait and its implementations.
+//! Storage backends, in two halves: a [`Controller`] and a [`Node`].
 //!
-//! A backend knows how to create, activate (make usable at a host path), deactivate and remove
-//! one volume. It keeps no mount accounting: the service decides when to activate and
-//! deactivate, holding the volume's lock, so a backend sees at most one call per volume at a time.
+//! - The **controller** half does the storage work that may run anywhere: create, delete,
+//!   publish a volume to a named node (EBS: AttachVolume to that instance; loop: attach the image
+//!   to a loop device; vfs: nothing) and unpublish it, list, describe, snapshots.
+//! - The **node** half works on the host itself: find the device the controller's
+//!   [`PublishContext`] names, check it is the volume's own, format it if blank, grow and mount
+//!   it at a staging path ([`Node::stage`]); hand out its data directory or bind-mount it to a
+//!   target ([`Node::publish`]); and the reverse. Block backends (loop, ebs) share one node
+//!   half, [`block::BlockNode`], and differ only in how the device is found.
+//!
+//! The Docker front (the service) composes them on this host: the first holder in publishes
+//! the volume to this node, stages and publishes it; the last one out does the reverse. The CSI
+//! front calls the halves separately. Neither half keeps mount accounting: the service holds
+//! the volume's lock, so a backend sees at most one call per volume at a time from it.
+//!
+//! Every method is idempotent and checks reality first, so an operation interrupted by a crash
+//! can be finished or undone by calling the same methods again.
 
 pub mod block;
+pub mod context;
 #[cfg(feature = "ebs")]
 pub mod ebs;
+pub mod error;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
+mod here;
+pub mod instrumented;
 pub mod loopback;
 pub mod options;
+pub mod os_call;
 pub mod snapshot;
 pub mod vfs;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +40,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::{BackendKind, ServiceConfig};
-use crate::service::name::VolumeName;
+use crate::name::VolumeName;
+use crate::os::{BlockOs, DeviceHost, FsStats, HostInfo};
+pub use context::{NodeId, PublishContext};
+pub use error::{BackendError, CloudFailure, ErrorKind};
 pub use options::Options;
 pub use snapshot::Snapshots;
 
@@ -44,60 +66,46 @@ impl Scope {
     }
 }
 
-/// Errors from a backend. Display texts name the subject; the cause is the `source`.
-#[derive(Debug, thiserror::Error)]
-pub enum BackendError {
-    /// A create option the backend does not know.
-    #[error("unknown option {key:?} (accepted options: {accepted})")]
-    UnknownOption {
-        /// The key as given.
-        key: String,
-        /// The accepted canonical keys, comma-separated.
-        accepted: String,
-    },
-    /// A create option with a malformed value.
-    #[error("option {key}={value:?}: {reason}")]
-    InvalidOption {
-        /// The key as given.
-        key: String,
-        /// The value as given.
-        value: String,
-        /// What was expected.
-        reason: String,
-    },
-    /// A file-system operation on a path failed.
-    #[error("{op} {}", path.display())]
-    Io {
-        /// What was being done (`create directory`, `remove image`, …).
-        op: &'static str,
-        /// The path it was done to.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A step of the block pipeline failed on a device.
-    #[error("{step} {}", device.display())]
-    Step {
-        /// The step (`attach`, `probe`, `format`, `mount`, …).
-        step: &'static str,
-        /// The device or path the step worked on.
-        device: PathBuf,
-        /// The cause.
-        #[source]
-        source: crate::os::OsError,
-    },
-    /// The backend refuses the operation (volume attached, no space, device not blank, …).
-    #[error("{0}")]
-    Refused(String),
-    /// The backend is not built into this binary.
-    #[error("backend {0} is not available in this build")]
-    Unavailable(&'static str),
+/// One page of [`Controller::list`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Page {
+    /// Volume names, sorted.
+    pub names: Vec<String>,
+    /// The name to start the next page after, when there is one.
+    pub next: Option<String>,
 }
 
-/// A storage backend.
+/// Which page [`Controller::list`] returns.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PageRequest {
+    /// Start after this name (exclusive); `None` = from the first.
+    pub after: Option<String>,
+    /// At most this many names; 0 = all.
+    pub max: usize,
+}
+
+impl Page {
+    /// The page `req` selects from `names` (sorted, no duplicates).
+    pub fn of(names: impl IntoIterator<Item = String>, req: &PageRequest) -> Page {
+        let mut names: Vec<String> =
+            names.into_iter().filter(|n| req.after.as_ref().is_none_or(|after| n > after)).collect();
+        names.sort();
+        names.dedup();
+        if req.max > 0 && names.len() > req.max {
+            names.truncate(req.max);
+            let next = names.last().cloned();
+            return Page { names, next };
+        }
+        Page { names, next: None }
+    }
+}
+
+/// Space and inodes of a published volume's file system.
+pub type VolumeStats = FsStats;
+
+/// The controller half: storage operations that may run on any host.
 #[async_trait]
-pub trait Backend: Send + Sync + Debug {
+pub trait Controller: Send + Sync + Debug {
     /// The driver name (`vfs`, `loop`, `ebs`).
     fn kind(&self) -> &'static str;
 
@@ -111,61 +119,203 @@ pub trait Backend: Send + Sync + Debug {
     /// [`BackendError::UnknownOption`] or [`BackendError::InvalidOption`].
     fn parse_options(&self, raw: &BTreeMap<String, String>) -> Result<Options, BackendError>;
 
-    /// Creates the volume. Idempotent: an existing volume is success.
+    /// This host as [`Controller::publish`] addresses it (EBS: its instance ID).
     ///
     /// # Errors
-    /// Whatever stopped the volume being created; nothing is left half-made.
-    async fn create(&self, name: &VolumeName, opts: &Options) -> Result<(), BackendError>;
+    /// The host's identity could not be found out.
+    async fn local_node(&self) -> Result<NodeId, BackendError>;
 
-    /// Makes the volume usable on this host and returns the path to hand to containers.
-    /// Idempotent: an already active volume returns the same path.
+    /// Creates the volume with `opts`. With `resume` the caller is finishing a create of its
+    /// own that was interrupted, so what it finds is its own and is brought to `opts`; without
+    /// it, data found under the name that no record owns is refused
+    /// ([`BackendError::AlreadyExists`]), except where the storage itself records ownership
+    /// (EBS tags), which makes the volume one this program may adopt.
     ///
     /// # Errors
-    /// The step that failed; steps already done are rolled back.
-    async fn activate(&self, name: &VolumeName, opts: &Options) -> Result<PathBuf, BackendError>;
+    /// Whatever stopped it; work a failed call did is undone.
+    async fn create(&self, name: &VolumeName, opts: &Options, resume: bool) -> Result<(), BackendError>;
 
-    /// Undoes [`Backend::activate`]. Idempotent: an inactive volume is success. The data stays.
+    /// Removes what an interrupted create of this program left (after [`Controller::create`]
+    /// with `resume` failed too), never data that existed before that create.
     ///
     /// # Errors
-    /// The step that failed.
-    async fn deactivate(&self, name: &VolumeName, opts: &Options) -> Result<(), BackendError>;
+    /// It could not be removed.
+    async fn discard_partial(&self, name: &VolumeName, opts: &Options) -> Result<(), BackendError>;
 
     /// Deletes the volume and its data. Idempotent: a missing volume is success.
     ///
     /// # Errors
-    /// [`BackendError::Refused`] while the volume is still active, or the failure.
-    async fn remove(&self, name: &VolumeName, opts: &Options) -> Result<(), BackendError>;
+    /// [`BackendError::InUse`] while it is published anywhere, or the failure.
+    async fn delete(&self, name: &VolumeName, opts: &Options) -> Result<(), BackendError>;
 
-    /// Whether the volume is active on this host right now (used to reconcile after a restart).
+    /// Makes the volume available to `node` and says how the node finds it. Idempotent: a
+    /// volume published there already returns its context.
     ///
     /// # Errors
-    /// The volume's state could not be read.
-    async fn is_active(&self, name: &VolumeName, opts: &Options) -> Result<bool, BackendError>;
+    /// [`BackendError::AttachedElsewhere`], [`BackendError::WrongZone`], a timeout, or the
+    /// failure; a failed call leaves the volume as it found it.
+    async fn publish(&self, name: &VolumeName, opts: &Options, node: &NodeId) -> Result<PublishContext, BackendError>;
 
-    /// The path [`Backend::activate`] returns, computed without side effects.
-    fn mountpoint(&self, name: &VolumeName, opts: &Options) -> PathBuf;
+    /// Undoes [`Controller::publish`]. Idempotent: a volume not published there is success.
+    ///
+    /// # Errors
+    /// The failure.
+    async fn unpublish(&self, name: &VolumeName, opts: &Options, node: &NodeId) -> Result<(), BackendError>;
 
-    /// Backend-specific entries for `docker volume inspect`'s Status.
-    fn status(&self, _name: &VolumeName, _opts: &Options) -> BTreeMap<String, serde_json::Value> {
-        BTreeMap::new()
-    }
+    /// Every volume of this backend's that is published to `node` right now, by name: one look
+    /// at reality, to reconcile records with it.
+    ///
+    /// # Errors
+    /// The storage could not be asked.
+    async fn publications(&self, node: &NodeId) -> Result<BTreeMap<String, PublishContext>, BackendError>;
 
-    /// For backends with a cluster-wide namespace ([`Scope::Global`]): the names of every volume
-    /// the storage holds that this host may use, including ones other hosts created. Served from
-    /// a cache; never fails (a backend that cannot refresh answers with what it knows).
-    async fn known_volumes(&self) -> Vec<String> {
-        Vec::new()
-    }
+    /// The names of the volumes the storage holds (for a global namespace, including the ones
+    /// other hosts made), one page at a time.
+    ///
+    /// # Errors
+    /// The storage could not be listed.
+    async fn list(&self, page: &PageRequest) -> Result<Page, BackendError>;
 
-    /// Whether the storage holds a volume `name` that this host may use although this host never
-    /// created it (see [`Backend::known_volumes`]). Served from a cache.
+    /// Whether the storage holds a volume `name` that this host may use although it has no
+    /// record of it (global namespaces only). Served from a cache.
     async fn knows(&self, _name: &VolumeName) -> bool {
         false
+    }
+
+    /// Backend-specific entries for `docker volume inspect`'s Status, from memory or a cache
+    /// (never a slow call).
+    fn status(&self, _name: &VolumeName, _opts: &Options) -> BTreeMap<String, serde_json::Value> {
+        BTreeMap::new()
     }
 
     /// The backend's snapshot operations, if it has them.
     fn snapshots(&self) -> Option<&dyn Snapshots> {
         None
+    }
+}
+
+/// The node half: what happens on the host that uses a published volume.
+#[async_trait]
+pub trait Node: Send + Sync + Debug {
+    /// Where the Docker front stages volume `name` (`<mount.path>/<name>`; vfs: its directory).
+    fn staging_path(&self, name: &VolumeName) -> PathBuf;
+
+    /// What [`Node::publish`] without a target hands out for a volume staged at
+    /// [`Node::staging_path`] (`<mount.path>/<name>/<rootPath>`; vfs: the directory).
+    fn data_path(&self, name: &VolumeName) -> PathBuf;
+
+    /// Makes the published volume usable at `staging`: finds its device from `ctx`, checks it
+    /// is the volume's own, formats it only if blank, grows and mounts it. Idempotent.
+    ///
+    /// # Errors
+    /// The failing step; steps this call did are undone.
+    async fn stage(
+        &self,
+        name: &VolumeName,
+        opts: &Options,
+        ctx: &PublishContext,
+        staging: &Path,
+    ) -> Result<(), BackendError>;
+
+    /// Undoes [`Node::stage`] (sync, unmount). Idempotent. The data stays.
+    ///
+    /// # Errors
+    /// The failing step.
+    async fn unstage(&self, name: &VolumeName, staging: &Path) -> Result<(), BackendError>;
+
+    /// Whether the volume is staged at `staging` right now.
+    ///
+    /// # Errors
+    /// The mount table could not be read.
+    async fn is_staged(&self, name: &VolumeName, staging: &Path) -> Result<bool, BackendError>;
+
+    /// The names of the volumes staged at their default staging paths right now (one look at
+    /// the mount table, to reconcile records with it).
+    ///
+    /// # Errors
+    /// The mount table could not be read.
+    async fn staged(&self) -> Result<BTreeSet<String>, BackendError>;
+
+    /// Hands the staged volume out: with no `target`, prepares its data directory (mode and
+    /// owner from `opts`) and returns it; with a `target`, bind-mounts the staging path there
+    /// (read-only if asked) and returns the target. Idempotent.
+    ///
+    /// # Errors
+    /// The failing step.
+    async fn publish(
+        &self,
+        name: &VolumeName,
+        opts: &Options,
+        staging: &Path,
+        target: Option<&Path>,
+        read_only: bool,
+    ) -> Result<PathBuf, BackendError>;
+
+    /// Undoes a [`Node::publish`] to `target` (unmounts the bind mount). Idempotent.
+    ///
+    /// # Errors
+    /// The failing step.
+    async fn unpublish(&self, name: &VolumeName, target: &Path) -> Result<(), BackendError>;
+
+    /// Space and inodes of the file system at `path`.
+    ///
+    /// # Errors
+    /// It could not be read.
+    async fn stats(&self, path: &Path) -> Result<VolumeStats, BackendError>;
+
+    /// Lets go of what the node keeps for a deleted volume (its empty Docker staging
+    /// directory). Failures are only logged.
+    async fn forget(&self, _name: &VolumeName) {}
+}
+
+/// A backend: its two halves.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// The controller half.
+    pub controller: Arc<dyn Controller>,
+    /// The node half.
+    pub node: Arc<dyn Node>,
+}
+
+impl Backend {
+    /// The driver name.
+    pub fn kind(&self) -> &'static str {
+        self.controller.kind()
+    }
+}
+
+/// What the composition root hands to the backends: everything they touch outside the process.
+/// Backends build none of it and read no environment variables.
+#[derive(Clone)]
+pub struct Environment {
+    /// Every syscall and external tool.
+    pub os: Arc<dyn BlockOs>,
+    /// How this host shows attached cloud volumes (device links, serials).
+    pub devices: Arc<dyn DeviceHost>,
+    /// Which host this is.
+    pub host: Arc<dyn HostInfo>,
+    /// The EBS backend's cloud parts (instance metadata, the EC2 client factory); `None`
+    /// where no EBS service can be built.
+    #[cfg(feature = "ebs")]
+    pub ebs: Option<Arc<ebs::CloudParts>>,
+}
+
+impl Environment {
+    /// An environment without cloud parts (the local backends, tests).
+    pub fn local(os: Arc<dyn BlockOs>, devices: Arc<dyn DeviceHost>, host: Arc<dyn HostInfo>) -> Self {
+        Self {
+            os,
+            devices,
+            host,
+            #[cfg(feature = "ebs")]
+            ebs: None,
+        }
+    }
+}
+
+impl Debug for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Environment").field("os", &self.os).field("devices", &self.devices).finish_non_exhaustive()
     }
 }
 
@@ -175,29 +325,59 @@ pub fn volume_path(root: &Path, name: &VolumeName) -> PathBuf {
     root.join(name.as_str())
 }
 
-/// Builds the backend a service is configured with.
+/// Builds the backend a service is configured with, over `env`, its operations measured.
 ///
 /// # Errors
-/// [`BackendError::Unavailable`] when the backend is not built into this binary.
-pub fn build(service: &ServiceConfig) -> Result<Arc<dyn Backend>, BackendError> {
-    match service.backend {
-        BackendKind::Vfs => Ok(Arc::new(vfs::VfsBackend::new(service.vfs_root.clone()))),
-        BackendKind::Loop => Ok(Arc::new(loopback::LoopBackend::new(service)?)),
+/// [`BackendError::Unavailable`] when the backend is not built into this binary, or a setting
+/// it refuses.
+pub fn build(service: &ServiceConfig, env: &Environment) -> Result<Backend, BackendError> {
+    let backend = match service.backend {
+        BackendKind::Vfs => vfs::backend(service, env),
+        BackendKind::Loop => loopback::backend(service, env)?,
         #[cfg(feature = "ebs")]
-        BackendKind::Ebs => Ok(Arc::new(ebs::EbsBackend::new(service)?)),
+        BackendKind::Ebs => ebs::backend(service, env)?,
         #[cfg(not(feature = "ebs"))]
-        BackendKind::Ebs => Err(BackendError::Unavailable("ebs")),
-    }
+        BackendKind::Ebs => return Err(BackendError::Unavailable("ebs")),
+    };
+    Ok(instrumented::instrument(backend))
 }
 
 /// Every problem [`build`] would find with a service's backend settings, where it would stop at
 /// the first (the `ebs.*` settings are all checked).
 pub fn settings_problems(service: &ServiceConfig) -> Vec<BackendError> {
-    #[cfg(feature = "ebs")]
-    if service.backend == BackendKind::Ebs {
-        if let Err(problems) = ebs::settings::EbsSettings::parse_all(&service.ebs) {
-            return problems;
-        }
+    match service.backend {
+        #[cfg(feature = "ebs")]
+        BackendKind::Ebs => match ebs::settings::EbsSettings::parse_all(&service.ebs) {
+            Err(problems) => problems,
+            Ok(_) => block::MountLayout::from_integration(&service.integration).err().into_iter().collect(),
+        },
+        #[cfg(not(feature = "ebs"))]
+        BackendKind::Ebs => vec![BackendError::Unavailable("ebs")],
+        BackendKind::Loop => block::MountLayout::from_integration(&service.integration).err().into_iter().collect(),
+        BackendKind::Vfs => Vec::new(),
     }
-    build(service).err().into_iter().collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An environment over `os` for tests of the local backends (no EC2).
+    pub(crate) fn environment(os: Arc<dyn BlockOs>, host: Arc<dyn HostInfo>) -> Environment {
+        Environment::local(os, Arc::new(crate::os::linux::LinuxOs::new()), host)
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn pages_follow_each_other() {
+        let all = names(&["c", "a", "b", "d", "a"]);
+        let first = Page::of(all.clone(), &PageRequest { after: None, max: 2 });
+        assert_eq!(first, Page { names: names(&["a", "b"]), next: Some("b".into()) });
+        let second = Page::of(all.clone(), &PageRequest { after: first.next, max: 2 });
+        assert_eq!(second, Page { names: names(&["c", "d"]), next: None });
+        assert_eq!(Page::of(all, &PageRequest::default()).names.len(), 4);
+    }
 }

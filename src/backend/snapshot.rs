@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::BackendError;
-use crate::service::name::VolumeName;
+use crate::name::VolumeName;
 
 /// A snapshot as the commands show it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,15 +1,29 @@
 //! The `vfs` backend: a volume is a directory under `vfs.root`.
 //!
-//! Activation hands the directory itself to Docker; nothing is mounted. Scope `local`.
+//! - **Controller.** Create makes `<vfs.root>/<name>` with the volume's mode (default 0755) and
+//!   owner; a directory already there that no record owns is refused, never adopted. Publish is
+//!   nothing (the directory is on this host). Delete removes the directory and everything in it.
+//! - **Node.** Staging checks that the directory is there (one deleted behind the daemon's back is
+//!   made again, with the volume's mode and owner) and is a directory of its own, not a symbolic
+//!   link; the Docker front hands out the directory itself; a CSI publish bind-mounts it.
+//!
+//! Nothing under `vfs.root` is followed through a symbolic link. Scope `local`.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use super::options::{self, Kind, OptionSpec, Options};
-use super::{volume_path, Backend, BackendError, Scope};
-use crate::service::name::VolumeName;
+use super::os_call::{blocking, dir_spec, step_error};
+use super::{
+    volume_path, Backend, BackendError, Controller, Environment, Node, NodeId, Page, PageRequest, PublishContext,
+    Scope, VolumeStats,
+};
+use crate::config::ServiceConfig;
+use crate::name::VolumeName;
+use crate::os::{BlockOs, Entry};
 
 /// Options a `vfs` volume accepts. `size` is accepted (and recorded) for configs moved over from
 /// block backends; `uid`, `gid` and `mode` set the directory's owner and mode.
@@ -20,31 +34,74 @@ const SPECS: &[OptionSpec] = &[
     OptionSpec::new("mode", Kind::Mode),
 ];
 
-/// Directories under a root.
-#[derive(Debug)]
-pub struct VfsBackend {
-    /// `vfs.root`.
-    root: PathBuf,
+/// The mode of `vfs.root` and of a volume directory that sets no `mode`.
+const DEFAULT_MODE: u32 = 0o755;
+
+/// The `vfs` backend of a service, over the environment's OS.
+pub fn backend(service: &ServiceConfig, env: &Environment) -> Backend {
+    let vfs = Arc::new(Vfs { root: service.vfs_root.clone(), os: Arc::clone(&env.os), host: env.host.hostname() });
+    Backend { controller: vfs.clone(), node: vfs }
 }
 
-impl VfsBackend {
-    /// A backend keeping its volumes under `root` (created on first use).
-    pub fn new(root: PathBuf) -> Self {
-        Self { root }
-    }
+/// Directories under a root; both halves of the backend.
+#[derive(Debug)]
+pub struct Vfs {
+    /// `vfs.root`.
+    root: PathBuf,
+    /// Every file operation.
+    os: Arc<dyn BlockOs>,
+    /// This host's name: the only node it publishes to.
+    host: String,
+}
 
+impl Vfs {
     fn dir(&self, name: &VolumeName) -> PathBuf {
         volume_path(&self.root, name)
     }
+
+    /// Makes the volume's directory with its mode and owner (the root first, if missing).
+    /// `existing_ok`: a directory already there is the volume's own and gets the options too.
+    async fn make(&self, name: &VolumeName, opts: &Options, existing_ok: bool) -> Result<(), BackendError> {
+        let (root, dir, spec) = (self.root.clone(), self.dir(name), dir_spec(opts, DEFAULT_MODE));
+        blocking(&self.os, "create", move |os| {
+            os.make_root(&root, DEFAULT_MODE).map_err(step_error("create directory", &root))?;
+            match os.entry(&dir).map_err(step_error("examine", &dir))? {
+                Entry::Missing => {}
+                Entry::Directory if existing_ok => {
+                    return os.set_owner_mode(&dir, spec).map_err(step_error("set mode and owner of", &dir));
+                }
+                Entry::Directory => {
+                    return Err(BackendError::AlreadyExists {
+                        what: format!("{} exists", dir.display()),
+                        mismatch: "no volume record owns it (left by an older version, an interrupted operation or by hand); it is left alone: remove it or choose another name".into(),
+                    })
+                }
+                other => return Err(step_error("create directory", &dir)(not_a_directory(&dir, &other))),
+            }
+            if let Err(e) = os.ensure_dir(&dir, spec) {
+                // It was missing a moment ago: what is there now is this call's, half made.
+                if let Err(cleanup) = os.remove_tree(&dir) {
+                    tracing::warn!(path = %dir.display(), %cleanup, "could not remove a half-made volume directory");
+                }
+                return Err(step_error("create directory", &dir)(e));
+            }
+            Ok(())
+        })
+        .await
+    }
 }
 
-fn io(op: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> BackendError {
-    let path = path.to_path_buf();
-    move |source| BackendError::Io { op, path, source }
+/// The error for `path`, found to be `entry` where a volume directory should be.
+fn not_a_directory(path: &Path, entry: &Entry) -> crate::os::OsError {
+    match entry {
+        Entry::Symlink => crate::os::OsError::Symlink(path.to_path_buf()),
+        Entry::Missing => crate::os::OsError::Unexpected(format!("{} does not exist", path.display())),
+        _ => crate::os::OsError::Unexpected(format!("{} exists and is not a directory", path.display())),
+    }
 }
 
 #[async_trait]
-impl Backend for VfsBackend {
+impl Controller for Vfs {
     fn kind(&self) -> &'static str {
         "vfs"
     }
@@ -57,66 +114,55 @@ impl Backend for VfsBackend {
         options::normalize(SPECS, raw)
     }
 
-    async fn create(&self, name: &VolumeName, opts: &Options) -> Result<(), BackendError> {
-        let root = self.root.clone();
+    async fn local_node(&self) -> Result<NodeId, BackendError> {
+        Ok(NodeId(self.host.clone()))
+    }
+
+    async fn create(&self, name: &VolumeName, opts: &Options, resume: bool) -> Result<(), BackendError> {
+        self.make(name, opts, resume).await
+    }
+
+    async fn discard_partial(&self, name: &VolumeName, opts: &Options) -> Result<(), BackendError> {
+        self.delete(name, opts).await
+    }
+
+    async fn delete(&self, name: &VolumeName, _opts: &Options) -> Result<(), BackendError> {
         let dir = self.dir(name);
-        let mode = options::get_mode(opts, "mode");
-        let uid = options::get_u64(opts, "uid");
-        let gid = options::get_u64(opts, "gid");
-        tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(&root)
-                .map_err(io("create directory", &root))?;
-            match std::fs::DirBuilder::new().mode(0o755).create(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
-                Err(e) => return Err(io("create directory", &dir)(e)),
-            }
-            if let Some(mode) = mode {
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
-                    .map_err(io("set mode of", &dir))?;
-            }
-            if uid.is_some() || gid.is_some() {
-                let to_id = |v: Option<u64>| v.and_then(|v| u32::try_from(v).ok());
-                std::os::unix::fs::chown(&dir, to_id(uid), to_id(gid)).map_err(io("set owner of", &dir))?;
+        blocking(&self.os, "remove", move |os| {
+            if !os.remove_tree(&dir).map_err(step_error("remove directory", &dir))? {
+                tracing::warn!(path = %dir.display(), "volume directory already gone");
             }
             Ok(())
         })
         .await
-        .map_err(|e| BackendError::Refused(format!("create task failed: {e}")))?
     }
 
-    async fn activate(&self, name: &VolumeName, opts: &Options) -> Result<PathBuf, BackendError> {
-        // A directory deleted behind our back is made again rather than handed out missing.
-        let dir = self.dir(name);
-        if tokio::fs::metadata(&dir).await.is_err() {
-            self.create(name, opts).await?;
-        }
-        Ok(dir)
+    async fn publish(
+        &self,
+        _name: &VolumeName,
+        _opts: &Options,
+        _node: &NodeId,
+    ) -> Result<PublishContext, BackendError> {
+        Ok(PublishContext::new())
     }
 
-    async fn deactivate(&self, _name: &VolumeName, _opts: &Options) -> Result<(), BackendError> {
+    async fn unpublish(&self, _name: &VolumeName, _opts: &Options, _node: &NodeId) -> Result<(), BackendError> {
         Ok(())
     }
 
-    async fn remove(&self, name: &VolumeName, _opts: &Options) -> Result<(), BackendError> {
-        let dir = self.dir(name);
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io("remove directory", &dir)(e)),
-        }
+    async fn publications(&self, _node: &NodeId) -> Result<BTreeMap<String, PublishContext>, BackendError> {
+        Ok(BTreeMap::new())
     }
 
-    async fn is_active(&self, name: &VolumeName, _opts: &Options) -> Result<bool, BackendError> {
-        Ok(tokio::fs::metadata(self.dir(name)).await.is_ok())
-    }
-
-    fn mountpoint(&self, name: &VolumeName, _opts: &Options) -> PathBuf {
-        self.dir(name)
+    async fn list(&self, page: &PageRequest) -> Result<Page, BackendError> {
+        let root = self.root.clone();
+        let entries =
+            blocking(&self.os, "list", move |os| os.list_dir(&root).map_err(step_error("list", &root))).await?;
+        let names = entries
+            .into_iter()
+            .filter(|(name, entry)| *entry == Entry::Directory && VolumeName::new(name).is_ok())
+            .map(|(name, _)| name);
+        Ok(Page::of(names, page))
     }
 
     fn status(&self, name: &VolumeName, _opts: &Options) -> BTreeMap<String, serde_json::Value> {
@@ -124,39 +170,157 @@ impl Backend for VfsBackend {
     }
 }
 
+#[async_trait]
+impl Node for Vfs {
+    fn staging_path(&self, name: &VolumeName) -> PathBuf {
+        self.dir(name)
+    }
+
+    fn data_path(&self, name: &VolumeName) -> PathBuf {
+        self.dir(name)
+    }
+
+    /// The directory must be there and be a directory of its own; one deleted behind the
+    /// daemon's back is made again rather than handed out missing.
+    async fn stage(
+        &self,
+        name: &VolumeName,
+        opts: &Options,
+        _ctx: &PublishContext,
+        staging: &Path,
+    ) -> Result<(), BackendError> {
+        let dir = staging.to_path_buf();
+        let entry = blocking(&self.os, "stage", move |os| os.entry(&dir).map_err(step_error("examine", &dir))).await?;
+        match entry {
+            Entry::Directory => Ok(()),
+            Entry::Missing if staging == self.dir(name) => {
+                tracing::warn!(volume = %name, path = %staging.display(), "volume directory was deleted; making it again");
+                self.make(name, opts, false).await
+            }
+            other => Err(step_error("stage", staging)(not_a_directory(staging, &other))),
+        }
+    }
+
+    async fn unstage(&self, _name: &VolumeName, _staging: &Path) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    async fn is_staged(&self, _name: &VolumeName, staging: &Path) -> Result<bool, BackendError> {
+        let dir = staging.to_path_buf();
+        let entry =
+            blocking(&self.os, "examine", move |os| os.entry(&dir).map_err(step_error("examine", &dir))).await?;
+        Ok(entry == Entry::Directory)
+    }
+
+    /// Nothing is ever mounted for a vfs volume.
+    async fn staged(&self) -> Result<BTreeSet<String>, BackendError> {
+        Ok(BTreeSet::new())
+    }
+
+    async fn publish(
+        &self,
+        _name: &VolumeName,
+        _opts: &Options,
+        staging: &Path,
+        target: Option<&Path>,
+        read_only: bool,
+    ) -> Result<PathBuf, BackendError> {
+        let Some(target) = target else {
+            return Ok(staging.to_path_buf());
+        };
+        super::block::bind(&self.os, staging, target, read_only).await
+    }
+
+    async fn unpublish(&self, _name: &VolumeName, target: &Path) -> Result<(), BackendError> {
+        super::block::unbind(&self.os, target).await
+    }
+
+    async fn stats(&self, path: &Path) -> Result<VolumeStats, BackendError> {
+        let path = path.to_path_buf();
+        blocking(&self.os, "stats", move |os| os.statfs(&path).map_err(step_error("read the usage of", &path))).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{BackendKind, Integration};
+    use crate::os::linux::LinuxOs;
 
     fn name(s: &str) -> VolumeName {
         VolumeName::new(s).unwrap()
     }
 
+    fn vfs(root: &Path) -> Backend {
+        let service = ServiceConfig {
+            name: "vfs".into(),
+            backend: BackendKind::Vfs,
+            integration: Integration::defaults(Path::new("/var/lib/rexray")),
+            vfs_root: root.to_path_buf(),
+            loop_root: "/loop".into(),
+            ebs: BTreeMap::new(),
+            ebs_origins: BTreeMap::new(),
+        };
+        let os = Arc::new(LinuxOs::new());
+        backend(&service, &crate::backend::tests::environment(os.clone(), os))
+    }
+
     #[tokio::test]
-    async fn lifecycle_is_idempotent() {
+    async fn lifecycle_on_the_real_file_system() {
         let tmp = tempfile::tempdir().unwrap();
-        let b = VfsBackend::new(tmp.path().join("vfs"));
-        let opts = b.parse_options(&BTreeMap::from([("MODE".into(), "0750".into())])).unwrap();
-        b.create(&name("v1"), &opts).await.unwrap();
+        let b = vfs(&tmp.path().join("vfs"));
+        let opts = b.controller.parse_options(&BTreeMap::from([("MODE".into(), "0750".into())])).unwrap();
+        let v = name("v1");
+        b.controller.create(&v, &opts, false).await.unwrap();
         std::fs::write(tmp.path().join("vfs/v1/f"), b"x").unwrap();
-        b.create(&name("v1"), &opts).await.unwrap();
+        let err = b.controller.create(&v, &opts, false).await.unwrap_err();
+        assert!(matches!(err, BackendError::AlreadyExists { .. }), "{err}");
+        assert!(err.to_string().contains("no volume record owns it"), "{err}");
+        b.controller.create(&v, &opts, true).await.unwrap();
         assert!(tmp.path().join("vfs/v1/f").exists(), "create must not wipe an existing volume");
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(tmp.path().join("vfs/v1")).unwrap().permissions(),
         );
         assert_eq!(mode & 0o7777, 0o750);
-        assert_eq!(b.activate(&name("v1"), &opts).await.unwrap(), tmp.path().join("vfs/v1"));
-        assert!(b.is_active(&name("v1"), &opts).await.unwrap());
-        b.deactivate(&name("v1"), &opts).await.unwrap();
-        b.remove(&name("v1"), &opts).await.unwrap();
-        b.remove(&name("v1"), &opts).await.unwrap();
+        let staging = b.node.staging_path(&v);
+        let ctx = b.controller.publish(&v, &opts, &NodeId("h".into())).await.unwrap();
+        b.node.stage(&v, &opts, &ctx, &staging).await.unwrap();
+        assert_eq!(b.node.publish(&v, &opts, &staging, None, false).await.unwrap(), tmp.path().join("vfs/v1"));
+        assert!(b.node.is_staged(&v, &staging).await.unwrap());
+        assert_eq!(b.controller.list(&PageRequest::default()).await.unwrap().names, ["v1"]);
+        b.controller.delete(&v, &opts).await.unwrap();
+        b.controller.delete(&v, &opts).await.unwrap();
         assert!(!tmp.path().join("vfs/v1").exists());
+    }
+
+    #[tokio::test]
+    async fn a_planted_link_is_refused_and_what_it_points_to_is_untouched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("precious"), b"keep").unwrap();
+        let root = tmp.path().join("vfs");
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("evil")).unwrap();
+        let b = vfs(&root);
+        let v = name("evil");
+        let opts = b.controller.parse_options(&BTreeMap::new()).unwrap();
+        for err in [
+            b.controller.create(&v, &opts, false).await.unwrap_err(),
+            b.node.stage(&v, &opts, &PublishContext::new(), &b.node.staging_path(&v)).await.unwrap_err(),
+            b.controller.delete(&v, &opts).await.unwrap_err(),
+        ] {
+            let msg = err.to_string() + &std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
+            assert!(msg.contains("evil") && msg.contains("symbolic link"), "{msg}");
+        }
+        assert_eq!(std::fs::read(outside.join("precious")).unwrap(), b"keep");
+        assert!(b.controller.list(&PageRequest::default()).await.unwrap().names.is_empty());
     }
 
     #[test]
     fn unknown_option_is_refused() {
-        let b = VfsBackend::new("/nonexistent".into());
-        let err = b.parse_options(&BTreeMap::from([("bogus".into(), "1".into())])).unwrap_err();
+        let b = vfs(Path::new("/nonexistent"));
+        let err = b.controller.parse_options(&BTreeMap::from([("bogus".into(), "1".into())])).unwrap_err();
         assert!(err.to_string().contains("bogus"));
     }
 }

@@ -1,4 +1,6 @@
-//! The composition root: config → backends → services → sockets (and the metrics listener).
+//! The composition root: config → the OS and cloud parts → backends → services → sockets (and
+//! the metrics listener). The only place that builds the real OS layer, the instance metadata
+//! client and the EC2 client factory, and the only reader of their environment variables.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -6,32 +8,66 @@ use std::sync::Arc;
 use anyhow::Context;
 use tracing::{error, info, warn};
 
+use crate::backend::Environment;
 use crate::config::{Config, ServiceConfig};
 use crate::metrics::{Health, ServiceState};
-use crate::server::Inherited;
+use crate::os::linux::LinuxOs;
+use crate::server::{Inherited, Limits};
 use crate::service::{Cause, ServiceError, ServiceHandle, VolumeService};
 
-/// A handle that opens `svc` (backend and state) on first use, reporting each attempt to `health`.
-fn service_handle(config: &Config, svc: &ServiceConfig, health: &Health) -> Arc<ServiceHandle> {
-    let svc = svc.clone();
+/// The real environment the backends run in: this host's OS and, for EBS, IMDSv2 (at
+/// `AWS_EC2_METADATA_SERVICE_ENDPOINT`, unless `AWS_EC2_METADATA_DISABLED`) and `aws-sdk-ec2`.
+pub fn environment() -> Environment {
+    let os = Arc::new(LinuxOs::new());
+    Environment {
+        os: os.clone(),
+        devices: os.clone(),
+        host: os,
+        #[cfg(feature = "ebs")]
+        ebs: Some(Arc::new(ebs_parts())),
+    }
+}
+
+#[cfg(feature = "ebs")]
+fn ebs_parts() -> crate::backend::ebs::CloudParts {
+    use crate::backend::ebs::{api::Ec2Api, cloud::AwsEc2, identity::Imds, CloudParts};
+    let env = |k: &str| std::env::var(k).ok();
+    CloudParts {
+        metadata: Arc::new(Imds::from_env(&env)),
+        factory: Box::new(|conn| {
+            Box::pin(async move {
+                let api: Arc<dyn Ec2Api> = Arc::new(AwsEc2::connect(&conn).await);
+                api
+            })
+        }),
+    }
+}
+
+/// Builds `svc`'s backend over `env` and opens the service on its state directory under
+/// `config`'s lib directory.
+///
+/// # Errors
+/// The backend refuses its settings, or the state cannot be used.
+pub async fn open_service(
+    config: &Config,
+    svc: &ServiceConfig,
+    env: &Environment,
+) -> Result<VolumeService, ServiceError> {
     let state_dir = config.paths.lib.join("state").join(&svc.name);
+    let backend = crate::backend::build(svc, env)
+        .map_err(|source| ServiceError::new("open", &svc.name, Cause::from_backend(svc.backend.as_str(), source)))?;
+    VolumeService::open(&svc.name, backend, svc.integration.clone(), state_dir, env.host.boot_id()).await
+}
+
+/// A handle that opens `svc` (backend and state) on first use, reporting each attempt to `health`.
+fn service_handle(config: &Config, svc: &ServiceConfig, env: &Environment, health: &Health) -> Arc<ServiceHandle> {
+    let (config, svc, env) = (config.clone(), svc.clone(), env.clone());
     let health = health.clone();
     health.set(&svc.name, ServiceState::Opening);
     Arc::new(ServiceHandle::lazy(&svc.name.clone(), move || {
-        let (svc, state_dir, health) = (svc.clone(), state_dir.clone(), health.clone());
+        let (config, svc, env, health) = (config.clone(), svc.clone(), env.clone(), health.clone());
         async move {
-            let opened = async {
-                let backend = crate::backend::build(&svc).map_err(|source| {
-                    ServiceError::new(
-                        "open",
-                        svc.name.clone(),
-                        Cause::Backend { backend: svc.backend.as_str(), source },
-                    )
-                })?;
-                let backend = crate::metrics::instrument(backend);
-                VolumeService::open(&svc.name, backend, svc.integration.clone(), state_dir).await
-            }
-            .await;
+            let opened = open_service(&config, &svc, &env).await;
             match &opened {
                 Ok(_) => health.set(&svc.name, ServiceState::Ready),
                 Err(e) => health.set(&svc.name, ServiceState::Failed(e.chain())),
@@ -62,8 +98,9 @@ pub fn admin_socket(config: &Config) -> std::path::PathBuf {
 /// A socket could not be bound or failed while serving.
 pub async fn run(config: Config, mut inherited: Inherited, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let health = Health::default();
+    let env = environment();
     let handles: Vec<(String, Arc<ServiceHandle>)> =
-        config.services.iter().map(|s| (s.name.clone(), service_handle(&config, s, &health))).collect();
+        config.services.iter().map(|s| (s.name.clone(), service_handle(&config, s, &env, &health))).collect();
     let mut sockets = Vec::new();
     let admin_path = admin_socket(&config);
     let admin = crate::server::bind_or_inherit(&admin_path, None, &mut inherited).with_context(|| {
@@ -102,7 +139,7 @@ pub async fn run(config: Config, mut inherited: Inherited, shutdown: impl Future
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
                 info!(%addr, "metrics listening on /metrics and /health");
-                tcp.push((listener, crate::metrics::router(health.clone())));
+                tcp.push((listener, crate::protocol::telemetry::router(health.clone())));
             }
             Err(e) => error!(%addr, error = %e, "cannot listen for metrics; serving volumes without them"),
         }
@@ -120,7 +157,7 @@ pub async fn run(config: Config, mut inherited: Inherited, shutdown: impl Future
         shutdown.await;
         crate::server::notify_systemd("STOPPING=1");
     };
-    crate::server::serve_all(sockets, tcp, shutdown).await.context("serve")?;
+    crate::server::serve_all(sockets, tcp, Limits::default(), shutdown).await.context("serve")?;
     info!("stopped");
     Ok(())
 }

@@ -232,7 +232,7 @@ impl Target {
     /// The daemon's or the service's failure.
     pub async fn list(&self) -> anyhow::Result<Vec<View>> {
         match self {
-            Target::Local(s) => Ok(s.list().await.into_iter().map(View::from_info).collect()),
+            Target::Local(s) => Ok(s.list_detailed().await.into_iter().map(View::from_info).collect()),
             Target::Daemon { .. } => {
                 let reply = self.call("VolumeDriver.List", json!({}), QUICK).await?;
                 let mut out = Vec::new();
@@ -336,9 +336,7 @@ impl Target {
 
 /// Opens `svc` in this process on the daemon's state directory.
 async fn open_local(config: &Config, svc: &ServiceConfig) -> anyhow::Result<VolumeService> {
-    let backend = crate::backend::build(svc).with_context(|| format!("service {}", svc.name))?;
-    let state_dir = config.paths.lib.join("state").join(&svc.name);
-    VolumeService::open(&svc.name, backend, svc.integration.clone(), state_dir).await.map_err(|e| anyhow!(e.chain()))
+    super::daemon::open_service(config, svc, &super::daemon::environment()).await.map_err(|e| anyhow!(e.chain()))
 }
 
 /// Refuses snapshot commands early for backends without snapshots (the service would refuse

@@ -7,14 +7,18 @@
 //! image, so it survives detach and re-attach), and a mount table. Like the kernel, a mount
 //! fails on a blank medium, on a file-system type that does not match, or on a missing target.
 //!
-//! It is public (not `cfg(test)`) so integration tests and other layers' tests can use it.
+//! Symbolic links can be planted ([`FakeOs::add_symlink`]): like the real implementation, every
+//! operation refuses a link where a volume's file or directory should be.
+//!
+//! Compiled for unit tests and with the `testing` feature (integration tests), never into the
+//! release binary.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use super::{BlockOs, DirSpec, FsType, MountEntry, MountFlags, OsError, Probe};
+use super::{BlockOs, DirSpec, Entry, FsStats, FsType, HostInfo, MountEntry, MountFlags, OsError, Probe};
 
 /// One recorded call, with its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +67,11 @@ pub enum Call {
         /// The path looked up.
         target: PathBuf,
     },
+    /// [`BlockOs::mounts_under`].
+    MountsUnder {
+        /// The directory.
+        dir: PathBuf,
+    },
     /// [`BlockOs::needs_grow`].
     NeedsGrow {
         /// The device.
@@ -78,6 +87,13 @@ pub enum Call {
         fs: FsType,
         /// Where it is mounted (`None`: grown offline).
         mountpoint: Option<PathBuf>,
+    },
+    /// [`BlockOs::make_root`].
+    MakeRoot {
+        /// The directory.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
     },
     /// [`BlockOs::make_dir`].
     MakeDir {
@@ -140,6 +156,63 @@ pub enum Call {
         /// The file.
         path: PathBuf,
     },
+    /// [`BlockOs::entry`].
+    Entry {
+        /// The path examined.
+        path: PathBuf,
+    },
+    /// [`BlockOs::list_dir`].
+    ListDir {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// [`BlockOs::remove_tree`].
+    RemoveTree {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// [`BlockOs::grow_file`].
+    GrowFile {
+        /// The file.
+        path: PathBuf,
+        /// The size asked for.
+        size: u64,
+    },
+    /// [`BlockOs::ensure_dir_beneath`].
+    EnsureDirBeneath {
+        /// The directory walked from.
+        base: PathBuf,
+        /// The path below it.
+        rel: PathBuf,
+        /// Mode and owner asked for.
+        spec: DirSpec,
+    },
+    /// [`BlockOs::bind_mount`].
+    BindMount {
+        /// What is mounted.
+        source: PathBuf,
+        /// Where.
+        target: PathBuf,
+        /// Read-only.
+        read_only: bool,
+    },
+    /// [`BlockOs::statfs`].
+    Statfs {
+        /// The path.
+        path: PathBuf,
+    },
+    /// [`BlockOs::loop_backed_by`].
+    LoopBackedBy {
+        /// The loop device.
+        device: PathBuf,
+        /// The image it should be backed by.
+        image: PathBuf,
+    },
+    /// [`BlockOs::loop_devices_in`].
+    LoopDevicesIn {
+        /// The directory.
+        dir: PathBuf,
+    },
 }
 
 /// The kind of a [`Call`], used to inject failures.
@@ -157,10 +230,14 @@ pub enum CallKind {
     Syncfs,
     /// [`Call::MountedAt`].
     MountedAt,
+    /// [`Call::MountsUnder`].
+    MountsUnder,
     /// [`Call::NeedsGrow`].
     NeedsGrow,
     /// [`Call::Grow`].
     Grow,
+    /// [`Call::MakeRoot`].
+    MakeRoot,
     /// [`Call::MakeDir`].
     MakeDir,
     /// [`Call::EnsureDir`].
@@ -183,6 +260,24 @@ pub enum CallKind {
     FreeSpace,
     /// [`Call::RemoveFile`].
     RemoveFile,
+    /// [`Call::Entry`].
+    Entry,
+    /// [`Call::ListDir`].
+    ListDir,
+    /// [`Call::RemoveTree`].
+    RemoveTree,
+    /// [`Call::GrowFile`].
+    GrowFile,
+    /// [`Call::EnsureDirBeneath`].
+    EnsureDirBeneath,
+    /// [`Call::BindMount`].
+    BindMount,
+    /// [`Call::Statfs`].
+    Statfs,
+    /// [`Call::LoopBackedBy`].
+    LoopBackedBy,
+    /// [`Call::LoopDevicesIn`].
+    LoopDevicesIn,
 }
 
 impl Call {
@@ -195,8 +290,10 @@ impl Call {
             Call::Unmount { .. } => CallKind::Unmount,
             Call::Syncfs { .. } => CallKind::Syncfs,
             Call::MountedAt { .. } => CallKind::MountedAt,
+            Call::MountsUnder { .. } => CallKind::MountsUnder,
             Call::NeedsGrow { .. } => CallKind::NeedsGrow,
             Call::Grow { .. } => CallKind::Grow,
+            Call::MakeRoot { .. } => CallKind::MakeRoot,
             Call::MakeDir { .. } => CallKind::MakeDir,
             Call::EnsureDir { .. } => CallKind::EnsureDir,
             Call::SetOwnerMode { .. } => CallKind::SetOwnerMode,
@@ -208,6 +305,15 @@ impl Call {
             Call::CreateSparse { .. } => CallKind::CreateSparse,
             Call::FreeSpace { .. } => CallKind::FreeSpace,
             Call::RemoveFile { .. } => CallKind::RemoveFile,
+            Call::Entry { .. } => CallKind::Entry,
+            Call::ListDir { .. } => CallKind::ListDir,
+            Call::RemoveTree { .. } => CallKind::RemoveTree,
+            Call::GrowFile { .. } => CallKind::GrowFile,
+            Call::EnsureDirBeneath { .. } => CallKind::EnsureDirBeneath,
+            Call::BindMount { .. } => CallKind::BindMount,
+            Call::Statfs { .. } => CallKind::Statfs,
+            Call::LoopBackedBy { .. } => CallKind::LoopBackedBy,
+            Call::LoopDevicesIn { .. } => CallKind::LoopDevicesIn,
         }
     }
 }
@@ -262,12 +368,37 @@ struct World {
     mounts: Vec<MountEntry>,
     /// What `free_space` answers.
     free_space: u64,
+    /// Symbolic links planted where a file or directory should be.
+    links: BTreeSet<PathBuf>,
+    /// What [`HostInfo::boot_id`] answers.
+    boot_id: Option<String>,
 }
 
 impl World {
     /// Where a device's content lives: a loop device's image, else the device itself.
     fn medium(&self, device: &Path) -> PathBuf {
         self.loops.get(device).cloned().unwrap_or_else(|| device.to_path_buf())
+    }
+
+    /// Refuses `path` if a link was planted there, as the real implementation does.
+    fn no_link(&self, path: &Path) -> Result<(), OsError> {
+        if self.links.contains(path) {
+            Err(OsError::Symlink(path.to_path_buf()))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn entry(&self, path: &Path) -> Entry {
+        if self.links.contains(path) {
+            Entry::Symlink
+        } else if let Some(size) = self.files.get(path) {
+            Entry::File { size: *size }
+        } else if self.dirs.contains(path) {
+            Entry::Directory
+        } else {
+            Entry::Missing
+        }
     }
 }
 
@@ -306,6 +437,8 @@ impl FakeOs {
                 grow_pending: BTreeSet::new(),
                 mounts: Vec::new(),
                 free_space: DEFAULT_FREE_SPACE,
+                links: BTreeSet::new(),
+                boot_id: Some("fake-boot-1".into()),
             }),
         }
     }
@@ -372,6 +505,26 @@ impl FakeOs {
     /// Puts a directory (and its parents) into the world.
     pub fn add_dir(&self, path: impl AsRef<Path>) {
         add_dir_all(&mut self.world().dirs, path.as_ref());
+    }
+
+    /// Makes the host look rebooted: a new boot ID, no mounts, no loop devices.
+    pub fn reboot(&self) {
+        let mut w = self.world();
+        let next = w.boot_id.as_deref().and_then(|b| b.strip_prefix("fake-boot-")).and_then(|n| n.parse::<u32>().ok());
+        w.boot_id = Some(format!("fake-boot-{}", next.unwrap_or(0) + 1));
+        w.mounts.clear();
+        w.loops.clear();
+    }
+
+    /// Plants a symbolic link at `path` (pointing out of its root); every operation on `path`
+    /// then refuses it, as the real implementation does.
+    pub fn add_symlink(&self, path: impl Into<PathBuf>) {
+        let path = path.into();
+        let mut w = self.world();
+        if let Some(parent) = path.parent() {
+            add_dir_all(&mut w.dirs, parent);
+        }
+        w.links.insert(path);
     }
 
     /// Attaches `image` to the next loop device as if someone had done so earlier (not
@@ -460,6 +613,7 @@ impl BlockOs for FakeOs {
             flags,
             data: data.to_owned(),
         })?;
+        w.no_link(target)?;
         if !w.dirs.contains(target) {
             return Err(not_found(target));
         }
@@ -484,12 +638,22 @@ impl BlockOs for FakeOs {
     }
 
     fn syncfs(&self, target: &Path) -> Result<(), OsError> {
-        self.enter(Call::Syncfs { target: target.to_path_buf() }).map(drop)
+        let w = self.enter(Call::Syncfs { target: target.to_path_buf() })?;
+        w.no_link(target)
     }
 
     fn mounted_at(&self, target: &Path) -> Result<Option<MountEntry>, OsError> {
         let w = self.enter(Call::MountedAt { target: target.to_path_buf() })?;
         Ok(w.mounts.iter().rev().find(|m| m.mount_point == target).cloned())
+    }
+
+    fn mounts_under(&self, dir: &Path) -> Result<Vec<(String, MountEntry)>, OsError> {
+        let w = self.enter(Call::MountsUnder { dir: dir.to_path_buf() })?;
+        Ok(w.mounts
+            .iter()
+            .filter(|m| m.mount_point.parent() == Some(dir))
+            .filter_map(|m| Some((m.mount_point.file_name()?.to_str()?.to_owned(), m.clone())))
+            .collect())
     }
 
     fn needs_grow(&self, device: &Path, fs: FsType) -> Result<bool, OsError> {
@@ -509,8 +673,19 @@ impl BlockOs for FakeOs {
         Ok(())
     }
 
+    fn make_root(&self, path: &Path, mode: u32) -> Result<bool, OsError> {
+        let mut w = self.enter(Call::MakeRoot { path: path.to_path_buf(), mode })?;
+        if w.files.contains_key(path) {
+            return Err(OsError::Unexpected(format!("fake: {} is a file", path.display())));
+        }
+        let created = !w.dirs.contains(path);
+        add_dir_all(&mut w.dirs, path);
+        Ok(created)
+    }
+
     fn make_dir(&self, path: &Path) -> Result<(), OsError> {
         let mut w = self.enter(Call::MakeDir { path: path.to_path_buf() })?;
+        w.no_link(path)?;
         if w.files.contains_key(path) {
             return Err(OsError::Unexpected(format!("fake: {} is a file", path.display())));
         }
@@ -520,6 +695,7 @@ impl BlockOs for FakeOs {
 
     fn ensure_dir(&self, path: &Path, spec: DirSpec) -> Result<bool, OsError> {
         let mut w = self.enter(Call::EnsureDir { path: path.to_path_buf(), spec })?;
+        w.no_link(path)?;
         if w.files.contains_key(path) {
             return Err(OsError::Unexpected(format!("fake: {} exists and is not a directory", path.display())));
         }
@@ -532,6 +708,7 @@ impl BlockOs for FakeOs {
 
     fn set_owner_mode(&self, path: &Path, spec: DirSpec) -> Result<(), OsError> {
         let w = self.enter(Call::SetOwnerMode { path: path.to_path_buf(), spec })?;
+        w.no_link(path)?;
         if w.dirs.contains(path) || w.files.contains_key(path) {
             Ok(())
         } else {
@@ -561,11 +738,13 @@ impl BlockOs for FakeOs {
 
     fn loop_find(&self, image: &Path) -> Result<Option<PathBuf>, OsError> {
         let w = self.enter(Call::LoopFind { image: image.to_path_buf() })?;
+        w.no_link(image)?;
         Ok(w.loops.iter().find(|(_, i)| i.as_path() == image).map(|(d, _)| d.clone()))
     }
 
     fn loop_attach(&self, image: &Path) -> Result<PathBuf, OsError> {
         let mut w = self.enter(Call::LoopAttach { image: image.to_path_buf() })?;
+        w.no_link(image)?;
         if !w.files.contains_key(image) {
             return Err(not_found(image));
         }
@@ -590,12 +769,13 @@ impl BlockOs for FakeOs {
 
     fn file_size(&self, path: &Path) -> Result<Option<u64>, OsError> {
         let w = self.enter(Call::FileSize { path: path.to_path_buf() })?;
+        w.no_link(path)?;
         Ok(w.files.get(path).copied())
     }
 
     fn create_sparse(&self, path: &Path, size: u64) -> Result<bool, OsError> {
         let mut w = self.enter(Call::CreateSparse { path: path.to_path_buf(), size })?;
-        if w.files.contains_key(path) {
+        if w.files.contains_key(path) || w.links.contains(path) {
             return Ok(false);
         }
         if !path.parent().is_some_and(|p| w.dirs.contains(p)) {
@@ -612,11 +792,143 @@ impl BlockOs for FakeOs {
 
     fn remove_file(&self, path: &Path) -> Result<bool, OsError> {
         let mut w = self.enter(Call::RemoveFile { path: path.to_path_buf() })?;
+        w.no_link(path)?;
         let existed = w.files.remove(path).is_some();
         if existed {
             w.signatures.remove(path);
         }
         Ok(existed)
+    }
+
+    fn entry(&self, path: &Path) -> Result<Entry, OsError> {
+        let w = self.enter(Call::Entry { path: path.to_path_buf() })?;
+        Ok(w.entry(path))
+    }
+
+    fn list_dir(&self, dir: &Path) -> Result<Vec<(String, Entry)>, OsError> {
+        let w = self.enter(Call::ListDir { dir: dir.to_path_buf() })?;
+        let children: BTreeSet<&Path> = w
+            .files
+            .keys()
+            .chain(w.dirs.iter())
+            .chain(w.links.iter())
+            .filter(|p| p.parent() == Some(dir))
+            .map(PathBuf::as_path)
+            .collect();
+        Ok(children.into_iter().filter_map(|p| Some((p.file_name()?.to_str()?.to_owned(), w.entry(p)))).collect())
+    }
+
+    fn remove_tree(&self, path: &Path) -> Result<bool, OsError> {
+        let mut w = self.enter(Call::RemoveTree { path: path.to_path_buf() })?;
+        w.no_link(path)?;
+        if w.files.contains_key(path) {
+            return Err(OsError::Unexpected(format!("fake: {} is not a directory", path.display())));
+        }
+        if !w.dirs.contains(path) {
+            return Ok(false);
+        }
+        if w.mounts.iter().any(|m| m.mount_point.starts_with(path)) {
+            return Err(OsError::Sys {
+                op: format!("fake: remove {}", path.display()),
+                source: io::ErrorKind::ResourceBusy.into(),
+            });
+        }
+        w.dirs.retain(|d| !d.starts_with(path));
+        w.files.retain(|f, _| !f.starts_with(path));
+        w.links.retain(|l| !l.starts_with(path));
+        Ok(true)
+    }
+
+    fn grow_file(&self, path: &Path, size: u64) -> Result<bool, OsError> {
+        let mut w = self.enter(Call::GrowFile { path: path.to_path_buf(), size })?;
+        w.no_link(path)?;
+        match w.files.get_mut(path) {
+            Some(len) if *len < size => {
+                *len = size;
+                Ok(true)
+            }
+            Some(_) => Ok(false),
+            None => Err(not_found(path)),
+        }
+    }
+
+    fn ensure_dir_beneath(&self, base: &Path, rel: &Path, spec: DirSpec) -> Result<bool, OsError> {
+        let mut w = self.enter(Call::EnsureDirBeneath { base: base.to_path_buf(), rel: rel.to_path_buf(), spec })?;
+        w.no_link(base)?;
+        let mut path = base.to_path_buf();
+        for part in rel.components() {
+            if let std::path::Component::Normal(part) = part {
+                path.push(part);
+                w.no_link(&path)?;
+                if w.files.contains_key(&path) {
+                    return Err(OsError::Unexpected(format!("fake: {} is not a directory", path.display())));
+                }
+            }
+        }
+        if w.dirs.contains(&path) {
+            return Ok(false);
+        }
+        add_dir_all(&mut w.dirs, &path);
+        Ok(true)
+    }
+
+    fn bind_mount(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), OsError> {
+        let mut w =
+            self.enter(Call::BindMount { source: source.to_path_buf(), target: target.to_path_buf(), read_only })?;
+        w.no_link(target)?;
+        if !w.dirs.contains(target) && !w.files.contains_key(target) {
+            return Err(not_found(target));
+        }
+        let from = w.mounts.iter().rev().find(|m| source.starts_with(&m.mount_point)).cloned();
+        let mut bound = match from {
+            Some(m) => MountEntry { mount_point: target.to_path_buf(), ..m },
+            None => entry(source.to_path_buf(), target.to_path_buf(), FsType::Ext4),
+        };
+        if read_only {
+            bound.options = "ro,relatime".into();
+        }
+        w.mounts.push(bound);
+        Ok(())
+    }
+
+    fn statfs(&self, path: &Path) -> Result<FsStats, OsError> {
+        let _w = self.enter(Call::Statfs { path: path.to_path_buf() })?;
+        Ok(FsStats {
+            total_bytes: 1 << 30,
+            available_bytes: 3 << 28,
+            used_bytes: 1 << 28,
+            total_inodes: 65536,
+            free_inodes: 65000,
+            used_inodes: 536,
+        })
+    }
+
+    fn loop_backed_by(&self, device: &Path, image: &Path) -> Result<bool, OsError> {
+        let w = self.enter(Call::LoopBackedBy { device: device.to_path_buf(), image: image.to_path_buf() })?;
+        w.no_link(image)?;
+        if !w.files.contains_key(image) {
+            return Err(not_found(image));
+        }
+        Ok(w.loops.get(device).is_some_and(|i| i == image))
+    }
+
+    fn loop_devices_in(&self, dir: &Path) -> Result<Vec<(PathBuf, String)>, OsError> {
+        let w = self.enter(Call::LoopDevicesIn { dir: dir.to_path_buf() })?;
+        Ok(w.loops
+            .iter()
+            .filter(|(_, image)| image.parent() == Some(dir))
+            .filter_map(|(device, image)| Some((device.clone(), image.file_name()?.to_str()?.to_owned())))
+            .collect())
+    }
+}
+
+impl HostInfo for FakeOs {
+    fn boot_id(&self) -> Option<String> {
+        self.world().boot_id.clone()
+    }
+
+    fn hostname(&self) -> String {
+        "fakehost".into()
     }
 }
 

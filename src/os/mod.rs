@@ -3,12 +3,22 @@
 //! Backends never call `mount(2)`, ioctls or `Command::new` themselves; they go through here so
 //! that unit tests can record the exact call sequence and inject failures.
 //!
-//! - [`BlockOs`]: the trait the block pipeline and the `loop` backend use.
+//! - [`BlockOs`]: files, directories, mounts, loop devices and file-system tools: what the
+//!   backends use.
+//! - [`DeviceHost`]: how this host shows attached cloud volumes (device links, serials).
+//! - [`HostInfo`]: which boot and which host this is.
 //! - [`linux`]: the real implementation (the only code with `Command::new` or `unsafe`).
-//! - [`fake`]: a recording fake with a small simulated world, for unit and service tests.
+//! - `fake` (tests and the `testing` feature): a recording fake with a small simulated world.
 //! - [`mountinfo`]: a parser for `/proc/self/mountinfo`.
+//!
+//! **Nothing leaves its root.** Every path a backend passes is `<configured root>/<one
+//! component>` (a volume's directory, image or mount point) or a path inside a mounted volume.
+//! The real implementation never follows a symbolic link at the last component of such a path
+//! (`O_NOFOLLOW`, `lstat`, `UMOUNT_NOFOLLOW`, a mount onto the directory's own descriptor), and
+//! walks paths inside a volume with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`; a link
+//! where a volume's file should be is an error that names it.
 
-pub mod boot;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod linux;
 pub mod mountinfo;
@@ -53,6 +63,9 @@ pub enum OsError {
         #[source]
         source: std::io::Error,
     },
+    /// A symbolic link where a volume's own file or directory should be: never followed.
+    #[error("{} is a symbolic link; refusing to follow it out of its root", .0.display())]
+    Symlink(PathBuf),
     /// Something the OS reported could not be understood.
     #[error("{0}")]
     Unexpected(String),
@@ -73,7 +86,7 @@ impl OsError {
     fn io_kind(&self) -> Option<std::io::ErrorKind> {
         match self {
             OsError::Sys { source, .. } | OsError::Ioctl { source, .. } => Some(source.kind()),
-            OsError::Tool { .. } | OsError::Unexpected(_) => None,
+            OsError::Tool { .. } | OsError::Symlink(_) | OsError::Unexpected(_) => None,
         }
     }
 }
@@ -147,7 +160,61 @@ pub struct DirSpec {
     pub gid: Option<u32>,
 }
 
-/// Every syscall and external tool the block pipeline and the `loop` backend use.
+/// What a path is, looked at without following a symbolic link at its last component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// Nothing is there.
+    Missing,
+    /// A directory.
+    Directory,
+    /// A regular file of this many bytes.
+    File {
+        /// Its size.
+        size: u64,
+    },
+    /// A symbolic link (never followed).
+    Symlink,
+    /// Anything else (a device node, a socket, a FIFO).
+    Other,
+}
+
+/// Space and inodes of a file system (`statvfs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FsStats {
+    /// Size in bytes.
+    pub total_bytes: u64,
+    /// Bytes available to unprivileged users.
+    pub available_bytes: u64,
+    /// Bytes in use.
+    pub used_bytes: u64,
+    /// Inodes in all.
+    pub total_inodes: u64,
+    /// Free inodes.
+    pub free_inodes: u64,
+    /// Inodes in use.
+    pub used_inodes: u64,
+}
+
+/// How this host shows attached cloud volumes. Synchronous: called on the blocking pool.
+pub trait DeviceHost: Send + Sync + Debug {
+    /// The device `path` names after following symbolic links, if it exists and is under
+    /// `/dev` (a link out of `/dev` is refused, as the EBS CSI driver does).
+    fn resolve(&self, path: &Path) -> Option<PathBuf>;
+
+    /// The serial number of `device` (NVMe EBS: `vol0123…`), if it can be read.
+    fn serial(&self, device: &Path) -> Option<String>;
+}
+
+/// Which boot and which host this is.
+pub trait HostInfo: Send + Sync + Debug {
+    /// The kernel's random ID of the current boot, or `None` where it cannot be read.
+    fn boot_id(&self) -> Option<String>;
+
+    /// The host name (the node ID of the local backends).
+    fn hostname(&self) -> String;
+}
+
+/// Every syscall and external tool the backends use.
 ///
 /// Synchronous on purpose: callers run it inside `tokio::task::spawn_blocking`. The real
 /// implementation is [`linux::LinuxOs`]; [`fake::FakeOs`] records the calls for tests.
@@ -192,6 +259,13 @@ pub trait BlockOs: Send + Sync + Debug {
     /// The mount table could not be read.
     fn mounted_at(&self, target: &Path) -> Result<Option<MountEntry>, OsError>;
 
+    /// The mounts whose mount point is directly in `dir` (compared after resolving `dir`'s
+    /// symbolic links), by the mount point's file name: one read of the mount table.
+    ///
+    /// # Errors
+    /// The mount table could not be read.
+    fn mounts_under(&self, dir: &Path) -> Result<Vec<(String, MountEntry)>, OsError>;
+
     /// Whether `device` is larger than the `fs` file system on it by more than
     /// [`GROW_THRESHOLD`]. Reads the on-disk superblock, so call it while the file system is not
     /// mounted.
@@ -209,7 +283,16 @@ pub trait BlockOs: Send + Sync + Debug {
     /// A tool failed, or XFS was asked to grow unmounted.
     fn grow(&self, device: &Path, fs: FsType, mountpoint: Option<&Path>) -> Result<(), OsError>;
 
-    /// Creates `path` and its missing parents with mode 0755 (`mkdir -p`).
+    /// Creates the configured root `path` (and its missing parents, 0755) with `mode` when it
+    /// does not exist; the root itself may be a symbolic link to a directory. Returns whether
+    /// it was created.
+    ///
+    /// # Errors
+    /// It could not be created, or exists and is not a directory.
+    fn make_root(&self, path: &Path, mode: u32) -> Result<bool, OsError>;
+
+    /// Creates `path` and its missing parents with mode 0755 (`mkdir -p`); the last component
+    /// must be a directory of its own, not a symbolic link.
     ///
     /// # Errors
     /// A directory could not be created, or `path` exists and is not a directory.
@@ -280,4 +363,65 @@ pub trait BlockOs: Send + Sync + Debug {
     /// # Errors
     /// Any failure but "not found".
     fn remove_file(&self, path: &Path) -> Result<bool, OsError>;
+
+    /// What `path` is, without following a symbolic link at its last component.
+    ///
+    /// # Errors
+    /// It could not be examined.
+    fn entry(&self, path: &Path) -> Result<Entry, OsError>;
+
+    /// The entries of the directory `dir` (not `.` and `..`), each as [`BlockOs::entry`] sees
+    /// it; an empty list when `dir` does not exist.
+    ///
+    /// # Errors
+    /// It could not be listed.
+    fn list_dir(&self, dir: &Path) -> Result<Vec<(String, Entry)>, OsError>;
+
+    /// Removes the directory `path` and everything in it, never following a symbolic link
+    /// (a link inside is removed as a link). Returns whether it existed.
+    ///
+    /// # Errors
+    /// `path` is a symbolic link or not a directory, or something could not be removed.
+    fn remove_tree(&self, path: &Path) -> Result<bool, OsError>;
+
+    /// Extends the regular file `path` to `size` bytes when it is smaller (sparse). Returns
+    /// whether it grew.
+    ///
+    /// # Errors
+    /// It is missing, a link or not a regular file, or could not be extended.
+    fn grow_file(&self, path: &Path, size: u64) -> Result<bool, OsError>;
+
+    /// Creates the directory `base/rel` (and missing directories between, mode 0755) with
+    /// `spec`'s mode and owner, following no symbolic link anywhere below `base` (`base` itself
+    /// is not followed either). An existing directory is left as it is. Returns whether it was
+    /// created.
+    ///
+    /// # Errors
+    /// A component is a symbolic link or not a directory, or it could not be created.
+    fn ensure_dir_beneath(&self, base: &Path, rel: &Path, spec: DirSpec) -> Result<bool, OsError>;
+
+    /// Bind-mounts `source` on `target` (read-only if asked).
+    ///
+    /// # Errors
+    /// The kernel refused.
+    fn bind_mount(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), OsError>;
+
+    /// Space and inodes of the file system holding `path`.
+    ///
+    /// # Errors
+    /// `statvfs` failed.
+    fn statfs(&self, path: &Path) -> Result<FsStats, OsError>;
+
+    /// Whether the loop device `device` is bound to the very file `image` (same device and
+    /// inode; `image` is not followed if it is a link).
+    ///
+    /// # Errors
+    /// The device or the image could not be examined.
+    fn loop_backed_by(&self, device: &Path, image: &Path) -> Result<bool, OsError>;
+
+    /// Every bound loop device whose backing file is directly in `dir`, as (device, file name).
+    ///
+    /// # Errors
+    /// The loop devices could not be listed.
+    fn loop_devices_in(&self, dir: &Path) -> Result<Vec<(PathBuf, String)>, OsError>;
 }

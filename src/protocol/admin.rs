@@ -8,15 +8,15 @@
 //!   `<name>` (the same router as a plugin socket, see [`super::router`]);
 //! - `POST /services/<name>/Snapshot.*` → its snapshots ([`super::snapshots`]).
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::Response;
-use axum::routing::post;
-use axum::Router;
+use std::sync::Arc;
+
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::error::json_response;
-use super::routes::ServiceSource;
+use super::error::json_reply;
+use super::routes::{unknown, ServiceSource};
+use crate::server::Handler;
 
 /// The file name of the admin socket inside the daemon's run directory.
 pub const SOCKET_NAME: &str = "rexray-admin.sock";
@@ -65,9 +65,9 @@ pub struct ServiceInfo {
     pub backend: String,
 }
 
-/// The admin router: `/Admin.Info` plus every service's VolumeDriver endpoints under
-/// [`service_prefix`].
-pub fn router(services: Vec<AdminService>, config: Option<String>) -> Router {
+/// The admin handler: `/Admin.Info` plus every service's VolumeDriver and snapshot endpoints
+/// under [`service_prefix`].
+pub fn router(services: Vec<AdminService>, config: Option<String>) -> Handler {
     let info = InfoResponse {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
@@ -77,16 +77,29 @@ pub fn router(services: Vec<AdminService>, config: Option<String>) -> Router {
             .map(|s| ServiceInfo { name: s.name.clone(), backend: s.backend.to_string() })
             .collect(),
     };
-    let mut app = Router::new().route("/Admin.Info", post(info_handler)).with_state(std::sync::Arc::new(info));
-    for service in services {
-        let endpoints = super::router(service.handle.clone()).merge(super::snapshots::router(service.handle));
-        app = app.nest(&service_prefix(&service.name), endpoints);
-    }
-    app
-}
-
-async fn info_handler(State(info): State<std::sync::Arc<InfoResponse>>) -> Response {
-    json_response(StatusCode::OK, &*info)
+    let shared = Arc::new((info, services));
+    Arc::new(move |request: Request<Bytes>| {
+        let shared = Arc::clone(&shared);
+        Box::pin(async move {
+            let (info, services) = &*shared;
+            let (parts, body) = request.into_parts();
+            let path = parts.uri.path();
+            if path == "/Admin.Info" {
+                return json_reply(StatusCode::OK, info);
+            }
+            let Some((service, endpoint)) = path.strip_prefix("/services/").and_then(|rest| rest.split_once('/'))
+            else {
+                return unknown(path);
+            };
+            let Some(service) = services.iter().find(|s| s.name == service) else {
+                return unknown(path);
+            };
+            if let Some(reply) = super::snapshots::answer(&service.handle, endpoint, &body).await {
+                return reply;
+            }
+            super::routes::answer(&service.handle, &parts.method, &format!("/{endpoint}"), &body).await
+        })
+    })
 }
 
 #[cfg(test)]
@@ -95,7 +108,6 @@ mod tests {
     use crate::backend::fake::FakeBackend;
     use crate::config::Integration;
     use crate::service::{ServiceHandle, VolumeService};
-    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn settings() -> Integration {
@@ -121,15 +133,19 @@ mod tests {
     async fn info_and_nested_services() {
         let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(FakeBackend::default());
-        let service = VolumeService::open("one", fake.clone(), settings(), dir.path().join("state")).await.unwrap();
+        let backend = FakeBackend::backend(&fake);
+        let service = VolumeService::open("one", backend, settings(), dir.path().join("state"), None).await.unwrap();
         let handle = Arc::new(ServiceHandle::ready(Arc::new(service)));
         let app = router(
             vec![AdminService { name: "one".into(), backend: "fake", handle }],
             Some("/etc/rexray/rexray.yml".into()),
         );
         let socket = dir.path().join(SOCKET_NAME);
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let bound = crate::server::bind(&socket, None).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(crate::server::serve(vec![(bound, app)], crate::server::Limits::default(), async {
+            let _ = stopped.await;
+        }));
 
         let (status, body) = post(&socket, "/Admin.Info", "").await;
         assert_eq!(status, 200, "{body}");
@@ -155,6 +171,7 @@ mod tests {
         let (status, body) = post(&socket, "/services/one/Snapshot.Wait", r#"{"ID":"snap-1"}"#).await;
         assert_eq!(status, 400, "{body}");
         assert!(body.contains("/Snapshot.Wait: malformed request body: missing field `TimeoutSeconds`"), "{body}");
-        server.abort();
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
     }
 }

@@ -1,9 +1,11 @@
-//! The one place where errors become `{"Err": …}` replies.
+//! The one place where errors become `{"Err": …}` replies (and metric outcomes).
 
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{header, Response, StatusCode};
 
 use super::wire::{ErrorBody, CONTENT_TYPE};
+use crate::server::Reply;
 use crate::service::ServiceError;
 
 /// Everything a handler can fail with.
@@ -23,31 +25,43 @@ pub enum ProtocolError {
 }
 
 /// Encodes a JSON reply with our media type.
-pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
-    match serde_json::to_vec(body) {
-        Ok(bytes) => (status, [(header::CONTENT_TYPE, CONTENT_TYPE)], bytes).into_response(),
+pub fn json_reply(status: StatusCode, body: &impl serde::Serialize) -> Reply {
+    let (status, bytes) = match serde_json::to_vec(body) {
+        Ok(bytes) => (status, Bytes::from(bytes)),
         Err(e) => {
             tracing::error!(error = %e, "could not encode a reply");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                [(header::CONTENT_TYPE, CONTENT_TYPE)],
-                r#"{"Err":"could not encode reply"}"#,
-            )
-                .into_response()
+            (StatusCode::INTERNAL_SERVER_ERROR, Bytes::from_static(br#"{"Err":"could not encode reply"}"#))
         }
-    }
+    };
+    let mut reply = Response::new(Full::new(bytes));
+    *reply.status_mut() = status;
+    reply.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(CONTENT_TYPE));
+    reply
 }
 
-impl IntoResponse for ProtocolError {
-    fn into_response(self) -> Response {
+impl ProtocolError {
+    /// The metric outcome of this failure.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProtocolError::Decode { .. } => crate::metrics::BAD_REQUEST,
+            ProtocolError::Service(e) => e.label(),
+        }
+    }
+
+    /// The reply: 400 for a malformed request, else 500 with the whole chain, logged once here.
+    pub fn into_reply(self) -> Reply {
         let (status, message) = match &self {
-            ProtocolError::Decode { .. } => (StatusCode::BAD_REQUEST, self.to_string()),
+            ProtocolError::Decode { endpoint, message } => (
+                StatusCode::BAD_REQUEST,
+                // serde may quote the offending value: a little of it is enough.
+                format!("{endpoint}: malformed request body: {}", crate::name::excerpt(message)),
+            ),
             ProtocolError::Service(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.chain()),
         };
         match &self {
             ProtocolError::Service(e) if e.is_not_found() => tracing::debug!(error = %message, "request failed"),
             _ => tracing::warn!(error = %message, "request failed"),
         }
-        json_response(status, &ErrorBody { err: message })
+        json_reply(status, &ErrorBody { err: message })
     }
 }

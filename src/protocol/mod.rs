@@ -1,12 +1,20 @@
-//! The Docker VolumeDriver protocol: wire types and HTTP routing.
+//! The Docker VolumeDriver protocol: wire types and request handling.
 //!
 //! Requests are decoded whatever their headers say (Docker sends no Content-Type), with
 //! `Opts` and `ID` optional; replies are HTTP 200 with a JSON body, errors `{"Err": …}`.
+//!
+//! - [`routes`]: the VolumeDriver endpoints (decode → one service call → encode), with a
+//!   request span and metrics per call;
+//! - [`admin`]: the private admin socket (`rexray volume …` through the daemon);
+//! - [`snapshots`]: its snapshot endpoints;
+//! - [`telemetry`]: `/metrics` and `/health`;
+//! - [`error`]: the one place errors become replies; [`wire`]: the JSON bodies.
 
 pub mod admin;
 pub mod error;
 pub mod routes;
 pub mod snapshots;
+pub mod telemetry;
 pub mod wire;
 
 pub use routes::{router, ServiceSource};

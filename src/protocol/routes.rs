@@ -1,17 +1,22 @@
-//! HTTP routing: each handler decodes, makes one service call, and encodes.
+//! The VolumeDriver endpoints: each call decodes, makes one service call, and encodes.
+//!
+//! Every call runs in a tracing span of its own (`front`, `op`, `volume`, `caller`, `req`), so
+//! every log line of a Mount says which request it belongs to, and is counted in the metrics
+//! by endpoint and by the outcome its typed result names.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, Uri};
-use axum::response::Response;
-use axum::routing::post;
-use axum::Router;
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
-use super::error::{json_response, ProtocolError};
+use super::error::{json_reply, ProtocolError};
 use super::wire::*;
+use crate::name::excerpt;
+use crate::server::{Handler, Reply};
 use crate::service::ServiceHandle;
 
 /// The service a socket serves (opened lazily).
@@ -20,25 +25,126 @@ pub type ServiceSource = Arc<ServiceHandle>;
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-/// What every handler returns; errors become `{"Err": …}` in one place.
-pub(super) type Reply = Result<Response, ProtocolError>;
+/// What every call returns; errors become `{"Err": …}` in one place.
+pub(super) type Outcome = Result<Reply, ProtocolError>;
 
-/// The VolumeDriver router for one service.
-pub fn router(service: ServiceSource) -> Router {
-    Router::new()
-        .route("/Plugin.Activate", post(activate))
-        .route("/VolumeDriver.Create", post(create))
-        .route("/VolumeDriver.Remove", post(remove))
-        .route("/VolumeDriver.Mount", post(mount))
-        .route("/VolumeDriver.Unmount", post(unmount))
-        .route("/VolumeDriver.Path", post(path))
-        .route("/VolumeDriver.Get", post(get))
-        .route("/VolumeDriver.List", post(list))
-        .route("/VolumeDriver.Capabilities", post(capabilities))
-        .fallback(unknown)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(crate::metrics::track_request))
-        .with_state(service)
+/// The endpoints of the VolumeDriver protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/Plugin.Activate`.
+    Activate,
+    /// `/VolumeDriver.Create`.
+    Create,
+    /// `/VolumeDriver.Remove`.
+    Remove,
+    /// `/VolumeDriver.Mount`.
+    Mount,
+    /// `/VolumeDriver.Unmount`.
+    Unmount,
+    /// `/VolumeDriver.Path`.
+    Path,
+    /// `/VolumeDriver.Get`.
+    Get,
+    /// `/VolumeDriver.List`.
+    List,
+    /// `/VolumeDriver.Capabilities`.
+    Capabilities,
+}
+
+impl Endpoint {
+    /// The endpoint a request path names.
+    pub fn from_path(path: &str) -> Option<Self> {
+        Some(match path.strip_prefix('/')? {
+            "Plugin.Activate" => Endpoint::Activate,
+            "VolumeDriver.Create" => Endpoint::Create,
+            "VolumeDriver.Remove" => Endpoint::Remove,
+            "VolumeDriver.Mount" => Endpoint::Mount,
+            "VolumeDriver.Unmount" => Endpoint::Unmount,
+            "VolumeDriver.Path" => Endpoint::Path,
+            "VolumeDriver.Get" => Endpoint::Get,
+            "VolumeDriver.List" => Endpoint::List,
+            "VolumeDriver.Capabilities" => Endpoint::Capabilities,
+            _ => return None,
+        })
+    }
+
+    /// The name, as the metrics label it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Activate => "Plugin.Activate",
+            Endpoint::Create => "VolumeDriver.Create",
+            Endpoint::Remove => "VolumeDriver.Remove",
+            Endpoint::Mount => "VolumeDriver.Mount",
+            Endpoint::Unmount => "VolumeDriver.Unmount",
+            Endpoint::Path => "VolumeDriver.Path",
+            Endpoint::Get => "VolumeDriver.Get",
+            Endpoint::List => "VolumeDriver.List",
+            Endpoint::Capabilities => "VolumeDriver.Capabilities",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Activate => "/Plugin.Activate",
+            Endpoint::Create => "/VolumeDriver.Create",
+            Endpoint::Remove => "/VolumeDriver.Remove",
+            Endpoint::Mount => "/VolumeDriver.Mount",
+            Endpoint::Unmount => "/VolumeDriver.Unmount",
+            Endpoint::Path => "/VolumeDriver.Path",
+            Endpoint::Get => "/VolumeDriver.Get",
+            Endpoint::List => "/VolumeDriver.List",
+            Endpoint::Capabilities => "/VolumeDriver.Capabilities",
+        }
+    }
+}
+
+/// The VolumeDriver handler for one service.
+pub fn router(service: ServiceSource) -> Handler {
+    Arc::new(move |request: Request<Bytes>| {
+        let service = Arc::clone(&service);
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            answer(&service, &parts.method, parts.uri.path(), &body).await
+        })
+    })
+}
+
+/// The number of the next request (for log lines).
+fn next_request_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Answers one VolumeDriver call at `path` (the admin socket strips its prefix first).
+pub async fn answer(service: &ServiceSource, method: &Method, path: &str, body: &Bytes) -> Reply {
+    let start = Instant::now();
+    let Some(endpoint) = Endpoint::from_path(path) else {
+        crate::metrics::record_request("other", crate::metrics::UNKNOWN_ENDPOINT, start.elapsed());
+        return unknown(path);
+    };
+    if method != Method::POST {
+        crate::metrics::record_request(endpoint.label(), crate::metrics::BAD_REQUEST, start.elapsed());
+        return json_reply(StatusCode::METHOD_NOT_ALLOWED, &ErrorBody { err: format!("{path} takes POST") });
+    }
+    let span = tracing::info_span!(
+        "request",
+        front = "docker",
+        op = endpoint.label(),
+        req = next_request_id(),
+        volume = tracing::field::Empty,
+        caller = tracing::field::Empty,
+    );
+    let result = call(service, endpoint, body).instrument(span.clone()).await;
+    let _entered = span.enter();
+    let (reply, outcome) = match result {
+        Ok(reply) => (reply, crate::metrics::OK),
+        Err(e) => {
+            let outcome = e.label();
+            (e.into_reply(), outcome)
+        }
+    };
+    crate::metrics::record_request(endpoint.label(), outcome, start.elapsed());
+    reply
 }
 
 /// Decodes a body as JSON whatever the headers say.
@@ -47,69 +153,85 @@ pub(super) fn decode<T: DeserializeOwned>(endpoint: &'static str, body: &[u8]) -
 }
 
 /// A 200 reply with `body` as JSON.
-pub(super) fn ok(body: &impl serde::Serialize) -> Reply {
-    Ok(json_response(StatusCode::OK, body))
+pub(super) fn ok(body: &impl serde::Serialize) -> Outcome {
+    Ok(json_reply(StatusCode::OK, body))
 }
 
-fn wire_volume(v: crate::service::VolumeInfo, with_status: bool) -> Volume {
-    Volume {
-        name: v.name,
-        mountpoint: v.mountpoint.map(|p| p.display().to_string()),
-        created_at: Some(v.created_at).filter(|c| !c.is_empty()),
-        status: with_status.then_some(v.status),
+/// Notes the volume (and caller) a call is about in its span.
+fn note(volume: &str, caller: Option<&str>) {
+    let span = tracing::Span::current();
+    span.record("volume", excerpt(volume));
+    if let Some(caller) = caller {
+        span.record("caller", excerpt(caller));
     }
 }
 
-async fn activate() -> Reply {
-    ok(&ActivateResponse { implements: ["VolumeDriver"] })
+async fn call(s: &ServiceSource, endpoint: Endpoint, body: &Bytes) -> Outcome {
+    let path = endpoint.path();
+    match endpoint {
+        Endpoint::Activate => ok(&ActivateResponse { implements: ["VolumeDriver"] }),
+        Endpoint::Create => {
+            let req: CreateRequest = decode(path, body)?;
+            note(&req.name, None);
+            s.get().await?.create(&req.name, &req.opts.unwrap_or_default()).await?;
+            ok(&Empty {})
+        }
+        Endpoint::Remove => {
+            let req: NameRequest = decode(path, body)?;
+            note(&req.name, None);
+            s.get().await?.remove(&req.name).await?;
+            ok(&Empty {})
+        }
+        Endpoint::Mount => {
+            let req: MountRequest = decode(path, body)?;
+            note(&req.name, req.id.as_deref());
+            let mountpoint = s.get().await?.mount(&req.name, req.id.as_deref()).await?;
+            ok(&MountpointResponse { mountpoint: mountpoint.display().to_string() })
+        }
+        Endpoint::Unmount => {
+            let req: MountRequest = decode(path, body)?;
+            note(&req.name, req.id.as_deref());
+            s.get().await?.unmount(&req.name, req.id.as_deref()).await?;
+            ok(&Empty {})
+        }
+        Endpoint::Path => {
+            let req: NameRequest = decode(path, body)?;
+            let mountpoint = s.get().await?.path(&req.name).await?;
+            ok(&MountpointResponse { mountpoint: mountpoint.map(|p| p.display().to_string()).unwrap_or_default() })
+        }
+        Endpoint::Get => {
+            let req: NameRequest = decode(path, body)?;
+            let info = s.get().await?.get(&req.name).await?;
+            ok(&GetResponse {
+                volume: Volume {
+                    name: info.name,
+                    mountpoint: info.mountpoint.map(|p| p.display().to_string()),
+                    created_at: Some(info.created_at).filter(|c| !c.is_empty()),
+                    status: Some(info.status),
+                },
+            })
+        }
+        Endpoint::List => {
+            let volumes = s.get().await?.list().await;
+            let volumes = volumes
+                .into_iter()
+                .map(|v| Volume {
+                    name: v.name,
+                    mountpoint: v.mountpoint.map(|p| p.display().to_string()),
+                    created_at: None,
+                    status: None,
+                })
+                .collect();
+            ok(&ListResponse { volumes })
+        }
+        Endpoint::Capabilities => {
+            let scope = s.get().await?.scope().as_str();
+            ok(&CapabilitiesResponse { capabilities: Capabilities { scope } })
+        }
+    }
 }
 
-async fn create(State(s): State<ServiceSource>, body: Bytes) -> Reply {
-    let req: CreateRequest = decode("/VolumeDriver.Create", &body)?;
-    s.get().await?.create(&req.name, &req.opts.unwrap_or_default()).await?;
-    ok(&Empty {})
-}
-
-async fn remove(State(s): State<ServiceSource>, body: Bytes) -> Reply {
-    let req: NameRequest = decode("/VolumeDriver.Remove", &body)?;
-    s.get().await?.remove(&req.name).await?;
-    ok(&Empty {})
-}
-
-async fn mount(State(s): State<ServiceSource>, body: Bytes) -> Reply {
-    let req: MountRequest = decode("/VolumeDriver.Mount", &body)?;
-    let path = s.get().await?.mount(&req.name, req.id.as_deref()).await?;
-    ok(&MountpointResponse { mountpoint: path.display().to_string() })
-}
-
-async fn unmount(State(s): State<ServiceSource>, body: Bytes) -> Reply {
-    let req: MountRequest = decode("/VolumeDriver.Unmount", &body)?;
-    s.get().await?.unmount(&req.name, req.id.as_deref()).await?;
-    ok(&Empty {})
-}
-
-async fn path(State(s): State<ServiceSource>, body: Bytes) -> Reply {
-    let req: NameRequest = decode("/VolumeDriver.Path", &body)?;
-    let path = s.get().await?.path(&req.name).await?;
-    ok(&MountpointResponse { mountpoint: path.map(|p| p.display().to_string()).unwrap_or_default() })
-}
-
-async fn get(State(s): State<ServiceSource>, body: Bytes) -> Reply {
-    let req: NameRequest = decode("/VolumeDriver.Get", &body)?;
-    let info = s.get().await?.get(&req.name).await?;
-    ok(&GetResponse { volume: wire_volume(info, true) })
-}
-
-async fn list(State(s): State<ServiceSource>) -> Reply {
-    let volumes = s.get().await?.list().await.into_iter().map(|v| wire_volume(v, false)).collect();
-    ok(&ListResponse { volumes })
-}
-
-async fn capabilities(State(s): State<ServiceSource>) -> Reply {
-    let scope = s.get().await?.scope().as_str();
-    ok(&CapabilitiesResponse { capabilities: Capabilities { scope } })
-}
-
-async fn unknown(uri: Uri) -> Response {
-    json_response(StatusCode::NOT_FOUND, &ErrorBody { err: format!("unknown endpoint {}", uri.path()) })
+/// The reply to a path that is no endpoint.
+pub(super) fn unknown(path: &str) -> Reply {
+    json_reply(StatusCode::NOT_FOUND, &ErrorBody { err: format!("unknown endpoint {}", excerpt(path)) })
 }

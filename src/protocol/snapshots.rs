@@ -13,15 +13,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::routing::post;
-use axum::Router;
+use hyper::body::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::routes::{decode, ok, Reply, ServiceSource, MAX_BODY_BYTES};
+use super::error::ProtocolError;
+use super::routes::{decode, ok, Outcome, ServiceSource};
 use super::wire::Empty;
 use crate::backend::snapshot::{NewSnapshot, SnapshotCopy, SnapshotFilter, SnapshotInfo};
+use crate::server::Reply;
 
 /// A snapshot on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,48 +194,47 @@ pub struct SnapshotResponse {
     pub snapshot: Snapshot,
 }
 
-/// The snapshot endpoints of one service.
-pub fn router(service: ServiceSource) -> Router {
-    Router::new()
-        .route("/Snapshot.List", post(list))
-        .route("/Snapshot.Create", post(create))
-        .route("/Snapshot.Remove", post(remove))
-        .route("/Snapshot.Copy", post(copy))
-        .route("/Snapshot.Wait", post(wait))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(service)
+/// Answers the snapshot endpoint `endpoint` (`Snapshot.List`, …) of service `s`, or `None`
+/// when `endpoint` is not one.
+pub async fn answer(s: &ServiceSource, endpoint: &str, body: &Bytes) -> Option<Reply> {
+    let result = match endpoint {
+        "Snapshot.List" => list(s, body).await,
+        "Snapshot.Create" => create(s, body).await,
+        "Snapshot.Remove" => remove(s, body).await,
+        "Snapshot.Copy" => copy(s, body).await,
+        "Snapshot.Wait" => wait(s, body).await,
+        _ => return None,
+    };
+    Some(result.unwrap_or_else(ProtocolError::into_reply))
 }
 
-async fn list(State(s): State<ServiceSource>, body: Bytes) -> Reply {
-    let req: ListRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        ListRequest::default()
-    } else {
-        decode("/Snapshot.List", &body)?
-    };
+async fn list(s: &ServiceSource, body: &Bytes) -> Outcome {
+    let req: ListRequest =
+        if body.iter().all(u8::is_ascii_whitespace) { ListRequest::default() } else { decode("/Snapshot.List", body)? };
     let snapshots = s.get().await?.snapshot_list(&req.filter()).await?;
     ok(&ListResponse { snapshots: snapshots.into_iter().map(Snapshot::from).collect() })
 }
 
-async fn create(State(s): State<ServiceSource>, body: Bytes) -> Reply {
-    let req: CreateRequest = decode("/Snapshot.Create", &body)?;
+async fn create(s: &ServiceSource, body: &Bytes) -> Outcome {
+    let req: CreateRequest = decode("/Snapshot.Create", body)?;
     let snapshot = s.get().await?.snapshot_create(&req.volume, &req.new_snapshot()).await?;
     ok(&SnapshotResponse { snapshot: snapshot.into() })
 }
 
-async fn remove(State(s): State<ServiceSource>, body: Bytes) -> Reply {
-    let req: IdRequest = decode("/Snapshot.Remove", &body)?;
+async fn remove(s: &ServiceSource, body: &Bytes) -> Outcome {
+    let req: IdRequest = decode("/Snapshot.Remove", body)?;
     s.get().await?.snapshot_remove(&req.id).await?;
     ok(&Empty {})
 }
 
-async fn copy(State(s): State<ServiceSource>, body: Bytes) -> Reply {
-    let req: CopyRequest = decode("/Snapshot.Copy", &body)?;
+async fn copy(s: &ServiceSource, body: &Bytes) -> Outcome {
+    let req: CopyRequest = decode("/Snapshot.Copy", body)?;
     let snapshot = s.get().await?.snapshot_copy(&req.id, &req.snapshot_copy()).await?;
     ok(&SnapshotResponse { snapshot: snapshot.into() })
 }
 
-async fn wait(State(s): State<ServiceSource>, body: Bytes) -> Reply {
-    let req: WaitRequest = decode("/Snapshot.Wait", &body)?;
+async fn wait(s: &ServiceSource, body: &Bytes) -> Outcome {
+    let req: WaitRequest = decode("/Snapshot.Wait", body)?;
     let timeout = Duration::from_secs(req.timeout_seconds);
     let snapshot = s.get().await?.snapshot_wait(&req.id, req.region.as_deref(), timeout).await?;
     ok(&SnapshotResponse { snapshot: snapshot.into() })

@@ -1,8 +1,8 @@
 //! The service layer's error: which operation, on which volume, and why.
 
-use crate::backend::BackendError;
+use crate::backend::{BackendError, ErrorKind};
+use crate::name::{excerpt, NameError};
 
-use super::name::NameError;
 use super::state::StateError;
 
 /// A failed volume operation. Its Display names the operation and the volume (or snapshot); the
@@ -12,8 +12,8 @@ use super::state::StateError;
 pub struct ServiceError {
     /// The operation (`create`, `mount`, …).
     pub op: &'static str,
-    /// The volume name (or snapshot ID) as the caller gave it; empty for operations on no one
-    /// subject.
+    /// The volume name (or snapshot ID) as the caller gave it, at most
+    /// [`crate::name::EXCERPT_BYTES`] of it; empty for operations on no one subject.
     pub volume: String,
     /// Why it failed (boxed: errors stay small on the success path).
     #[source]
@@ -44,6 +44,14 @@ pub enum Cause {
     InUse {
         /// How many holders.
         holders: u64,
+    },
+    /// One holder mounted the volume more times than a mount count can hold.
+    #[error("mount ID {id} holds the volume {count} times already, the most one ID may")]
+    TooManyMounts {
+        /// The mount ID (an excerpt).
+        id: String,
+        /// Its count.
+        count: u32,
     },
     /// The volume was created by another backend than this service's.
     #[error("volume belongs to backend {recorded}, but this service uses {configured}")]
@@ -82,10 +90,44 @@ pub enum Cause {
     },
 }
 
+impl Cause {
+    /// The one mapping of a backend's error to a cause of this layer.
+    pub fn from_backend(backend: &'static str, source: BackendError) -> Cause {
+        Cause::Backend { backend, source }
+    }
+
+    /// The metric label of a request that failed with this cause.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Cause::InvalidName(_) | Cause::TooManyMounts { .. } => ErrorKind::Invalid.label(),
+            Cause::NotFound => ErrorKind::NotFound.label(),
+            Cause::InUse { .. } => ErrorKind::InUse.label(),
+            Cause::WrongBackend { .. } => "wrong_backend",
+            Cause::Backend { source, .. } => source.kind().label(),
+            Cause::NoSnapshots { .. } => "unsupported",
+            Cause::State(_) => "state_error",
+            Cause::Unavailable { .. } => ErrorKind::Unavailable.label(),
+        }
+    }
+}
+
 impl ServiceError {
-    /// Builds an error for `op` on `volume`.
-    pub fn new(op: &'static str, volume: impl Into<String>, cause: Cause) -> Self {
-        Self { op, volume: volume.into(), cause: Box::new(cause) }
+    /// Builds an error for `op` on `volume` (quoted at most [`crate::name::EXCERPT_BYTES`] long).
+    pub fn new(op: &'static str, volume: impl AsRef<str>, cause: Cause) -> Self {
+        Self { op, volume: excerpt(volume.as_ref()), cause: Box::new(cause) }
+    }
+
+    /// The metric label of this failure.
+    pub fn label(&self) -> &'static str {
+        self.cause.label()
+    }
+
+    /// The backend's error kind, when the backend failed.
+    pub fn backend_kind(&self) -> Option<ErrorKind> {
+        match &*self.cause {
+            Cause::Backend { source, .. } => Some(source.kind()),
+            _ => None,
+        }
     }
 
     /// Whether the volume does not exist (Docker asks for unknown names all the time).

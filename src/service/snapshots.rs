@@ -16,6 +16,7 @@ impl VolumeService {
     /// The backend's snapshot operations, or [`Cause::NoSnapshots`] for `op` on `subject`.
     fn snapshot_ops(&self, op: &'static str, subject: &str) -> Result<&dyn Snapshots, ServiceError> {
         self.backend
+            .controller
             .snapshots()
             .ok_or_else(|| ServiceError::new(op, subject, Cause::NoSnapshots { backend: self.backend.kind() }))
     }
@@ -26,7 +27,7 @@ impl VolumeService {
         subject: &str,
     ) -> impl FnOnce(crate::backend::BackendError) -> ServiceError {
         let (backend, subject) = (self.backend.kind(), subject.to_owned());
-        move |source| ServiceError::new(op, subject, Cause::Backend { backend, source })
+        move |source| ServiceError::new(op, subject, Cause::from_backend(backend, source))
     }
 
     /// The snapshots `filter` selects.
@@ -49,7 +50,7 @@ impl VolumeService {
         let ops = self.snapshot_ops(OP, raw_volume)?;
         let name = Self::validate(OP, raw_volume)?;
         let _guard = self.locks.lock(name.as_str()).await;
-        if self.record(&name).is_none() && !self.backend.knows(&name).await {
+        if self.record(&name).is_none() && !self.backend.controller.knows(&name).await {
             return Err(ServiceError::new(OP, raw_volume, Cause::NotFound));
         }
         ops.create_snapshot(&name, req).await.map_err(self.snapshot_err(OP, raw_volume))

@@ -30,15 +30,49 @@ pub struct VolumeRecord {
     /// Whether the anonymous holder (a caller with no ID: dvdcli, Mesos) holds it.
     #[serde(default)]
     pub anonymous: bool,
-    /// Whether the backend has the volume activated (mounted) on this host.
+    /// Whether the backend has the volume activated (published, staged and handed out) on
+    /// this host.
     #[serde(default)]
     pub active: bool,
+    /// The multi-step operation under way, written before its first side effect; `None` when
+    /// the volume is at rest. A record found with one after a crash is finished or undone at
+    /// start ([`Pending`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+}
+
+/// A multi-step operation under way on a volume, recorded before its first side effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pending {
+    /// Being created: nothing was handed out yet. Finished (the backend's create, resumed) or,
+    /// when that fails, what it left is discarded.
+    Creating,
+    /// The first holder's mount is under way: the holder is not recorded yet. Finished when the
+    /// record has holders, else undone.
+    Activating,
+    /// The last holder is released and the volume is being torn down: finished.
+    Deactivating,
+    /// Being removed: finished.
+    Removing,
+}
+
+impl Pending {
+    /// The word `docker volume inspect` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pending::Creating => "creating",
+            Pending::Activating => "activating",
+            Pending::Deactivating => "deactivating",
+            Pending::Removing => "removing",
+        }
+    }
 }
 
 impl VolumeRecord {
     /// How many holders in all.
     pub fn holder_count(&self) -> u64 {
-        self.holders.values().map(|c| u64::from(*c)).sum::<u64>() + u64::from(self.anonymous)
+        self.holders.values().fold(u64::from(self.anonymous), |sum, c| sum.saturating_add(u64::from(*c)))
     }
 }
 
@@ -67,9 +101,14 @@ pub enum StateError {
     },
 }
 
+/// The file in a state directory that holds the boot ID of the last open.
+const BOOT_ID_FILE: &str = "boot_id";
+
 /// The state directory of one service.
 #[derive(Debug)]
 pub struct StateStore {
+    /// The state directory.
+    dir: PathBuf,
     /// `<dir>/volumes/<name>`: one file per volume.
     volumes: PathBuf,
     /// `<dir>/tmp`: where new versions are written before the rename.
@@ -100,7 +139,26 @@ impl StateStore {
                 let _ = fs::remove_file(e.path());
             }
         }
-        Ok(Self { volumes, tmp, counter: AtomicU64::new(0) })
+        Ok(Self { dir: dir.to_path_buf(), volumes, tmp, counter: AtomicU64::new(0) })
+    }
+
+    /// Whether this state was last opened during boot `current` of the host (so a volume its
+    /// holders still use lost its mount to a daemon restart, not to a reboot); records this
+    /// boot. Unknown (no boot ID, first open) counts as another boot.
+    pub fn record_boot(&self, current: Option<&str>) -> bool {
+        let Some(current) = current else {
+            return false;
+        };
+        let file = self.dir.join(BOOT_ID_FILE);
+        let recorded = fs::read_to_string(&file).ok();
+        let same = recorded.as_deref().map(str::trim) == Some(current);
+        if !same {
+            let tmp = self.dir.join(format!("{BOOT_ID_FILE}.tmp"));
+            if let Err(e) = fs::write(&tmp, current).and_then(|()| fs::rename(&tmp, &file)) {
+                tracing::warn!(file = %file.display(), error = %e, "could not record the boot ID");
+            }
+        }
+        same
     }
 
     /// Reads every record. A file that cannot be parsed is logged and left in place (never
@@ -184,6 +242,7 @@ mod tests {
             holders: BTreeMap::from([("abc".into(), 2)]),
             anonymous: true,
             active: true,
+            pending: None,
         }
     }
 
@@ -215,5 +274,25 @@ mod tests {
         fs::write(dir.path().join("volumes/bad"), b"{not json").unwrap();
         assert_eq!(store.load().unwrap(), vec![record("good")]);
         assert!(dir.path().join("volumes/bad").exists());
+    }
+
+    #[test]
+    fn pending_operations_are_kept_and_old_files_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut r = record("v");
+        r.pending = Some(Pending::Removing);
+        store.save(&r).unwrap();
+        let text = fs::read_to_string(dir.path().join("volumes/v")).unwrap();
+        assert!(text.contains("\"pending\": \"removing\""), "{text}");
+        assert_eq!(store.load().unwrap(), vec![r]);
+        fs::write(
+            dir.path().join("volumes/old"),
+            br#"{"name":"old","backend":"vfs","created_at":"","options":{},"holders":{"a":4294967295},"anonymous":true}"#,
+        )
+        .unwrap();
+        let old = store.load().unwrap().into_iter().find(|r| r.name == "old").unwrap();
+        assert_eq!(old.pending, None);
+        assert_eq!(old.holder_count(), 4_294_967_296, "counts never wrap");
     }
 }

@@ -1,30 +1,34 @@
-//! The block pipeline shared by every block backend (`loop` now, `ebs` later).
+//! The node half shared by every block backend (`loop`, `ebs`): [`BlockNode`].
 //!
-//! A block backend only knows how to get a device for a volume: it implements [`Attacher`].
-//! [`BlockPipeline`] does everything after that, the same way for every backend:
+//! A block backend's controller gets a device attached to a node and says in the
+//! [`PublishContext`] how to find it; a [`DeviceSource`] turns that context into the device,
+//! checking that it is the volume's own (loop: backed by the volume's image; EBS: the serial
+//! names the volume). [`BlockNode`] does everything after that, the same way for every backend:
 //!
-//! - **activate**: attach → probe (an ext4/XFS superblock is recognised directly; anything else
-//!   goes to `blkid -p`) → format only when blank → mount at `<mount.path>/<name>` (XFS with
-//!   `nouuid`, plus the volume's `mountOptions`) → create the `rootPath` directory (default
-//!   `data`) with the volume's mode and owner → return `<mount.path>/<name>/<rootPath>`. A file system smaller than its device (the image or disk
-//!   was enlarged) is grown: ext4 before mounting (`e2fsck -f -p`, `resize2fs`), XFS right after
-//!   (`xfs_growfs`). The sizes are compared from the superblock first, so an ordinary mount runs
-//!   no extra tool.
-//! - **deactivate**: `syncfs` → unmount (a lazy `MNT_DETACH` only as a logged last resort after
-//!   `EBUSY`) → detach. The data stays.
+//! - **stage**: probe (an ext4/XFS superblock is recognised directly; anything else goes to
+//!   `blkid -p`) → format only when blank → mount at the staging path (`<mount.path>/<name>` for
+//!   the Docker front; XFS with `nouuid`, plus the volume's `mountOptions`). A file system
+//!   smaller than its device (the image or disk was enlarged) is grown: ext4 before mounting
+//!   (`e2fsck -f -p`, `resize2fs`), XFS right after (`xfs_growfs`). The sizes are compared from
+//!   the superblock first, so an ordinary mount runs no extra tool.
+//! - **publish** without a target (the Docker front): create the `rootPath` directory (default
+//!   `data`) with the volume's mode and owner and hand out `<staging>/<rootPath>`; with a target
+//!   (CSI): bind-mount the staging path there, read-only if asked.
+//! - **unstage**: `syncfs` → unmount (a lazy `MNT_DETACH` only as a logged last resort after
+//!   `EBUSY`). The data stays.
 //!
-//! Every step checks reality first (already attached, formatted, mounted → go on), so both are
-//! idempotent and pick up where a killed daemon left off. A failure rolls back the steps this
-//! call did, in reverse order (a mount it made is unmounted, a device it attached is detached;
-//! a created mount directory may stay), and the error names the step and the device. A device
-//! holding a partition table or any signature other than ext4/XFS is refused, never formatted.
+//! Every step checks reality first (already formatted, mounted → go on), so each call is
+//! idempotent and picks up where a killed daemon left off. A failed stage unmounts what it
+//! mounted, and the error names the step and the device. A device holding a partition table or
+//! any signature other than ext4/XFS is refused, never formatted; so is a device that is not the
+//! volume's own.
 //!
-//! OS work runs through [`BlockOs`] inside `spawn_blocking`, so the pipeline is unit-tested
-//! against [`crate::os::fake::FakeOs`] with exact call sequences.
+//! OS work runs through [`BlockOs`] inside `spawn_blocking`, so the node is unit-tested against
+//! the recording fake with exact call sequences.
 
 pub mod options;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -34,46 +38,21 @@ use async_trait::async_trait;
 pub use options::{BlockDefaults, BlockOptions, MountOptions, BLOCK_SPECS};
 
 use super::options::{OptionSpec, Options};
-use super::{volume_path, BackendError};
+use super::os_call::{blocking, step_error};
+use super::{volume_path, BackendError, Node, PublishContext, VolumeStats};
 use crate::config::Integration;
-use crate::os::{BlockOs, DirSpec, FsType, OsError, Probe};
-use crate::service::name::VolumeName;
+use crate::name::VolumeName;
+use crate::os::{BlockOs, DirSpec, FsType, Probe};
 
-/// A device made available for a volume by [`Attacher::attach`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attachment {
-    /// The block device, with symbolic links resolved (`/dev/loop3`, `/dev/nvme1n1`): it is
-    /// compared with the mount table's source.
-    pub device: PathBuf,
-    /// Whether this call attached it (so a failed activation detaches it again), as opposed to
-    /// finding it already attached.
-    pub newly_attached: bool,
-}
-
-/// The backend-specific part of a block backend: getting a volume's device and letting it go.
-///
-/// Implementations take the volume's stored options (canonical, as returned by the backend's
-/// `parse_options`) and may read their own keys from them.
+/// Turns a controller's [`PublishContext`] into the volume's block device on this host.
 #[async_trait]
-pub trait Attacher: Send + Sync + Debug {
-    /// Makes the volume's device available on this host. Idempotent: an attached volume returns
-    /// its device with `newly_attached: false`.
+pub trait DeviceSource: Send + Sync + Debug {
+    /// The device `ctx` names (resolved, as the mount table shows it), once it is there, after
+    /// checking that it is the volume's own.
     ///
     /// # Errors
-    /// The device could not be attached (the error names the volume's image/ID).
-    async fn attach(&self, name: &VolumeName, opts: &Options) -> Result<Attachment, BackendError>;
-
-    /// Releases the volume's device. Idempotent: a detached volume is success.
-    ///
-    /// # Errors
-    /// The device could not be detached.
-    async fn detach(&self, name: &VolumeName, opts: &Options) -> Result<(), BackendError>;
-
-    /// The volume's device if it is attached to this host right now.
-    ///
-    /// # Errors
-    /// The attachments could not be listed.
-    async fn find_attached(&self, name: &VolumeName, opts: &Options) -> Result<Option<PathBuf>, BackendError>;
+    /// [`BackendError::ForeignDevice`], a timeout, or a context that names no device.
+    async fn device(&self, name: &VolumeName, ctx: &PublishContext) -> Result<PathBuf, BackendError>;
 }
 
 /// Where volumes are mounted and which directory in them is handed out.
@@ -91,7 +70,7 @@ impl MountLayout {
     /// A layout mounting under `mount_root` and handing out `root_path` (`/data`, `data`, `""`).
     ///
     /// # Errors
-    /// [`BackendError::Refused`] when `root_path` contains `..`.
+    /// [`BackendError::Invalid`] when `root_path` contains `..`.
     pub fn new(mount_root: PathBuf, root_path: &str, file_mode: u32) -> Result<Self, BackendError> {
         let mut rel = PathBuf::new();
         for component in Path::new(root_path).components() {
@@ -99,7 +78,7 @@ impl MountLayout {
                 Component::RootDir | Component::CurDir => {}
                 Component::Normal(part) => rel.push(part),
                 Component::ParentDir | Component::Prefix(_) => {
-                    return Err(BackendError::Refused(format!(
+                    return Err(BackendError::invalid(format!(
                         "mount.rootPath {root_path:?} must stay inside the volume (no '..')"
                     )))
                 }
@@ -123,81 +102,58 @@ impl MountLayout {
 
     /// What is handed to Docker: `<mount.path>/<name>/<rootPath>`.
     pub fn data_dir(&self, name: &VolumeName) -> PathBuf {
-        let mount_dir = self.mount_dir(name);
+        self.data_dir_in(&self.mount_dir(name))
+    }
+
+    /// `<staging>/<rootPath>`.
+    fn data_dir_in(&self, staging: &Path) -> PathBuf {
         if self.root_path.as_os_str().is_empty() {
-            mount_dir
+            staging.to_path_buf()
         } else {
-            mount_dir.join(&self.root_path)
+            staging.join(&self.root_path)
         }
     }
 }
 
-/// Runs `f` against the OS layer on the blocking pool. A panic in `f` is resumed here.
-///
-/// # Errors
-/// `f`'s error, or [`BackendError::Refused`] if the runtime cancelled the task (shutdown).
-pub async fn blocking<T, F>(os: &Arc<dyn BlockOs>, what: &'static str, f: F) -> Result<T, BackendError>
-where
-    T: Send + 'static,
-    F: FnOnce(&dyn BlockOs) -> Result<T, BackendError> + Send + 'static,
-{
-    let os = Arc::clone(os);
-    match tokio::task::spawn_blocking(move || f(os.as_ref())).await {
-        Ok(result) => result,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => Err(BackendError::Refused(format!("{what}: the task was cancelled (shutting down)"))),
-    }
-}
-
-/// Builds a [`BackendError::Step`] for `step` on `device`.
-pub fn step_error(step: &'static str, device: &Path) -> impl FnOnce(OsError) -> BackendError {
-    let device = device.to_path_buf();
-    move |source| BackendError::Step { step, device, source }
-}
-
-/// Everything activation needs to know, computed up front so it can move to a blocking thread.
+/// Everything staging needs to know, computed up front so it can move to a blocking thread.
 #[derive(Debug, Clone)]
 struct Plan {
     mount_dir: PathBuf,
-    /// The root path directory; `None` when the mount root is handed out.
-    data_dir: Option<PathBuf>,
+    /// The root path relative to the mount; empty when the mount root is handed out.
+    root_path: PathBuf,
     block: BlockOptions,
     dir_spec: DirSpec,
 }
 
 impl Plan {
-    fn handed_out(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(|| self.mount_dir.clone())
-    }
-
     /// Whether the volume sets an owner or mode of its own (applied to a fresh mount root).
     fn has_own_dir_spec(&self) -> bool {
         self.block.uid.is_some() || self.block.gid.is_some() || self.block.mode.is_some()
     }
 }
 
-/// attach → probe → format-if-blank → mount → grow → root path directory, and back.
+/// The node half of a block backend; see the module documentation.
 #[derive(Debug, Clone)]
-pub struct BlockPipeline {
+pub struct BlockNode {
     /// Every syscall and tool.
     os: Arc<dyn BlockOs>,
-    /// The backend's way to get a device.
-    attacher: Arc<dyn Attacher>,
+    /// How the backend's devices are found.
+    devices: Arc<dyn DeviceSource>,
     /// Where volumes are mounted.
     layout: MountLayout,
     /// The config's default size and file system.
     defaults: BlockDefaults,
 }
 
-impl BlockPipeline {
-    /// A pipeline over `os` getting devices from `attacher`.
+impl BlockNode {
+    /// A node over `os` finding devices with `devices`.
     pub fn new(
         os: Arc<dyn BlockOs>,
-        attacher: Arc<dyn Attacher>,
+        devices: Arc<dyn DeviceSource>,
         layout: MountLayout,
         defaults: BlockDefaults,
     ) -> Self {
-        Self { os, attacher, layout, defaults }
+        Self { os, devices, layout, defaults }
     }
 
     /// The OS layer.
@@ -208,11 +164,6 @@ impl BlockPipeline {
     /// The mount layout.
     pub fn layout(&self) -> &MountLayout {
         &self.layout
-    }
-
-    /// The config defaults.
-    pub fn defaults(&self) -> &BlockDefaults {
-        &self.defaults
     }
 
     /// Validates Docker's `Opts` against the block options plus the backend's `extra` specs and
@@ -232,74 +183,13 @@ impl BlockPipeline {
         BlockOptions::from_options(opts, &self.defaults)
     }
 
-    /// The path [`BlockPipeline::activate`] returns.
-    pub fn mountpoint(&self, name: &VolumeName) -> PathBuf {
-        self.layout.data_dir(name)
-    }
-
-    fn plan(&self, name: &VolumeName, block: BlockOptions) -> Plan {
-        let mount_dir = self.layout.mount_dir(name);
-        let data_dir = self.layout.data_dir(name);
+    fn plan(&self, staging: &Path, block: BlockOptions) -> Plan {
         let dir_spec = DirSpec { mode: block.mode.unwrap_or(self.layout.file_mode), uid: block.uid, gid: block.gid };
-        Plan { data_dir: (data_dir != mount_dir).then_some(data_dir), mount_dir, block, dir_spec }
+        Plan { mount_dir: staging.to_path_buf(), root_path: self.layout.root_path.clone(), block, dir_spec }
     }
 
-    /// Attaches, formats if blank, mounts, grows and prepares the root path directory; returns
-    /// the path to hand to containers. Idempotent.
-    ///
-    /// # Errors
-    /// The failing step with its device ([`BackendError::Step`]), or [`BackendError::Refused`]
-    /// for a device that is not blank and not ext4/XFS. Steps this call did are rolled back.
-    pub async fn activate(&self, name: &VolumeName, opts: &Options) -> Result<PathBuf, BackendError> {
-        let plan = self.plan(name, self.block_options(opts)?);
-        let attachment = self.attacher.attach(name, opts).await?;
-        if attachment.newly_attached {
-            tracing::info!(volume = %name, device = %attachment.device.display(), "attached");
-        }
-        let device = attachment.device.clone();
-        let result = blocking(&self.os, "activate", move |os| activate_local(os, &plan, &device)).await;
-        match result {
-            Ok(path) => Ok(path),
-            Err(err) => {
-                if attachment.newly_attached {
-                    if let Err(cleanup) = self.attacher.detach(name, opts).await {
-                        tracing::warn!(
-                            volume = %name, device = %attachment.device.display(), error = %err, %cleanup,
-                            "rollback: could not detach the device after a failed activation"
-                        );
-                    } else {
-                        tracing::info!(volume = %name, device = %attachment.device.display(), "rollback: detached");
-                    }
-                }
-                Err(err)
-            }
-        }
-    }
-
-    /// Syncs, unmounts and detaches. Idempotent: an inactive volume is success. The data stays.
-    ///
-    /// # Errors
-    /// The failing step ([`BackendError::Step`]).
-    pub async fn deactivate(&self, name: &VolumeName, opts: &Options) -> Result<(), BackendError> {
-        let mount_dir = self.layout.mount_dir(name);
-        blocking(&self.os, "deactivate", move |os| deactivate_local(os, &mount_dir)).await?;
-        self.attacher.detach(name, opts).await
-    }
-
-    /// Whether the volume is mounted at `<mount.path>/<name>` right now.
-    ///
-    /// # Errors
-    /// The mount table could not be read.
-    pub async fn is_active(&self, name: &VolumeName) -> Result<bool, BackendError> {
-        let mount_dir = self.layout.mount_dir(name);
-        blocking(&self.os, "is_active", move |os| {
-            os.mounted_at(&mount_dir).map(|m| m.is_some()).map_err(step_error("read mounts for", &mount_dir))
-        })
-        .await
-    }
-
-    /// Flushes the volume's file system to its device when it is mounted here (before a
-    /// snapshot); returns whether it was mounted.
+    /// Flushes the volume's file system to its device when it is mounted at its Docker staging
+    /// path (before a snapshot); returns whether it was mounted.
     ///
     /// # Errors
     /// The mount table could not be read, or `syncfs` failed.
@@ -315,16 +205,8 @@ impl BlockPipeline {
         .await
     }
 
-    /// The device the volume is attached as, if any.
-    ///
-    /// # Errors
-    /// The attachments could not be listed.
-    pub async fn find_attached(&self, name: &VolumeName, opts: &Options) -> Result<Option<PathBuf>, BackendError> {
-        self.attacher.find_attached(name, opts).await
-    }
-
-    /// Removes the volume's mount directory if it is empty (after the volume is removed). A
-    /// failure is only logged: it leaves an empty directory behind, nothing more.
+    /// Removes the volume's Docker staging directory if it is empty (after the volume is
+    /// deleted). A failure is only logged: it leaves an empty directory behind, nothing more.
     pub async fn remove_mount_dir(&self, name: &VolumeName) {
         let mount_dir = self.layout.mount_dir(name);
         let result = blocking(&self.os, "remove mount directory", move |os| {
@@ -337,27 +219,145 @@ impl BlockPipeline {
     }
 }
 
-/// The local part of activation, on a blocking thread: everything after attach.
-fn activate_local(os: &dyn BlockOs, plan: &Plan, device: &Path) -> Result<PathBuf, BackendError> {
+#[async_trait]
+impl Node for BlockNode {
+    fn staging_path(&self, name: &VolumeName) -> PathBuf {
+        self.layout.mount_dir(name)
+    }
+
+    fn data_path(&self, name: &VolumeName) -> PathBuf {
+        self.layout.data_dir(name)
+    }
+
+    async fn stage(
+        &self,
+        name: &VolumeName,
+        opts: &Options,
+        ctx: &PublishContext,
+        staging: &Path,
+    ) -> Result<(), BackendError> {
+        let plan = self.plan(staging, self.block_options(&ctx.fixed_over(opts))?);
+        let device = self.devices.device(name, ctx).await?;
+        crate::crashpoint::hit("device found");
+        let token = crate::crashpoint::token();
+        blocking(&self.os, "stage", move |os| stage_local(os, &plan, &device, &token)).await
+    }
+
+    async fn unstage(&self, _name: &VolumeName, staging: &Path) -> Result<(), BackendError> {
+        let mount_dir = staging.to_path_buf();
+        blocking(&self.os, "unstage", move |os| unstage_local(os, &mount_dir)).await
+    }
+
+    async fn is_staged(&self, _name: &VolumeName, staging: &Path) -> Result<bool, BackendError> {
+        let mount_dir = staging.to_path_buf();
+        blocking(&self.os, "is_staged", move |os| {
+            os.mounted_at(&mount_dir).map(|m| m.is_some()).map_err(step_error("read mounts for", &mount_dir))
+        })
+        .await
+    }
+
+    async fn staged(&self) -> Result<BTreeSet<String>, BackendError> {
+        let root = self.layout.mount_root.clone();
+        let mounts = blocking(&self.os, "staged", move |os| {
+            os.mounts_under(&root).map_err(step_error("read mounts under", &root))
+        })
+        .await?;
+        Ok(mounts.into_iter().map(|(name, _)| name).collect())
+    }
+
+    async fn publish(
+        &self,
+        _name: &VolumeName,
+        opts: &Options,
+        staging: &Path,
+        target: Option<&Path>,
+        read_only: bool,
+    ) -> Result<PathBuf, BackendError> {
+        if let Some(target) = target {
+            return bind(&self.os, staging, target, read_only).await;
+        }
+        let plan = self.plan(staging, self.block_options(opts)?);
+        let handed_out = self.layout.data_dir_in(staging);
+        blocking(&self.os, "publish", move |os| prepare_root_path(os, &plan)).await?;
+        Ok(handed_out)
+    }
+
+    async fn unpublish(&self, _name: &VolumeName, target: &Path) -> Result<(), BackendError> {
+        unbind(&self.os, target).await
+    }
+
+    async fn stats(&self, path: &Path) -> Result<VolumeStats, BackendError> {
+        let path = path.to_path_buf();
+        blocking(&self.os, "stats", move |os| os.statfs(&path).map_err(step_error("read the usage of", &path))).await
+    }
+
+    async fn forget(&self, name: &VolumeName) {
+        self.remove_mount_dir(name).await;
+    }
+}
+
+/// Bind-mounts `source` on `target` (read-only if asked) unless it is bound there already.
+pub(crate) async fn bind(
+    os: &Arc<dyn BlockOs>,
+    source: &Path,
+    target: &Path,
+    read_only: bool,
+) -> Result<PathBuf, BackendError> {
+    let (source, target) = (source.to_path_buf(), target.to_path_buf());
+    blocking(os, "publish", move |os| {
+        if os.mounted_at(&target).map_err(step_error("read mounts for", &target))?.is_some() {
+            tracing::debug!(target = %target.display(), "already published");
+            return Ok(target);
+        }
+        os.bind_mount(&source, &target, read_only).map_err(step_error("bind-mount", &target))?;
+        tracing::info!(source = %source.display(), target = %target.display(), read_only, "published");
+        Ok(target)
+    })
+    .await
+}
+
+/// Unmounts the bind mount at `target`, if there is one.
+pub(crate) async fn unbind(os: &Arc<dyn BlockOs>, target: &Path) -> Result<(), BackendError> {
+    let target = target.to_path_buf();
+    blocking(os, "unpublish", move |os| {
+        if os.mounted_at(&target).map_err(step_error("read mounts for", &target))?.is_none() {
+            return Ok(());
+        }
+        unmount(os, &target, &target)?;
+        tracing::info!(target = %target.display(), "unpublished");
+        Ok(())
+    })
+    .await
+}
+
+/// Staging on a blocking thread: everything after the device was found.
+fn stage_local(
+    os: &dyn BlockOs,
+    plan: &Plan,
+    device: &Path,
+    crash: &crate::crashpoint::Token,
+) -> Result<(), BackendError> {
     let mount_dir = &plan.mount_dir;
     match os.mounted_at(mount_dir).map_err(step_error("read mounts for", mount_dir))? {
         Some(entry) if entry.source == device => {
             tracing::debug!(device = %device.display(), mount = %mount_dir.display(), "already mounted");
-            prepare_root_path(os, plan, false)?;
-            return Ok(plan.handed_out());
+            return Ok(());
         }
         Some(entry) => {
-            return Err(BackendError::Refused(format!(
-                "{} is already mounted from {}, not from the volume's device {}",
-                mount_dir.display(),
-                entry.source.display(),
-                device.display()
-            )))
+            return Err(BackendError::ForeignDevice {
+                what: format!(
+                    "{} is already mounted from {}, not from the volume's device {}",
+                    mount_dir.display(),
+                    entry.source.display(),
+                    device.display()
+                ),
+            })
         }
         None => {}
     }
 
     let (fs, formatted) = format_if_blank(os, plan, device)?;
+    crash.hit("probed or formatted");
 
     // A read-only mount cannot grow, and a new file system already fills its device.
     let grow = !formatted
@@ -372,29 +372,31 @@ fn activate_local(os: &dyn BlockOs, plan: &Plan, device: &Path) -> Result<PathBu
     let data = plan.block.mount.data_for(fs);
     os.mount(device, mount_dir, fs, plan.block.mount.flags, &data).map_err(step_error("mount", device))?;
     tracing::info!(device = %device.display(), mount = %mount_dir.display(), %fs, options = %data, "mounted");
+    crash.hit("mounted");
 
     let rest = (|| {
         if grow && fs.grows_mounted() {
             os.grow(device, fs, Some(mount_dir)).map_err(step_error("grow", device))?;
             tracing::info!(device = %device.display(), %fs, "grew the file system to fill the device");
         }
-        prepare_root_path(os, plan, formatted)
-    })();
-    match rest {
-        Ok(()) => Ok(plan.handed_out()),
-        Err(err) => {
-            match unmount(os, mount_dir, device) {
-                Ok(()) => {
-                    tracing::info!(device = %device.display(), mount = %mount_dir.display(), "rollback: unmounted")
-                }
-                Err(cleanup) => tracing::warn!(
-                    device = %device.display(), mount = %mount_dir.display(), error = %err, %cleanup,
-                    "rollback: could not unmount after a failed activation"
-                ),
-            }
-            Err(err)
+        // With no root path, a file system made just now gets the volume's own mode and owner
+        // (if it sets one) on its root.
+        if formatted && plan.root_path.as_os_str().is_empty() && plan.has_own_dir_spec() {
+            os.set_owner_mode(mount_dir, plan.dir_spec).map_err(step_error("set owner and mode of", mount_dir))?;
         }
+        Ok(())
+    })();
+    if let Err(err) = rest {
+        match unmount(os, mount_dir, device) {
+            Ok(()) => tracing::info!(device = %device.display(), mount = %mount_dir.display(), "rollback: unmounted"),
+            Err(cleanup) => tracing::warn!(
+                device = %device.display(), mount = %mount_dir.display(), error = %err, %cleanup,
+                "rollback: could not unmount after a failed stage"
+            ),
+        }
+        return Err(err);
     }
+    Ok(())
 }
 
 /// Probes `device`; formats it when blank. Returns the file system to mount and whether it was
@@ -404,7 +406,7 @@ fn format_if_blank(os: &dyn BlockOs, plan: &Plan, device: &Path) -> Result<(FsTy
     match os.probe(device).map_err(step_error("probe", device))? {
         Probe::Blank => {
             if plan.block.mount.read_only() {
-                return Err(BackendError::Refused(format!(
+                return Err(BackendError::invalid(format!(
                     "{} is blank and the volume is read-only (mountOptions ro): not formatting it",
                     device.display()
                 )));
@@ -423,42 +425,40 @@ fn format_if_blank(os: &dyn BlockOs, plan: &Plan, device: &Path) -> Result<(FsTy
                 }
                 Ok((fs, false))
             }
-            None => Err(BackendError::Refused(format!(
-                "{} holds a {found} signature, not ext4 or xfs: refusing to mount or format it",
-                device.display()
-            ))),
+            None => Err(BackendError::NotBlank {
+                device: device.to_path_buf(),
+                found: format!("holds a {found} signature, not ext4 or xfs"),
+            }),
         },
-        Probe::PartitionTable(table) => Err(BackendError::Refused(format!(
-            "{} holds a partition table ({table}): refusing to mount or format it",
-            device.display()
-        ))),
-        Probe::Unrecognized(what) => Err(BackendError::Refused(format!(
-            "{} is not blank ({what}): refusing to mount or format it",
-            device.display()
-        ))),
-    }
-}
-
-/// Creates the root path directory with the volume's mode and owner. With no root path, a
-/// file system made just now gets the volume's own mode/owner (if it sets one) on its root.
-fn prepare_root_path(os: &dyn BlockOs, plan: &Plan, formatted: bool) -> Result<(), BackendError> {
-    match &plan.data_dir {
-        Some(dir) => {
-            if os.ensure_dir(dir, plan.dir_spec).map_err(step_error("create data directory", dir))? {
-                tracing::info!(path = %dir.display(), mode = format!("{:04o}", plan.dir_spec.mode), uid = ?plan.dir_spec.uid,
-                    gid = ?plan.dir_spec.gid, "created data directory");
-            }
-            Ok(())
+        Probe::PartitionTable(table) => Err(BackendError::NotBlank {
+            device: device.to_path_buf(),
+            found: format!("holds a partition table ({table})"),
+        }),
+        Probe::Unrecognized(what) => {
+            Err(BackendError::NotBlank { device: device.to_path_buf(), found: format!("is not blank ({what})") })
         }
-        None if formatted && plan.has_own_dir_spec() => os
-            .set_owner_mode(&plan.mount_dir, plan.dir_spec)
-            .map_err(step_error("set owner and mode of", &plan.mount_dir)),
-        None => Ok(()),
     }
 }
 
-/// The local part of deactivation: sync and unmount if mounted.
-fn deactivate_local(os: &dyn BlockOs, mount_dir: &Path) -> Result<(), BackendError> {
+/// Creates the root path directory with the volume's mode and owner, following no link inside
+/// the volume (a container may have planted one).
+fn prepare_root_path(os: &dyn BlockOs, plan: &Plan) -> Result<(), BackendError> {
+    if plan.root_path.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let dir = plan.mount_dir.join(&plan.root_path);
+    if os
+        .ensure_dir_beneath(&plan.mount_dir, &plan.root_path, plan.dir_spec)
+        .map_err(step_error("create data directory", &dir))?
+    {
+        tracing::info!(path = %dir.display(), mode = format!("{:04o}", plan.dir_spec.mode), uid = ?plan.dir_spec.uid,
+            gid = ?plan.dir_spec.gid, "created data directory");
+    }
+    Ok(())
+}
+
+/// Unstaging on a blocking thread: sync and unmount if mounted.
+fn unstage_local(os: &dyn BlockOs, mount_dir: &Path) -> Result<(), BackendError> {
     let Some(entry) = os.mounted_at(mount_dir).map_err(step_error("read mounts for", mount_dir))? else {
         tracing::debug!(mount = %mount_dir.display(), "not mounted");
         return Ok(());
@@ -489,7 +489,7 @@ mod tests {
     use std::io::ErrorKind;
 
     use super::*;
-    use crate::backend::loopback::LoopAttacher;
+    use crate::backend::loopback::LoopDevices;
     use crate::os::fake::{Call, CallKind, Failure, FakeOs};
     use crate::os::MountFlags;
 
@@ -499,16 +499,22 @@ mod tests {
     const DATA: &str = "/mnt/v1/data";
     const SPEC: DirSpec = DirSpec { mode: 0o700, uid: None, gid: None };
 
-    fn setup(root_path: &str) -> (Arc<FakeOs>, BlockPipeline) {
+    fn setup(root_path: &str) -> (Arc<FakeOs>, BlockNode) {
         let os = Arc::new(FakeOs::new());
         os.add_file(IMG, 1 << 30);
-        let attacher = Arc::new(LoopAttacher::new(os.clone(), "/loop".into()));
+        let devices = Arc::new(LoopDevices::new(os.clone(), "/loop".into()));
         let layout = MountLayout::new("/mnt".into(), root_path, 0o700).unwrap();
         let defaults = BlockDefaults { size_gib: 16, fs_type: "ext4".into() };
-        (os.clone(), BlockPipeline::new(os, attacher, layout, defaults))
+        (os.clone(), BlockNode::new(os, devices, layout, defaults))
     }
 
-    fn opts(p: &BlockPipeline, pairs: &[(&str, &str)]) -> Options {
+    /// The volume's image attached as the controller would have (not recorded).
+    fn published(os: &FakeOs) -> PublishContext {
+        let device = os.attach_existing(IMG);
+        PublishContext::new().with(PublishContext::DEVICE, device.display().to_string())
+    }
+
+    fn opts(p: &BlockNode, pairs: &[(&str, &str)]) -> Options {
         p.parse_options(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), &[]).unwrap()
     }
 
@@ -516,20 +522,20 @@ mod tests {
         VolumeName::new("v1").unwrap()
     }
 
-    fn find() -> Call {
-        Call::LoopFind { image: IMG.into() }
+    /// Stages at the Docker staging path and hands the data directory out.
+    async fn stage(p: &BlockNode, ctx: &PublishContext, o: &Options) -> Result<PathBuf, BackendError> {
+        p.stage(&v1(), o, ctx, Path::new(MNT)).await?;
+        p.publish(&v1(), o, Path::new(MNT), None, false).await
     }
-    fn attach() -> Call {
-        Call::LoopAttach { image: IMG.into() }
-    }
-    fn detach(dev: &str) -> Call {
-        Call::LoopDetach { device: dev.into() }
+
+    fn backed() -> Call {
+        Call::LoopBackedBy { device: DEV.into(), image: IMG.into() }
     }
     fn mounted_at() -> Call {
         Call::MountedAt { target: MNT.into() }
     }
-    fn probe(dev: &str) -> Call {
-        Call::Probe { device: dev.into() }
+    fn probe() -> Call {
+        Call::Probe { device: DEV.into() }
     }
     fn mkfs(fs: FsType, extra: &[&str]) -> Call {
         Call::Mkfs { device: DEV.into(), fs, extra: extra.iter().map(|s| s.to_string()).collect() }
@@ -537,108 +543,79 @@ mod tests {
     fn make_dir() -> Call {
         Call::MakeDir { path: MNT.into() }
     }
-    fn mount(dev: &str, fs: FsType, flags: MountFlags, data: &str) -> Call {
-        Call::Mount { device: dev.into(), target: MNT.into(), fs, flags, data: data.into() }
+    fn mount(fs: FsType, flags: MountFlags, data: &str) -> Call {
+        Call::Mount { device: DEV.into(), target: MNT.into(), fs, flags, data: data.into() }
     }
-    fn needs_grow(dev: &str, fs: FsType) -> Call {
-        Call::NeedsGrow { device: dev.into(), fs }
+    fn needs_grow(fs: FsType) -> Call {
+        Call::NeedsGrow { device: DEV.into(), fs }
     }
-    fn grow(dev: &str, fs: FsType, mounted: bool) -> Call {
-        Call::Grow { device: dev.into(), fs, mountpoint: mounted.then(|| MNT.into()) }
+    fn grow(fs: FsType, mounted: bool) -> Call {
+        Call::Grow { device: DEV.into(), fs, mountpoint: mounted.then(|| MNT.into()) }
     }
     fn ensure_data(spec: DirSpec) -> Call {
-        Call::EnsureDir { path: DATA.into(), spec }
+        Call::EnsureDirBeneath { base: MNT.into(), rel: "data".into(), spec }
     }
     fn unmount(lazy: bool) -> Call {
         Call::Unmount { target: MNT.into(), lazy }
     }
 
     #[tokio::test]
-    async fn first_activation_of_a_blank_device_formats_and_mounts() {
+    async fn first_stage_of_a_blank_device_formats_and_mounts() {
         let (os, p) = setup("/data");
-        let path = p.activate(&v1(), &opts(&p, &[])).await.unwrap();
+        let ctx = published(&os);
+        let path = stage(&p, &ctx, &opts(&p, &[])).await.unwrap();
         assert_eq!(path, Path::new(DATA));
         assert_eq!(
             os.calls(),
             vec![
-                find(),
-                attach(),
+                backed(),
                 mounted_at(),
-                probe(DEV),
+                probe(),
                 mkfs(FsType::Ext4, &[]),
                 make_dir(),
-                mount(DEV, FsType::Ext4, MountFlags::empty(), ""),
-                // No grow: a file system made just now fills its device.
+                mount(FsType::Ext4, MountFlags::empty(), ""),
                 ensure_data(SPEC),
             ]
         );
-        assert_eq!(os.mounted(Path::new(MNT)).unwrap().source, Path::new(DEV));
-        assert_eq!(p.mountpoint(&v1()), Path::new(DATA));
+        assert!(p.is_staged(&v1(), Path::new(MNT)).await.unwrap());
+        assert_eq!(p.staged().await.unwrap(), BTreeSet::from(["v1".to_owned()]));
     }
 
     #[tokio::test]
-    async fn second_activation_of_a_formatted_device_does_not_format() {
-        let (os, p) = setup("/data");
-        let o = opts(&p, &[]);
-        p.activate(&v1(), &o).await.unwrap();
-        p.deactivate(&v1(), &o).await.unwrap();
-        os.take_calls();
-        assert_eq!(p.activate(&v1(), &o).await.unwrap(), Path::new(DATA));
-        let dev = "/dev/loop1";
-        assert_eq!(
-            os.calls(),
-            vec![
-                find(),
-                attach(),
-                mounted_at(),
-                probe(dev),
-                needs_grow(dev, FsType::Ext4),
-                make_dir(),
-                mount(dev, FsType::Ext4, MountFlags::empty(), ""),
-                ensure_data(SPEC),
-            ]
-        );
-    }
-
-    #[tokio::test]
-    async fn an_enlarged_ext4_device_is_grown_before_mounting() {
+    async fn an_enlarged_ext4_grows_before_and_xfs_after_mounting() {
         let (os, p) = setup("/data");
         os.set_probe(IMG, Probe::Filesystem("ext4".into()));
         os.set_needs_grow(IMG);
-        p.activate(&v1(), &opts(&p, &[])).await.unwrap();
+        let ctx = published(&os);
+        stage(&p, &ctx, &opts(&p, &[])).await.unwrap();
         assert_eq!(
-            os.calls(),
+            os.take_calls(),
             vec![
-                find(),
-                attach(),
+                backed(),
                 mounted_at(),
-                probe(DEV),
-                needs_grow(DEV, FsType::Ext4),
-                grow(DEV, FsType::Ext4, false),
+                probe(),
+                needs_grow(FsType::Ext4),
+                grow(FsType::Ext4, false),
                 make_dir(),
-                mount(DEV, FsType::Ext4, MountFlags::empty(), ""),
+                mount(FsType::Ext4, MountFlags::empty(), ""),
                 ensure_data(SPEC),
             ]
         );
-    }
-
-    #[tokio::test]
-    async fn an_enlarged_xfs_device_is_grown_after_mounting() {
         let (os, p) = setup("/data");
         os.set_probe(IMG, Probe::Filesystem("xfs".into()));
         os.set_needs_grow(IMG);
-        p.activate(&v1(), &opts(&p, &[("fsType", "xfs")])).await.unwrap();
+        let ctx = published(&os);
+        stage(&p, &ctx, &opts(&p, &[("fsType", "xfs")])).await.unwrap();
         assert_eq!(
             os.calls(),
             vec![
-                find(),
-                attach(),
+                backed(),
                 mounted_at(),
-                probe(DEV),
-                needs_grow(DEV, FsType::Xfs),
+                probe(),
+                needs_grow(FsType::Xfs),
                 make_dir(),
-                mount(DEV, FsType::Xfs, MountFlags::empty(), "nouuid"),
-                grow(DEV, FsType::Xfs, true),
+                mount(FsType::Xfs, MountFlags::empty(), "nouuid"),
+                grow(FsType::Xfs, true),
                 ensure_data(SPEC),
             ]
         );
@@ -647,168 +624,94 @@ mod tests {
     #[tokio::test]
     async fn an_already_mounted_volume_is_not_mounted_again() {
         let (os, p) = setup("/data");
+        let ctx = published(&os);
         let o = opts(&p, &[]);
-        p.activate(&v1(), &o).await.unwrap();
+        stage(&p, &ctx, &o).await.unwrap();
         os.take_calls();
-        assert_eq!(p.activate(&v1(), &o).await.unwrap(), Path::new(DATA));
-        assert_eq!(os.calls(), vec![find(), mounted_at(), ensure_data(SPEC)]);
-        assert!(p.is_active(&v1()).await.unwrap());
+        assert_eq!(stage(&p, &ctx, &o).await.unwrap(), Path::new(DATA));
+        assert_eq!(os.calls(), vec![backed(), mounted_at(), ensure_data(SPEC)]);
     }
 
     #[tokio::test]
-    async fn deactivate_syncs_unmounts_and_detaches_and_is_idempotent() {
+    async fn unstage_syncs_and_unmounts_and_is_idempotent() {
         let (os, p) = setup("/data");
-        let o = opts(&p, &[]);
-        p.activate(&v1(), &o).await.unwrap();
+        let ctx = published(&os);
+        stage(&p, &ctx, &opts(&p, &[])).await.unwrap();
         os.take_calls();
-        p.deactivate(&v1(), &o).await.unwrap();
-        assert_eq!(
-            os.take_calls(),
-            vec![mounted_at(), Call::Syncfs { target: MNT.into() }, unmount(false), find(), detach(DEV)]
-        );
-        assert!(!p.is_active(&v1()).await.unwrap());
-        assert_eq!(os.attached(Path::new(IMG)), None);
+        p.unstage(&v1(), Path::new(MNT)).await.unwrap();
+        assert_eq!(os.take_calls(), vec![mounted_at(), Call::Syncfs { target: MNT.into() }, unmount(false)]);
+        assert!(!p.is_staged(&v1(), Path::new(MNT)).await.unwrap());
+        assert!(os.attached(Path::new(IMG)).is_some(), "the device is the controller's to let go");
         os.take_calls();
-        p.deactivate(&v1(), &o).await.unwrap();
-        assert_eq!(os.calls(), vec![mounted_at(), find()]);
+        p.unstage(&v1(), Path::new(MNT)).await.unwrap();
+        assert_eq!(os.calls(), vec![mounted_at()]);
     }
 
     #[tokio::test]
-    async fn mkfs_failure_detaches() {
+    async fn a_failed_format_or_mount_leaves_nothing_mounted() {
         let (os, p) = setup("/data");
+        let ctx = published(&os);
         os.fail_next(CallKind::Mkfs, Failure::Tool("mkfs.ext4: no space".into()));
-        let err = p.activate(&v1(), &opts(&p, &[])).await.unwrap_err();
+        let err = stage(&p, &ctx, &opts(&p, &[])).await.unwrap_err();
         assert!(matches!(&err, BackendError::Step { step: "format", device, .. } if device == Path::new(DEV)), "{err}");
-        assert_eq!(
-            os.calls(),
-            vec![find(), attach(), mounted_at(), probe(DEV), mkfs(FsType::Ext4, &[]), find(), detach(DEV)]
-        );
-        assert_eq!(os.attached(Path::new(IMG)), None);
-    }
+        assert_eq!(os.calls(), vec![backed(), mounted_at(), probe(), mkfs(FsType::Ext4, &[])]);
 
-    #[tokio::test]
-    async fn mount_failure_detaches() {
         let (os, p) = setup("/data");
+        let ctx = published(&os);
         os.fail_next(CallKind::Mount, Failure::Io(ErrorKind::InvalidInput));
-        let err = p.activate(&v1(), &opts(&p, &[])).await.unwrap_err();
+        let err = stage(&p, &ctx, &opts(&p, &[])).await.unwrap_err();
         assert!(matches!(&err, BackendError::Step { step: "mount", device, .. } if device == Path::new(DEV)), "{err}");
-        assert_eq!(
-            os.calls(),
-            vec![
-                find(),
-                attach(),
-                mounted_at(),
-                probe(DEV),
-                mkfs(FsType::Ext4, &[]),
-                make_dir(),
-                mount(DEV, FsType::Ext4, MountFlags::empty(), ""),
-                find(),
-                detach(DEV),
-            ]
-        );
-        assert_eq!(os.attached(Path::new(IMG)), None);
+        assert!(os.mounted(Path::new(MNT)).is_none());
         // The file system made before the failure stays: the next try does not format again.
         os.take_calls();
-        p.activate(&v1(), &opts(&p, &[])).await.unwrap();
+        stage(&p, &ctx, &opts(&p, &[])).await.unwrap();
         assert!(!os.calls().iter().any(|c| c.kind() == CallKind::Mkfs));
     }
 
     #[tokio::test]
-    async fn mount_directory_failure_detaches() {
+    async fn a_failed_mount_directory_or_data_directory_is_named() {
         let (os, p) = setup("/data");
+        let ctx = published(&os);
         os.fail_next(CallKind::MakeDir, Failure::Io(ErrorKind::PermissionDenied));
-        let err = p.activate(&v1(), &opts(&p, &[])).await.unwrap_err();
+        let err = stage(&p, &ctx, &opts(&p, &[])).await.unwrap_err();
         assert!(matches!(&err, BackendError::Step { step: "create mount directory", .. }), "{err}");
-        assert_eq!(os.calls()[5..], [make_dir(), find(), detach(DEV)]);
-    }
 
-    #[tokio::test]
-    async fn data_directory_failure_unmounts_and_detaches() {
         let (os, p) = setup("/data");
-        os.fail_next(CallKind::EnsureDir, Failure::Io(ErrorKind::PermissionDenied));
-        let err = p.activate(&v1(), &opts(&p, &[])).await.unwrap_err();
+        let ctx = published(&os);
+        os.fail_next(CallKind::EnsureDirBeneath, Failure::Io(ErrorKind::PermissionDenied));
+        let err = stage(&p, &ctx, &opts(&p, &[])).await.unwrap_err();
         assert!(
             matches!(&err, BackendError::Step { step: "create data directory", device, .. } if device == Path::new(DATA)),
             "{err}"
         );
-        assert_eq!(
-            os.calls(),
-            vec![
-                find(),
-                attach(),
-                mounted_at(),
-                probe(DEV),
-                mkfs(FsType::Ext4, &[]),
-                make_dir(),
-                mount(DEV, FsType::Ext4, MountFlags::empty(), ""),
-                ensure_data(SPEC),
-                unmount(false),
-                find(),
-                detach(DEV),
-            ]
-        );
-        assert!(os.mounted(Path::new(MNT)).is_none());
-        assert_eq!(os.attached(Path::new(IMG)), None);
     }
 
     #[tokio::test]
-    async fn offline_grow_failure_detaches() {
+    async fn grow_failures_leave_nothing_mounted() {
         let (os, p) = setup("/data");
         os.set_probe(IMG, Probe::Filesystem("ext4".into()));
         os.set_needs_grow(IMG);
+        let ctx = published(&os);
         os.fail_next(CallKind::Grow, Failure::Tool("e2fsck: UNEXPECTED INCONSISTENCY".into()));
-        let err = p.activate(&v1(), &opts(&p, &[])).await.unwrap_err();
+        let err = stage(&p, &ctx, &opts(&p, &[])).await.unwrap_err();
         assert!(matches!(&err, BackendError::Step { step: "grow", device, .. } if device == Path::new(DEV)), "{err}");
         assert_eq!(
             os.calls(),
-            vec![
-                find(),
-                attach(),
-                mounted_at(),
-                probe(DEV),
-                needs_grow(DEV, FsType::Ext4),
-                grow(DEV, FsType::Ext4, false),
-                find(),
-                detach(DEV),
-            ]
+            vec![backed(), mounted_at(), probe(), needs_grow(FsType::Ext4), grow(FsType::Ext4, false)]
         );
-    }
 
-    #[tokio::test]
-    async fn online_grow_failure_unmounts_and_detaches() {
         let (os, p) = setup("/data");
         os.set_probe(IMG, Probe::Filesystem("xfs".into()));
         os.set_needs_grow(IMG);
+        let ctx = published(&os);
         os.fail_next(CallKind::Grow, Failure::Tool("xfs_growfs: bad superblock".into()));
-        let err = p.activate(&v1(), &opts(&p, &[("fsType", "xfs")])).await.unwrap_err();
+        let err = stage(&p, &ctx, &opts(&p, &[("fsType", "xfs")])).await.unwrap_err();
         assert!(matches!(&err, BackendError::Step { step: "grow", .. }), "{err}");
         assert_eq!(
-            os.calls(),
-            vec![
-                find(),
-                attach(),
-                mounted_at(),
-                probe(DEV),
-                needs_grow(DEV, FsType::Xfs),
-                make_dir(),
-                mount(DEV, FsType::Xfs, MountFlags::empty(), "nouuid"),
-                grow(DEV, FsType::Xfs, true),
-                unmount(false),
-                find(),
-                detach(DEV),
-            ]
+            os.calls()[5..],
+            [mount(FsType::Xfs, MountFlags::empty(), "nouuid"), grow(FsType::Xfs, true), unmount(false)]
         );
         assert!(os.mounted(Path::new(MNT)).is_none());
-    }
-
-    #[tokio::test]
-    async fn a_device_attached_before_is_not_detached_on_failure() {
-        let (os, p) = setup("/data");
-        let dev = os.attach_existing(IMG);
-        os.fail_next(CallKind::Mount, Failure::Io(ErrorKind::InvalidInput));
-        p.activate(&v1(), &opts(&p, &[])).await.unwrap_err();
-        assert!(!os.calls().iter().any(|c| c.kind() == CallKind::LoopDetach), "{:?}", os.calls());
-        assert_eq!(os.attached(Path::new(IMG)), Some(dev));
     }
 
     #[tokio::test]
@@ -823,23 +726,54 @@ mod tests {
         ] {
             let (os, p) = setup("/data");
             os.set_probe(IMG, probe_result.clone());
-            let err = p.activate(&v1(), &opts(&p, &[])).await.unwrap_err();
+            let ctx = published(&os);
+            let err = stage(&p, &ctx, &opts(&p, &[])).await.unwrap_err();
             let msg = err.to_string();
-            assert!(matches!(err, BackendError::Refused(_)), "{msg}");
+            assert!(matches!(err, BackendError::NotBlank { .. }), "{msg}");
             assert!(msg.contains(needle) && msg.contains(DEV), "{msg}");
-            assert_eq!(
-                os.calls(),
-                vec![find(), attach(), mounted_at(), probe(DEV), find(), detach(DEV)],
-                "{probe_result:?}"
-            );
+            assert_eq!(os.calls(), vec![backed(), mounted_at(), probe()], "{probe_result:?}");
             assert_eq!(os.signature(Path::new(IMG)), probe_result, "untouched");
         }
     }
 
     #[tokio::test]
+    async fn a_device_that_is_not_the_volumes_own_is_never_touched() {
+        let (os, p) = setup("/data");
+        os.add_file("/elsewhere/other.img", 1 << 30);
+        let other = os.attach_existing("/elsewhere/other.img");
+        let ctx = PublishContext::new().with(PublishContext::DEVICE, other.display().to_string());
+        let err = stage(&p, &ctx, &opts(&p, &[])).await.unwrap_err();
+        assert!(matches!(err, BackendError::ForeignDevice { .. }), "{err}");
+        assert!(err.to_string().contains("not backed by the volume's image /loop/v1.img"), "{err}");
+        assert_eq!(os.calls(), vec![Call::LoopBackedBy { device: other, image: IMG.into() }]);
+        let err = stage(&p, &PublishContext::new(), &opts(&p, &[])).await.unwrap_err();
+        assert!(err.to_string().contains("names no loop device"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn links_planted_at_the_mount_point_or_in_the_volume_are_refused() {
+        let (os, p) = setup("/data");
+        os.add_symlink(MNT);
+        let ctx = published(&os);
+        let err = stage(&p, &ctx, &opts(&p, &[])).await.unwrap_err();
+        let msg = format!("{err}: {}", std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default());
+        assert!(msg.contains(MNT) && msg.contains("symbolic link"), "{msg}");
+        assert!(!os.calls().iter().any(|c| c.kind() == CallKind::Mount), "{:?}", os.calls());
+
+        let (os, p) = setup("/data");
+        let ctx = published(&os);
+        p.stage(&v1(), &opts(&p, &[]), &ctx, Path::new(MNT)).await.unwrap();
+        os.add_symlink(DATA);
+        let err = p.publish(&v1(), &opts(&p, &[]), Path::new(MNT), None, false).await.unwrap_err();
+        let msg = format!("{err}: {}", std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default());
+        assert!(msg.contains(DATA) && msg.contains("symbolic link"), "{msg}");
+    }
+
+    #[tokio::test]
     async fn a_blank_read_only_volume_is_not_formatted() {
         let (os, p) = setup("/data");
-        let err = p.activate(&v1(), &opts(&p, &[("mountOptions", "ro")])).await.unwrap_err();
+        let ctx = published(&os);
+        let err = stage(&p, &ctx, &opts(&p, &[("mountOptions", "ro")])).await.unwrap_err();
         assert!(err.to_string().contains("read-only"), "{err}");
         assert!(!os.calls().iter().any(|c| c.kind() == CallKind::Mkfs));
     }
@@ -849,34 +783,36 @@ mod tests {
         let (os, p) = setup("/data");
         os.set_probe(IMG, Probe::Filesystem("ext4".into()));
         os.set_needs_grow(IMG);
-        p.activate(&v1(), &opts(&p, &[("mountOptions", "ro,noatime")])).await.unwrap();
+        let ctx = published(&os);
+        stage(&p, &ctx, &opts(&p, &[("mountOptions", "ro,noatime")])).await.unwrap();
         let calls = os.calls();
-        assert!(calls.contains(&mount(DEV, FsType::Ext4, MountFlags::RDONLY | MountFlags::NOATIME, "")), "{calls:?}");
+        assert!(calls.contains(&mount(FsType::Ext4, MountFlags::RDONLY | MountFlags::NOATIME, "")), "{calls:?}");
         assert!(!calls.iter().any(|c| matches!(c.kind(), CallKind::Grow | CallKind::NeedsGrow)));
     }
 
     #[tokio::test]
     async fn unmount_ebusy_falls_back_to_a_logged_lazy_unmount() {
         let (os, p) = setup("/data");
+        let ctx = published(&os);
         let o = opts(&p, &[]);
-        p.activate(&v1(), &o).await.unwrap();
+        stage(&p, &ctx, &o).await.unwrap();
         os.take_calls();
         os.fail_next(CallKind::Unmount, Failure::Io(ErrorKind::ResourceBusy));
-        p.deactivate(&v1(), &o).await.unwrap();
+        p.unstage(&v1(), Path::new(MNT)).await.unwrap();
         assert_eq!(
             os.take_calls(),
-            vec![mounted_at(), Call::Syncfs { target: MNT.into() }, unmount(false), unmount(true), find(), detach(DEV)]
+            vec![mounted_at(), Call::Syncfs { target: MNT.into() }, unmount(false), unmount(true)]
         );
 
         // The same, synchronously, under a subscriber that captures the warning.
-        p.activate(&v1(), &o).await.unwrap();
+        stage(&p, &ctx, &o).await.unwrap();
         os.fail_next(CallKind::Unmount, Failure::Errno(16)); // EBUSY
         let log = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
         let writer = CaptureWriter(log.clone());
         let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
-        tracing::subscriber::with_default(subscriber, || deactivate_local(os.as_ref(), Path::new(MNT))).unwrap();
+        tracing::subscriber::with_default(subscriber, || unstage_local(os.as_ref(), Path::new(MNT))).unwrap();
         let log = String::from_utf8(log.lock().unwrap().clone()).unwrap();
-        assert!(log.contains("WARN") && log.contains("MNT_DETACH") && log.contains("/dev/loop1"), "{log}");
+        assert!(log.contains("WARN") && log.contains("MNT_DETACH") && log.contains("/dev/loop0"), "{log}");
     }
 
     #[derive(Clone)]
@@ -893,58 +829,72 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn other_unmount_failures_are_errors_and_keep_the_device() {
+    async fn other_unmount_failures_are_errors() {
         let (os, p) = setup("/data");
-        let o = opts(&p, &[]);
-        p.activate(&v1(), &o).await.unwrap();
+        let ctx = published(&os);
+        stage(&p, &ctx, &opts(&p, &[])).await.unwrap();
         os.take_calls();
         os.fail_next(CallKind::Unmount, Failure::Io(ErrorKind::PermissionDenied));
-        let err = p.deactivate(&v1(), &o).await.unwrap_err();
+        let err = p.unstage(&v1(), Path::new(MNT)).await.unwrap_err();
         assert!(
             matches!(&err, BackendError::Step { step: "unmount", device, .. } if device == Path::new(DEV)),
             "{err}"
         );
         assert_eq!(os.calls(), vec![mounted_at(), Call::Syncfs { target: MNT.into() }, unmount(false)]);
-        assert!(os.attached(Path::new(IMG)).is_some());
     }
 
     #[tokio::test]
     async fn xfs_gets_nouuid_and_the_volume_options() {
         let (os, p) = setup("/data");
+        let ctx = published(&os);
         let o = opts(&p, &[("fsType", "xfs"), ("mountOptions", "noatime,inode64"), ("mkfsOptions", "-L v1 -m crc=1")]);
-        p.activate(&v1(), &o).await.unwrap();
+        stage(&p, &ctx, &o).await.unwrap();
         let calls = os.calls();
-        assert_eq!(calls[4], mkfs(FsType::Xfs, &["-L", "v1", "-m", "crc=1"]));
-        assert_eq!(calls[6], mount(DEV, FsType::Xfs, MountFlags::NOATIME, "nouuid,inode64"));
+        assert_eq!(calls[3], mkfs(FsType::Xfs, &["-L", "v1", "-m", "crc=1"]));
+        assert_eq!(calls[5], mount(FsType::Xfs, MountFlags::NOATIME, "nouuid,inode64"));
+    }
+
+    #[tokio::test]
+    async fn the_storages_fixed_options_win_over_the_stored_ones() {
+        let (os, p) = setup("/data");
+        let ctx = published(&os).with("fsType", "xfs").with("mode", "0750");
+        stage(&p, &ctx.clone(), &ctx.fixed_over(&opts(&p, &[]))).await.unwrap();
+        let calls = os.calls();
+        assert_eq!(calls[3], mkfs(FsType::Xfs, &[]));
+        assert_eq!(calls.last(), Some(&ensure_data(DirSpec { mode: 0o750, uid: None, gid: None })));
     }
 
     #[tokio::test]
     async fn an_existing_file_system_of_another_type_is_mounted_as_it_is() {
         let (os, p) = setup("/data");
         os.set_probe(IMG, Probe::Filesystem("xfs".into()));
-        p.activate(&v1(), &opts(&p, &[("fsType", "ext4")])).await.unwrap();
+        let ctx = published(&os);
+        stage(&p, &ctx, &opts(&p, &[("fsType", "ext4")])).await.unwrap();
         let calls = os.calls();
-        assert!(calls.contains(&mount(DEV, FsType::Xfs, MountFlags::empty(), "nouuid")), "{calls:?}");
+        assert!(calls.contains(&mount(FsType::Xfs, MountFlags::empty(), "nouuid")), "{calls:?}");
         assert!(!calls.iter().any(|c| c.kind() == CallKind::Mkfs));
     }
 
     #[tokio::test]
     async fn data_directory_gets_the_volume_mode_and_owner() {
         let (os, p) = setup("/data");
-        p.activate(&v1(), &opts(&p, &[("mode", "0750"), ("uid", "1000"), ("gid", "1000")])).await.unwrap();
+        let ctx = published(&os);
+        stage(&p, &ctx, &opts(&p, &[("mode", "0750"), ("uid", "1000"), ("gid", "1000")])).await.unwrap();
         assert!(os.calls().contains(&ensure_data(DirSpec { mode: 0o750, uid: Some(1000), gid: Some(1000) })));
     }
 
     #[tokio::test]
     async fn empty_root_path_hands_out_the_mount_root() {
         let (os, p) = setup("");
-        let path = p.activate(&v1(), &opts(&p, &[("uid", "1000")])).await.unwrap();
+        let ctx = published(&os);
+        let path = stage(&p, &ctx, &opts(&p, &[("uid", "1000")])).await.unwrap();
         assert_eq!(path, Path::new(MNT));
         let spec = DirSpec { mode: 0o700, uid: Some(1000), gid: None };
         assert_eq!(os.calls().last(), Some(&Call::SetOwnerMode { path: MNT.into(), spec }));
         // Without own mode/owner the fresh root is left alone; remounts never touch it.
         let (os, p) = setup("");
-        p.activate(&v1(), &opts(&p, &[])).await.unwrap();
+        let ctx = published(&os);
+        stage(&p, &ctx, &opts(&p, &[])).await.unwrap();
         assert!(!os.calls().iter().any(|c| c.kind() == CallKind::SetOwnerMode));
     }
 
@@ -952,9 +902,30 @@ mod tests {
     async fn a_mount_point_used_by_another_device_is_refused() {
         let (os, p) = setup("/data");
         os.mount_existing("/dev/sdz", MNT, FsType::Ext4);
-        let err = p.activate(&v1(), &opts(&p, &[])).await.unwrap_err();
-        assert!(err.to_string().contains("/dev/sdz"), "{err}");
-        assert_eq!(os.calls(), vec![find(), attach(), mounted_at(), find(), detach(DEV)]);
+        let ctx = published(&os);
+        let err = stage(&p, &ctx, &opts(&p, &[])).await.unwrap_err();
+        assert!(matches!(err, BackendError::ForeignDevice { .. }) && err.to_string().contains("/dev/sdz"), "{err}");
+        assert_eq!(os.calls(), vec![backed(), mounted_at()]);
+    }
+
+    #[tokio::test]
+    async fn a_target_gets_a_bind_mount_of_the_staging_path() {
+        let (os, p) = setup("/data");
+        let ctx = published(&os);
+        let o = opts(&p, &[]);
+        p.stage(&v1(), &o, &ctx, Path::new(MNT)).await.unwrap();
+        os.add_dir("/pods/a");
+        os.take_calls();
+        let target = Path::new("/pods/a");
+        assert_eq!(p.publish(&v1(), &o, Path::new(MNT), Some(target), true).await.unwrap(), target);
+        assert_eq!(p.publish(&v1(), &o, Path::new(MNT), Some(target), true).await.unwrap(), target, "idempotent");
+        let bind = Call::BindMount { source: MNT.into(), target: target.into(), read_only: true };
+        assert_eq!(os.calls().iter().filter(|c| **c == bind).count(), 1);
+        assert!(os.mounted(target).unwrap().options.starts_with("ro"));
+        p.unpublish(&v1(), target).await.unwrap();
+        assert!(os.mounted(target).is_none());
+        p.unpublish(&v1(), target).await.unwrap();
+        assert_eq!(p.stats(target).await.unwrap().total_bytes, 1 << 30);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!   concurrent attaches never collide. A name whose attach failed or got stuck is tainted for
 //!   an hour and only used when nothing else is free (AWS warns that reusing such a name can
 //!   leave the next attach stuck in `attaching`).
-//! - [`DeviceHost`]: how the host shows an attached volume. On Nitro the volume is an NVMe
+//! - [`find_device`]: where the host shows an attached volume ([`DeviceHost`]). On Nitro the volume is an NVMe
 //!   device linked as `<deviceLinksDir>/nvme-Amazon_Elastic_Block_Store_vol<hex>` (made by udev's
 //!   stock rules, no extra rule or `nvme` binary needed); on Xen it is the requested `/dev/xvdX`
 //!   (or `/dev/sdX`). When the device's serial can be read it must name the volume.
@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+pub use crate::os::DeviceHost;
 
 /// How long a failed name stays at the back of the list.
 pub const TAINT_PERIOD: Duration = Duration::from_secs(3600);
@@ -124,34 +126,6 @@ impl DeviceAllocator {
     /// Names reserved right now (for tests and logs).
     pub fn in_flight(&self) -> Vec<String> {
         self.slots.lock().expect("device slots poisoned").in_flight.keys().map(|k| format!("/dev/{k}")).collect()
-    }
-}
-
-/// How this host shows attached volumes. Synchronous: called on the blocking pool.
-pub trait DeviceHost: Send + Sync + std::fmt::Debug {
-    /// The device `path` names after following symbolic links, if it exists.
-    fn resolve(&self, path: &Path) -> Option<PathBuf>;
-
-    /// The serial number of `device` (NVMe EBS: `vol0123…`), if it can be read.
-    fn serial(&self, device: &Path) -> Option<String>;
-}
-
-/// The real host: symbolic links under `/dev`, serials from sysfs.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SysDeviceHost;
-
-impl DeviceHost for SysDeviceHost {
-    fn resolve(&self, path: &Path) -> Option<PathBuf> {
-        let resolved = std::fs::canonicalize(path).ok()?;
-        // A link must lead to a device node under /dev (as the CSI driver checks).
-        resolved.starts_with("/dev").then_some(resolved)
-    }
-
-    fn serial(&self, device: &Path) -> Option<String> {
-        let name = device.file_name()?.to_str()?;
-        let text = std::fs::read_to_string(format!("/sys/class/block/{name}/device/serial")).ok()?;
-        let text = text.trim();
-        (!text.is_empty()).then(|| text.to_owned())
     }
 }
 
@@ -311,18 +285,5 @@ mod tests {
             find_device(&host, Path::new("/l"), "vol-0abc", "/dev/xvdf"),
             Found::WrongSerial { device: "/dev/nvme1n1".into(), serial: "vol0def".into() }
         );
-    }
-
-    #[test]
-    fn sys_host_follows_links_into_dev_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let link = dir.path().join("l");
-        std::os::unix::fs::symlink("/dev/null", &link).unwrap();
-        assert_eq!(SysDeviceHost.resolve(&link), Some(PathBuf::from("/dev/null")));
-        let outside = dir.path().join("o");
-        std::os::unix::fs::symlink(dir.path(), &outside).unwrap();
-        assert_eq!(SysDeviceHost.resolve(&outside), None);
-        assert_eq!(SysDeviceHost.resolve(&dir.path().join("missing")), None);
-        assert_eq!(SysDeviceHost.serial(Path::new("/dev/null")), None);
     }
 }

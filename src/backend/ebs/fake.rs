@@ -22,7 +22,7 @@ use super::api::{
     Snapshot, SnapshotPage, SnapshotQuery, SnapshotState, Volume, VolumeAttachment, VolumePage, VolumeQuery,
     VolumeState,
 };
-use super::devices::DeviceHost;
+use crate::os::DeviceHost;
 
 /// The EC2 operations, for counting and fault injection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -10,16 +10,15 @@ use tokio::time::Instant;
 
 use super::api::{CloudError, SnapshotState};
 use super::fake::{Ec2Call, FakeDeviceHost, FakeEc2, Op, FAKE_ACCOUNT};
-use super::identity::Imds;
 use super::snapshots::{COPIED_FROM_TAG, SNAPSHOT_VOLUME_TAG};
 use super::tests::{host, host_with, name, only, opts, service, world, Host, AZ};
 use super::*;
 use crate::backend::snapshot::{NewSnapshot, SnapshotCopy, SnapshotFilter};
-use crate::backend::Snapshots;
+use crate::backend::{Controller, Snapshots};
 use crate::os::fake::{Call, FakeOs};
 
 fn snap_ops(h: &Host) -> &dyn Snapshots {
-    h.backend.snapshots().expect("ebs has snapshots")
+    h.ebs.snapshots().expect("ebs has snapshots")
 }
 
 fn named(n: &str) -> NewSnapshot {
@@ -27,8 +26,8 @@ fn named(n: &str) -> NewSnapshot {
 }
 
 async fn volume(h: &Host, n: &str) -> Volume {
-    h.backend.create(&name(n), &opts(h, &[])).await.unwrap();
-    only(&h.ec2, &h.backend.name_tag(&name(n)))
+    h.backend.controller.create(&name(n), &opts(h, &[]), false).await.unwrap();
+    only(&h.ec2, &h.ebs.name_tag(&name(n)))
 }
 
 #[tokio::test(start_paused = true)]
@@ -36,7 +35,7 @@ async fn a_snapshot_is_tagged_in_its_create_call_after_a_sync_and_waited_for() {
     let ec2 = world();
     let h = host(&ec2, "i-a");
     let v = volume(&h, "v1").await;
-    h.backend.activate(&name("v1"), &opts(&h, &[])).await.unwrap();
+    h.backend.activate_here(&name("v1"), &opts(&h, &[])).await.unwrap();
     ec2.set_snapshot_polls(3);
     h.os.take_calls();
     ec2.take_calls();
@@ -185,20 +184,13 @@ fn two_region_host(east: &Arc<FakeEc2>, west: &Arc<FakeEc2>) -> (Host, Arc<Mutex
     let (e, w, log): (Arc<dyn Ec2Api>, Arc<dyn Ec2Api>, _) = (east.clone(), west.clone(), asked.clone());
     let os = Arc::new(FakeOs::new());
     let devices = Arc::new(FakeDeviceHost::new(Arc::clone(east), "i-a", "/links"));
-    let parts = Parts {
-        os: os.clone(),
-        host: devices.clone(),
-        metadata: Arc::new(Imds::new("http://127.0.0.1:9", true)),
-        factory: Box::new(move |conn| {
-            log.lock().unwrap().push(conn.region.clone());
-            let api = if conn.region == "us-west-2" { Arc::clone(&w) } else { Arc::clone(&e) };
-            Box::pin(async move { api })
-        }),
-    };
+    let factory: ApiFactory = Box::new(move |conn| {
+        log.lock().unwrap().push(conn.region.clone());
+        let api = if conn.region == "us-west-2" { Arc::clone(&w) } else { Arc::clone(&e) };
+        Box::pin(async move { api })
+    });
     let svc = service("i-a", AZ, false, &[]);
-    let backend = EbsBackend::with_parts(&svc, parts).unwrap();
-    let connects = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    (Host { ec2: Arc::clone(east), os, devices, backend, connects }, asked)
+    (super::tests::host_from(east, os, devices, &svc, factory), asked)
 }
 
 #[tokio::test(start_paused = true)]
@@ -251,11 +243,11 @@ async fn a_volume_is_created_from_a_snapshot_with_the_snapshots_size() {
     let s = snap_ops(&h).create_snapshot(&name("v1"), &NewSnapshot::default()).await.unwrap();
     let o = opts(&h, &[("snapshotID", s.id.as_str())]);
     assert!(!o.contains_key("size"), "{o:?}");
-    h.backend.create(&name("restored"), &o).await.unwrap();
+    h.backend.controller.create(&name("restored"), &o, false).await.unwrap();
     let restored = only(&ec2, "restored");
     assert_eq!((restored.snapshot_id.as_deref(), restored.size_gib), (Some(s.id.as_str()), 16));
 
     let o = opts(&h, &[("snapshotID", "snap-0000000000000dead")]);
-    let err = h.backend.create(&name("r2"), &o).await.unwrap_err().to_string();
+    let err = h.backend.controller.create(&name("r2"), &o, false).await.unwrap_err().to_string();
     assert!(err.contains("InvalidSnapshot.NotFound"), "{err}");
 }

@@ -1,4 +1,4 @@
-//! EBS snapshots: [`Snapshots`] for [`EbsBackend`].
+//! EBS snapshots: [`Snapshots`] for [`EbsController`].
 //!
 //! - **Create.** Looks the volume up by name (any AZ of the region), flushes its file system
 //!   when it is mounted on this host (a crash-consistent snapshot then holds everything written
@@ -26,12 +26,15 @@ use super::api::{
     CloudError, CloudErrorKind, CopySnapshotRequest, CreateSnapshotRequest, Ec2Api, Snapshot, SnapshotQuery,
     SnapshotState,
 };
+use super::core::Core;
+use super::errors::cloud_error;
+use super::naming::{filter_literal, OWNER_TAG, OWNER_VALUE};
 use super::options::is_snapshot_id;
 use super::wait::{Poll, StatusWait, WaitError};
-use super::{cloud, filter_literal, refused, Core, EbsBackend, OWNER_TAG, OWNER_VALUE};
+use super::{cloud, EbsController};
 use crate::backend::snapshot::{NewSnapshot, SnapshotCopy, SnapshotFilter, SnapshotInfo, Snapshots};
 use crate::backend::BackendError;
-use crate::service::name::VolumeName;
+use crate::name::VolumeName;
 
 /// The tag naming the volume a snapshot was taken of (its Docker name).
 pub const SNAPSHOT_VOLUME_TAG: &str = "rexray-rs/volume";
@@ -59,26 +62,35 @@ fn snapshot_failed(what: &str, e: &CloudError) -> BackendError {
         CloudErrorKind::LimitExceeded => "; an account limit is reached",
         _ => "",
     };
-    refused(format!("{what}: {e}{hint}"))
+    cloud_error(what.to_owned(), e, hint)
 }
 
 fn check_snapshot_id(id: &str) -> Result<(), BackendError> {
     if is_snapshot_id(id) {
         Ok(())
     } else {
-        Err(refused(format!("{id:?} is not an EBS snapshot ID (expected snap-0123456789abcdef0)")))
+        Err(BackendError::invalid(format!(
+            "{:?} is not an EBS snapshot ID (expected snap-0123456789abcdef0)",
+            crate::name::excerpt(id)
+        )))
     }
 }
 
 fn check_text(what: &str, value: &str) -> Result<(), BackendError> {
     if value.is_empty() {
-        return Err(refused(format!("the {what} is empty")));
+        return Err(BackendError::invalid(format!("the {what} is empty")));
     }
     if value.chars().count() > MAX_TEXT {
-        return Err(refused(format!("the {what} {value:?} is longer than {MAX_TEXT} characters")));
+        return Err(BackendError::invalid(format!(
+            "the {what} {:?} is longer than {MAX_TEXT} characters",
+            crate::name::excerpt(value)
+        )));
     }
     if value.chars().any(char::is_control) {
-        return Err(refused(format!("the {what} {value:?} contains control characters")));
+        return Err(BackendError::invalid(format!(
+            "the {what} {:?} contains control characters",
+            crate::name::excerpt(value)
+        )));
     }
     Ok(())
 }
@@ -92,7 +104,10 @@ fn check_region(region: &str) -> Result<(), BackendError> {
     if ok {
         Ok(())
     } else {
-        Err(refused(format!("{region:?} is not an AWS region name (such as eu-west-1)")))
+        Err(BackendError::invalid(format!(
+            "{:?} is not an AWS region name (such as eu-west-1)",
+            crate::name::excerpt(region)
+        )))
     }
 }
 
@@ -123,7 +138,7 @@ impl Core {
             static_credentials: self.settings.access_key.clone().zip(self.settings.secret_key.clone()),
         };
         tracing::debug!(?conn, "connecting to EC2 in another region");
-        let api = (self.factory)(conn).await;
+        let api = self.client(conn).await;
         regional.insert(region.to_owned(), Arc::clone(&api));
         Ok(api)
     }
@@ -158,13 +173,13 @@ impl Core {
     /// The name a snapshot shows: its Name tag without the `ebs.tag` namespace.
     fn snapshot_name(&self, tags: &BTreeMap<String, String>) -> Option<String> {
         let name = tags.get("Name")?;
-        Some(self.untagged(name).unwrap_or(name).to_owned())
+        Some(self.naming.untagged(name).unwrap_or(name).to_owned())
     }
 
     /// The Name tag for snapshot name `name`, both checked against EC2's limits.
     fn snapshot_name_tag(&self, name: &str) -> Result<String, BackendError> {
         check_text("snapshot name", name)?;
-        let tag = self.name_tag(name);
+        let tag = self.naming.name_tag(name);
         check_text("snapshot Name tag", &tag)?;
         Ok(tag)
     }
@@ -205,7 +220,7 @@ impl Core {
             },
             SnapshotFilter::Managed => {
                 let mut filters = vec![(format!("tag:{OWNER_TAG}"), vec![OWNER_VALUE.to_owned()])];
-                if let Some(tag) = &self.settings.tag {
+                if let Some(tag) = self.naming.namespace() {
                     filters.push(("tag:Name".into(), vec![format!("{}/*", filter_literal(tag))]));
                 }
                 SnapshotQuery {
@@ -220,7 +235,7 @@ impl Core {
 }
 
 #[async_trait]
-impl Snapshots for EbsBackend {
+impl Snapshots for EbsController {
     async fn list_snapshots(&self, filter: &SnapshotFilter) -> Result<Vec<SnapshotInfo>, BackendError> {
         if let SnapshotFilter::Ids(ids) = filter {
             ids.iter().try_for_each(|id| check_snapshot_id(id))?;
@@ -247,7 +262,7 @@ impl Snapshots for EbsBackend {
         let description =
             req.description.clone().unwrap_or_else(|| format!("rexray snapshot of volume {volume} ({})", vol.id));
         check_text("description", &description)?;
-        if self.pipeline.sync_if_mounted(volume).await? {
+        if self.node.sync_if_mounted(volume).await? {
             tracing::debug!(volume = %volume, "flushed the mounted file system before the snapshot");
         }
         let request = CreateSnapshotRequest {
@@ -278,7 +293,7 @@ impl Snapshots for EbsBackend {
                 Ok(())
             }
             Err(e) if e.kind == CloudErrorKind::NotFound => {
-                Err(refused(format!("snapshot {id} does not exist in EC2 region {}", ident.region)))
+                Err(BackendError::not_found(format!("snapshot {id} does not exist in EC2 region {}", ident.region)))
             }
             Err(e) => Err(snapshot_failed(&format!("remove snapshot {id}"), &e)),
         }
@@ -294,7 +309,9 @@ impl Snapshots for EbsBackend {
             .describe_snapshot(api.as_ref(), id)
             .await
             .map_err(|e| snapshot_failed(&format!("look up snapshot {id}"), &e))?
-            .ok_or_else(|| refused(format!("snapshot {id} does not exist in EC2 region {}", ident.region)))?;
+            .ok_or_else(|| {
+                BackendError::not_found(format!("snapshot {id} does not exist in EC2 region {}", ident.region))
+            })?;
         let mut tags: BTreeMap<String, String> =
             source.tags.iter().filter(|(k, _)| !k.starts_with("aws:")).map(|(k, v)| (k.clone(), v.clone())).collect();
         if let Some(name) = &req.name {
@@ -350,14 +367,20 @@ impl Snapshots for EbsBackend {
             .run(|| async {
                 match core.describe_snapshot(api.as_ref(), id).await {
                     Ok(Some(s)) if s.state == SnapshotState::Completed => Ok(Poll::Ready(s)),
-                    Ok(Some(s)) if s.state == SnapshotState::Error => {
-                        Err(refused(format!("snapshot {id} in {region} failed (state error)")))
-                    }
+                    Ok(Some(s)) if s.state == SnapshotState::Error => Err(BackendError::Cloud {
+                        op: format!("snapshot {id} in {region} failed"),
+                        failure: crate::backend::CloudFailure::Refused,
+                        code: "error".into(),
+                        message: "its state is error".into(),
+                        hint: "",
+                    }),
                     Ok(Some(s)) => Ok(Poll::Pending(match &s.progress {
                         Some(p) => format!("{} ({p})", s.state.as_str()),
                         None => s.state.as_str().to_owned(),
                     })),
-                    Ok(None) => Err(refused(format!("snapshot {id} does not exist in EC2 region {region}"))),
+                    Ok(None) => {
+                        Err(BackendError::not_found(format!("snapshot {id} does not exist in EC2 region {region}")))
+                    }
                     Err(e) => Err(snapshot_failed(&format!("wait for snapshot {id}"), &e)),
                 }
             })
@@ -365,9 +388,12 @@ impl Snapshots for EbsBackend {
         match result {
             Ok(s) => Ok(core.snapshot_info(s, &region, &core.volume_names())),
             Err(WaitError::Failed(e)) => Err(e),
-            Err(WaitError::TimedOut { last, attempts, elapsed }) => Err(refused(format!(
-                "snapshot {id} in {region} is still {last} after {attempts} polls in {elapsed:?}; EC2 goes on with it (see `rexray snapshot ls {id}`)"
-            ))),
+            Err(WaitError::TimedOut { last, attempts, elapsed }) => Err(BackendError::Timeout {
+                op: format!("snapshot {id} in {region}"),
+                elapsed,
+                last_seen: last,
+                hint: format!(" ({attempts} polls); EC2 goes on with it (see `rexray snapshot ls {id}`)"),
+            }),
         }
     }
 }

@@ -13,6 +13,7 @@ use super::api::{AttachState, CloudError, VolumeState};
 use super::fake::{Ec2Call, FakeDeviceHost, FakeEc2, Op};
 use super::identity::Imds;
 use super::*;
+use crate::backend::{Backend, Environment};
 use crate::config::{BackendKind, Integration};
 use crate::os::fake::{Call, CallKind, FakeOs};
 use crate::os::{FsType, MountFlags, Probe};
@@ -59,8 +60,26 @@ pub(super) struct Host {
     pub(super) ec2: Arc<FakeEc2>,
     pub(super) os: Arc<FakeOs>,
     pub(super) devices: Arc<FakeDeviceHost>,
-    pub(super) backend: EbsBackend,
+    /// Both halves, as the service uses them.
+    pub(super) backend: Backend,
+    /// The controller with its EBS-only methods.
+    pub(super) ebs: Arc<EbsController>,
     pub(super) connects: Arc<AtomicU32>,
+}
+
+/// A host over `os` and `devices` whose EC2 clients come from `factory`.
+pub(super) fn host_from(
+    ec2: &Arc<FakeEc2>,
+    os: Arc<FakeOs>,
+    devices: Arc<FakeDeviceHost>,
+    service: &ServiceConfig,
+    factory: ApiFactory,
+) -> Host {
+    let cloud = Arc::new(CloudParts { metadata: Arc::new(Imds::new("http://127.0.0.1:9", true)), factory });
+    let env = Environment { os: os.clone(), devices: devices.clone(), host: os.clone(), ebs: Some(cloud.clone()) };
+    let ebs = Arc::new(EbsController::new(service, &env, cloud).unwrap());
+    let backend = ebs.backend();
+    Host { ec2: Arc::clone(ec2), os, devices, backend, ebs, connects: Arc::new(AtomicU32::new(0)) }
 }
 
 pub(super) fn host_with(ec2: &Arc<FakeEc2>, instance: &str, service: &ServiceConfig) -> Host {
@@ -68,19 +87,13 @@ pub(super) fn host_with(ec2: &Arc<FakeEc2>, instance: &str, service: &ServiceCon
     let devices = Arc::new(FakeDeviceHost::new(Arc::clone(ec2), instance, "/links"));
     let connects = Arc::new(AtomicU32::new(0));
     let (api, counter): (Arc<dyn Ec2Api>, Arc<AtomicU32>) = (ec2.clone(), connects.clone());
-    let parts = Parts {
-        os: os.clone(),
-        host: devices.clone(),
-        metadata: Arc::new(Imds::new("http://127.0.0.1:9", true)),
-        factory: Box::new(move |conn| {
-            assert_eq!(conn.region, "us-east-1");
-            counter.fetch_add(1, Ordering::SeqCst);
-            let api = Arc::clone(&api);
-            Box::pin(async move { api })
-        }),
-    };
-    let backend = EbsBackend::with_parts(service, parts).unwrap();
-    Host { ec2: Arc::clone(ec2), os, devices, backend, connects }
+    let factory: ApiFactory = Box::new(move |conn| {
+        assert_eq!(conn.region, "us-east-1");
+        counter.fetch_add(1, Ordering::SeqCst);
+        let api = Arc::clone(&api);
+        Box::pin(async move { api })
+    });
+    Host { connects, ..host_from(ec2, os, devices, service, factory) }
 }
 
 pub(super) fn world() -> Arc<FakeEc2> {
@@ -96,7 +109,7 @@ pub(super) fn host(ec2: &Arc<FakeEc2>, instance: &str) -> Host {
 }
 
 pub(super) fn opts(h: &Host, pairs: &[(&str, &str)]) -> Options {
-    h.backend.parse_options(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap()
+    h.backend.controller.parse_options(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap()
 }
 
 pub(super) fn ops(calls: &[Ec2Call]) -> Vec<Op> {
@@ -116,12 +129,12 @@ async fn building_makes_no_call_and_the_first_operation_connects_once() {
     assert_eq!(h.connects.load(Ordering::SeqCst), 0);
     assert!(ec2.calls().is_empty());
     assert_eq!(h.backend.kind(), "ebs");
-    assert_eq!(h.backend.scope(), Scope::Global);
+    assert_eq!(h.backend.controller.scope(), Scope::Global);
     let o = opts(&h, &[]);
-    h.backend.create(&name("v1"), &o).await.unwrap();
-    h.backend.create(&name("v2"), &o).await.unwrap();
+    h.backend.controller.create(&name("v1"), &o, false).await.unwrap();
+    h.backend.controller.create(&name("v2"), &o, false).await.unwrap();
     assert_eq!(h.connects.load(Ordering::SeqCst), 1);
-    let ident = h.backend.identity().await.unwrap();
+    let ident = h.ebs.identity().await.unwrap();
     assert_eq!((ident.instance_id.as_str(), ident.availability_zone.as_str()), ("i-a", AZ));
 }
 
@@ -131,7 +144,7 @@ async fn only_the_instance_id_configured_reads_the_az_from_describe_instances() 
     let mut svc = service("i-c", AZ, false, &[]);
     svc.ebs.remove("availabilityzone");
     let h = host_with(&ec2, "i-c", &svc);
-    assert_eq!(h.backend.identity().await.unwrap().availability_zone, "us-east-1b");
+    assert_eq!(h.ebs.identity().await.unwrap().availability_zone, "us-east-1b");
     assert_eq!(ops(&ec2.calls()), [Op::DescribeInstances]);
 }
 
@@ -152,7 +165,7 @@ async fn create_sets_every_tag_in_the_create_call_with_a_name_token() {
             ("tags", "team=db;cost=42"),
         ],
     );
-    h.backend.create(&name("db1"), &o).await.unwrap();
+    h.backend.controller.create(&name("db1"), &o, false).await.unwrap();
     let v = only(&ec2, "db1");
     assert_eq!((v.size_gib, v.volume_type.as_str(), v.iops, v.encrypted), (20, "io2", Some(4000), true));
     assert_eq!(v.availability_zone, AZ, "this instance's AZ by default");
@@ -178,7 +191,7 @@ async fn create_sets_every_tag_in_the_create_call_with_a_name_token() {
 
     // Idempotent: the existing volume is found by name; nothing is created.
     ec2.take_calls();
-    h.backend.create(&name("db1"), &o).await.unwrap();
+    h.backend.controller.create(&name("db1"), &o, false).await.unwrap();
     assert_eq!(ops(&ec2.take_calls()), [Op::DescribeVolumes]);
     assert_eq!(ec2.by_name("db1").len(), 1);
 }
@@ -187,13 +200,21 @@ async fn create_sets_every_tag_in_the_create_call_with_a_name_token() {
 async fn implicit_volumes_are_16_gib_gp3_and_encryption_uses_the_configured_key() {
     let ec2 = world();
     let h = host_with(&ec2, "i-a", &service("i-a", AZ, false, &[("kmskeyid", "alias/team")]));
-    h.backend.create(&name("v"), &h.backend.parse_options(&BTreeMap::new()).unwrap()).await.unwrap();
+    h.backend
+        .controller
+        .create(&name("v"), &h.backend.controller.parse_options(&BTreeMap::new()).unwrap(), false)
+        .await
+        .unwrap();
     let v = only(&ec2, "v");
     assert_eq!((v.size_gib, v.volume_type.as_str(), v.encrypted, v.kms_key_id.clone()), (16, "gp3", false, None));
-    h.backend.create(&name("e"), &opts(&h, &[("encrypted", "yes")])).await.unwrap();
+    h.backend.controller.create(&name("e"), &opts(&h, &[("encrypted", "yes")]), false).await.unwrap();
     let e = only(&ec2, "e");
     assert_eq!((e.encrypted, e.kms_key_id.as_deref()), (true, Some("alias/team")));
-    h.backend.create(&name("k"), &opts(&h, &[("kmsKeyID", "arn:aws:kms:us-east-1:1:key/x")])).await.unwrap();
+    h.backend
+        .controller
+        .create(&name("k"), &opts(&h, &[("kmsKeyID", "arn:aws:kms:us-east-1:1:key/x")]), false)
+        .await
+        .unwrap();
     assert_eq!(only(&ec2, "k").kms_key_id.as_deref(), Some("arn:aws:kms:us-east-1:1:key/x"));
 }
 
@@ -202,17 +223,17 @@ async fn a_tag_namespace_applies_to_create_lookup_and_list() {
     let ec2 = world();
     let h = host_with(&ec2, "i-a", &service("i-a", AZ, false, &[("tag", "prod")]));
     let o = opts(&h, &[]);
-    h.backend.create(&name("db"), &o).await.unwrap();
+    h.backend.controller.create(&name("db"), &o, false).await.unwrap();
     assert_eq!(only(&ec2, "prod/db").tags[OWNER_TAG], OWNER_VALUE);
     assert!(ec2.by_name("db").is_empty());
-    h.backend.create(&name("db"), &o).await.unwrap();
+    h.backend.controller.create(&name("db"), &o, false).await.unwrap();
     assert_eq!(ec2.by_name("prod/db").len(), 1, "found through the prefixed name");
     // Another namespace's and an unprefixed owned volume are not listed.
     ec2.add_volume(AZ, 1, &[("Name", "dev/db"), (OWNER_TAG, OWNER_VALUE)]);
     ec2.add_volume(AZ, 1, &[("Name", "plain"), (OWNER_TAG, OWNER_VALUE)]);
-    let listed = h.backend.list(true).await;
+    let listed = h.ebs.list_all(true).await;
     assert_eq!(listed.keys().collect::<Vec<_>>(), ["db"]);
-    assert_eq!(h.backend.status(&name("db"), &o)["ebsName"], "prod/db");
+    assert_eq!(h.backend.controller.status(&name("db"), &o)["ebsName"], "prod/db");
 }
 
 #[tokio::test(start_paused = true)]
@@ -222,14 +243,20 @@ async fn lookup_spans_the_region_and_names_the_other_az() {
     let id = ec2.add_volume("us-east-1b", 5, &[("Name", "db1"), (OWNER_TAG, OWNER_VALUE)]);
     let o = opts(&h, &[]);
     // Create finds it (no duplicate in this AZ) ...
-    h.backend.create(&name("db1"), &o).await.unwrap();
+    h.backend.controller.create(&name("db1"), &o, false).await.unwrap();
     assert_eq!(ec2.by_name("db1").len(), 1);
     // ... unless asked for another AZ explicitly.
-    let err = h.backend.create(&name("db1"), &opts(&h, &[("availabilityZone", AZ)])).await.unwrap_err().to_string();
+    let err = h
+        .backend
+        .controller
+        .create(&name("db1"), &opts(&h, &[("availabilityZone", AZ)]), false)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("already exists in us-east-1b") && err.contains(&id), "{err}");
     // Mount says where it is.
     ec2.take_calls();
-    let err = h.backend.activate(&name("db1"), &o).await.unwrap_err().to_string();
+    let err = h.backend.activate_here(&name("db1"), &o).await.unwrap_err().to_string();
     assert!(err.starts_with("volume db1 is in us-east-1b; this instance is in us-east-1a"), "{err}");
     assert!(!ops(&ec2.calls()).contains(&Op::AttachVolume));
 }
@@ -240,7 +267,7 @@ async fn a_wrong_configured_az_is_caught_by_describe_instances_and_ec2s_zone_mis
     let ec2 = world();
     let h = host_with(&ec2, "i-c", &service("i-c", AZ, false, &[]));
     ec2.add_volume(AZ, 1, &[("Name", "v"), (OWNER_TAG, OWNER_VALUE)]);
-    let err = h.backend.activate(&name("v"), &opts(&h, &[])).await.unwrap_err().to_string();
+    let err = h.backend.activate_here(&name("v"), &opts(&h, &[])).await.unwrap_err().to_string();
     assert!(err.starts_with("volume v is in us-east-1a; this instance is in us-east-1b"), "{err}");
     assert_eq!(ec2.count(Op::AttachVolume), 0);
     // EC2's own refusal names the AZ too.
@@ -249,7 +276,7 @@ async fn a_wrong_configured_az_is_caught_by_describe_instances_and_ec2s_zone_mis
         Op::AttachVolume,
         CloudError::from_code("InvalidVolume.ZoneMismatch", "not in the same AZ", Some(400)),
     );
-    let err = h.backend.activate(&name("v"), &opts(&h, &[])).await.unwrap_err().to_string();
+    let err = h.backend.activate_here(&name("v"), &opts(&h, &[])).await.unwrap_err().to_string();
     assert!(err.contains("volume v is in us-east-1a") && err.contains("InvalidVolume.ZoneMismatch"), "{err}");
 }
 
@@ -261,9 +288,9 @@ async fn two_volumes_with_one_name_are_an_error_listing_both() {
     let b = ec2.add_volume("us-east-1b", 1, &[("Name", "dup")]);
     let o = opts(&h, &[]);
     for err in [
-        h.backend.create(&name("dup"), &o).await.unwrap_err(),
-        h.backend.activate(&name("dup"), &o).await.unwrap_err(),
-        h.backend.remove(&name("dup"), &o).await.unwrap_err(),
+        h.backend.controller.create(&name("dup"), &o, false).await.unwrap_err(),
+        h.backend.activate_here(&name("dup"), &o).await.unwrap_err(),
+        h.backend.controller.delete(&name("dup"), &o).await.unwrap_err(),
     ] {
         let msg = err.to_string();
         assert!(msg.contains("2 EC2 volumes are named dup") && msg.contains(&a) && msg.contains(&b), "{msg}");
@@ -276,10 +303,10 @@ async fn an_unowned_volume_is_adopted_by_name() {
     let ec2 = world();
     let h = host(&ec2, "i-a");
     let id = ec2.add_volume(AZ, 3, &[("Name", "old")]);
-    h.backend.create(&name("old"), &opts(&h, &[])).await.unwrap();
+    h.backend.controller.create(&name("old"), &opts(&h, &[]), false).await.unwrap();
     assert_eq!(ec2.volume(&id).unwrap().tags[OWNER_TAG], OWNER_VALUE);
     assert_eq!(ops(&ec2.calls()), [Op::DescribeVolumes, Op::CreateTags]);
-    assert!(h.backend.list(true).await.contains_key("old"));
+    assert!(h.ebs.list_all(true).await.contains_key("old"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -287,7 +314,7 @@ async fn idempotent_parameter_mismatch_retries_with_a_new_token() {
     let ec2 = world();
     let h = host(&ec2, "i-a");
     ec2.fail_next(Op::CreateVolume, CloudError::from_code("IdempotentParameterMismatch", "used", Some(400)));
-    h.backend.create(&name("v"), &opts(&h, &[])).await.unwrap();
+    h.backend.controller.create(&name("v"), &opts(&h, &[]), false).await.unwrap();
     let tokens: Vec<String> = ec2
         .calls()
         .into_iter()
@@ -305,7 +332,12 @@ async fn a_volume_that_vanishes_after_create_is_reported_as_a_kms_problem() {
     let ec2 = world();
     let h = host(&ec2, "i-a");
     ec2.add_bad_kms_key("alias/broken");
-    let err = h.backend.create(&name("secret"), &opts(&h, &[("kmsKeyID", "alias/broken")])).await.unwrap_err();
+    let err = h
+        .backend
+        .controller
+        .create(&name("secret"), &opts(&h, &[("kmsKeyID", "alias/broken")]), false)
+        .await
+        .unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("vanished") && msg.contains("KMS key alias/broken") && msg.contains("kms:CreateGrant"),
@@ -320,10 +352,10 @@ async fn a_token_reused_after_delete_gets_a_fresh_one() {
     let ec2 = world();
     let h = host(&ec2, "i-a");
     let o = opts(&h, &[]);
-    h.backend.create(&name("re"), &o).await.unwrap();
-    h.backend.remove(&name("re"), &o).await.unwrap();
+    h.backend.controller.create(&name("re"), &o, false).await.unwrap();
+    h.backend.controller.delete(&name("re"), &o).await.unwrap();
     // EC2 answers the old token with the deleted volume; the backend moves on to a new token.
-    h.backend.create(&name("re"), &o).await.unwrap();
+    h.backend.controller.create(&name("re"), &o, false).await.unwrap();
     assert_eq!(ec2.by_name("re").len(), 1);
     assert_eq!(ec2.count(Op::CreateVolume), 3);
 }
@@ -334,7 +366,7 @@ async fn create_waits_while_creating() {
     let h = host(&ec2, "i-a");
     ec2.set_create_polls(3);
     let start = Instant::now();
-    h.backend.create(&name("slow"), &opts(&h, &[])).await.unwrap();
+    h.backend.controller.create(&name("slow"), &opts(&h, &[]), false).await.unwrap();
     assert_eq!(start.elapsed(), Duration::from_millis(100 + 200));
     assert_eq!(only(&ec2, "slow").state, VolumeState::Available);
 }
@@ -352,7 +384,7 @@ async fn create_options_are_checked_before_any_aws_call() {
         &[("type", "io1")][..],
     ] {
         let raw: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        assert!(h.backend.parse_options(&raw).is_err(), "{pairs:?}");
+        assert!(h.backend.controller.parse_options(&raw).is_err(), "{pairs:?}");
     }
     assert!(ec2.calls().is_empty());
     assert_eq!(h.connects.load(Ordering::SeqCst), 0);
@@ -365,11 +397,11 @@ async fn mount_of_a_detached_volume_costs_three_calls_besides_the_attach_wait() 
     let ec2 = world();
     let h = host(&ec2, "i-a");
     let o = opts(&h, &[]);
-    h.backend.create(&name("v1"), &o).await.unwrap();
+    h.backend.controller.create(&name("v1"), &o, false).await.unwrap();
     ec2.set_attach_polls(3);
     ec2.take_calls();
     let start = Instant::now();
-    let path = h.backend.activate(&name("v1"), &o).await.unwrap();
+    let path = h.backend.activate_here(&name("v1"), &o).await.unwrap();
     assert_eq!(path, Path::new("/mnt/v1/data"));
     let calls = ec2.take_calls();
     let not_polls: Vec<Op> = calls
@@ -391,7 +423,7 @@ async fn mount_of_a_detached_volume_costs_three_calls_besides_the_attach_wait() 
     assert_eq!(h.os.mounted(Path::new("/mnt/v1")).unwrap().source, dev);
     // Get/inspect reads the cache: no EC2 call.
     ec2.take_calls();
-    let s = h.backend.status(&name("v1"), &o);
+    let s = h.backend.controller.status(&name("v1"), &o);
     tokio::task::yield_now().await;
     assert_eq!(s["volumeID"], v.id.as_str());
     assert_eq!(s["sizeGiB"], 16);
@@ -410,19 +442,19 @@ async fn mount_of_a_detached_volume_costs_three_calls_besides_the_attach_wait() 
 async fn the_fs_type_tag_wins_over_the_local_record() {
     let ec2 = world();
     let a = host(&ec2, "i-a");
-    a.backend.create(&name("x"), &opts(&a, &[("fsType", "xfs"), ("uid", "7")])).await.unwrap();
+    a.backend.controller.create(&name("x"), &opts(&a, &[("fsType", "xfs"), ("uid", "7")]), false).await.unwrap();
     // Host B learnt of the volume through an implicit create: its record holds the defaults.
     let b = host(&ec2, "i-b");
     let defaults = opts(&b, &[]);
-    b.backend.create(&name("x"), &defaults).await.unwrap();
-    b.backend.activate(&name("x"), &defaults).await.unwrap();
+    b.backend.controller.create(&name("x"), &defaults, false).await.unwrap();
+    b.backend.activate_here(&name("x"), &defaults).await.unwrap();
     let calls = b.os.calls();
     assert!(calls.iter().any(|c| matches!(c, Call::Mkfs { fs: FsType::Xfs, .. })), "{calls:?}");
     assert!(
         calls.iter().any(|c| matches!(c, Call::Mount { fs: FsType::Xfs, data, .. } if data == "nouuid")),
         "{calls:?}"
     );
-    assert!(calls.iter().any(|c| matches!(c, Call::EnsureDir { spec, .. } if spec.uid == Some(7))), "{calls:?}");
+    assert!(calls.iter().any(|c| matches!(c, Call::EnsureDirBeneath { spec, .. } if spec.uid == Some(7))), "{calls:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -430,10 +462,10 @@ async fn stuck_attaching_detaches_fails_clearly_and_the_retry_uses_another_name(
     let ec2 = world();
     let h = host(&ec2, "i-a");
     let o = opts(&h, &[]);
-    h.backend.create(&name("v"), &o).await.unwrap();
+    h.backend.controller.create(&name("v"), &o, false).await.unwrap();
     ec2.set_stuck_attaching(true);
     let start = Instant::now();
-    let err = h.backend.activate(&name("v"), &o).await.unwrap_err().to_string();
+    let err = h.backend.activate_here(&name("v"), &o).await.unwrap_err().to_string();
     // 10 polls: 0.1+0.2+…+12.8 s (+ the 15 s cap) within the 2 min deadline.
     assert!(start.elapsed() <= Duration::from_secs(120), "{:?}", start.elapsed());
     assert!(err.contains("still attaching as /dev/xvdf") && err.contains("detached it again"), "{err}");
@@ -443,7 +475,7 @@ async fn stuck_attaching_detaches_fails_clearly_and_the_retry_uses_another_name(
     assert!(!h.os.calls().iter().any(|c| c.kind() == CallKind::Mkfs));
 
     ec2.set_stuck_attaching(false);
-    h.backend.activate(&name("v"), &o).await.unwrap();
+    h.backend.activate_here(&name("v"), &o).await.unwrap();
     assert_eq!(only(&ec2, "v").attachments[0].device, "/dev/xvdg", "the stuck name is not reused at once");
 }
 
@@ -452,17 +484,17 @@ async fn throttling_is_retried_within_the_call() {
     let ec2 = world();
     let h = host(&ec2, "i-a");
     let o = opts(&h, &[]);
-    h.backend.create(&name("v"), &o).await.unwrap();
+    h.backend.controller.create(&name("v"), &o, false).await.unwrap();
     ec2.throttle(Op::AttachVolume, 3);
     ec2.throttle(Op::DescribeVolumes, 2);
     let start = Instant::now();
-    h.backend.activate(&name("v"), &o).await.unwrap();
+    h.backend.activate_here(&name("v"), &o).await.unwrap();
     assert_eq!(ec2.count(Op::AttachVolume), 4);
     assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
     // Throttled for good: the error says so, within the retry budget.
     ec2.throttle(Op::DescribeVolumes, 1_000);
     let start = Instant::now();
-    let err = h.backend.deactivate(&name("v"), &o).await.unwrap_err().to_string();
+    let err = h.backend.deactivate_here(&name("v"), &o).await.unwrap_err().to_string();
     assert!(err.contains("RequestLimitExceeded") && err.contains("throttling"), "{err}");
     assert!(start.elapsed() <= Duration::from_secs(45), "{:?}", start.elapsed());
 }
@@ -474,7 +506,7 @@ async fn attached_elsewhere_without_preempt_names_the_instance() {
     let id = ec2.add_volume(AZ, 1, &[("Name", "shared"), (OWNER_TAG, OWNER_VALUE)]);
     ec2.attach_existing(&id, "i-a", "/dev/xvdf");
     ec2.take_calls();
-    let err = h.backend.activate(&name("shared"), &opts(&h, &[])).await.unwrap_err().to_string();
+    let err = h.backend.activate_here(&name("shared"), &opts(&h, &[])).await.unwrap_err().to_string();
     assert!(err.contains("is attached to instance i-a (as /dev/xvdf, attached)") && err.contains("preempt"), "{err}");
     let calls = ops(&ec2.calls());
     assert!(!calls.contains(&Op::AttachVolume) && !calls.contains(&Op::DetachVolume), "{calls:?}");
@@ -489,7 +521,7 @@ async fn preempt_force_detaches_there_waits_and_attaches_here() {
     ec2.attach_existing(&id, "i-a", "/dev/xvdf");
     ec2.set_detach_polls(2);
     ec2.take_calls();
-    h.backend.activate(&name("shared"), &opts(&h, &[])).await.unwrap();
+    h.backend.activate_here(&name("shared"), &opts(&h, &[])).await.unwrap();
     let calls = ec2.calls();
     let detach = calls
         .iter()
@@ -510,7 +542,7 @@ async fn an_attachment_here_is_reused() {
     ec2.attach_existing(&id, "i-a", "/dev/xvdk");
     h.os.set_probe(FakeDeviceHost::device_of(&id), Probe::Filesystem("ext4".into()));
     ec2.take_calls();
-    h.backend.activate(&name("v"), &opts(&h, &[])).await.unwrap();
+    h.backend.activate_here(&name("v"), &opts(&h, &[])).await.unwrap();
     assert_eq!(ops(&ec2.calls()), [Op::DescribeVolumes]);
     assert!(h.os.calls().contains(&Call::Mount {
         device: FakeDeviceHost::device_of(&id),
@@ -528,10 +560,14 @@ async fn concurrent_attaches_never_share_a_device_name() {
     let h = host(&ec2, "i-a");
     let o = opts(&h, &[]);
     for n in ["c1", "c2", "c3"] {
-        h.backend.create(&name(n), &o).await.unwrap();
+        h.backend.controller.create(&name(n), &o, false).await.unwrap();
     }
     let (n1, n2, n3) = (name("c1"), name("c2"), name("c3"));
-    let (a, b, c) = tokio::join!(h.backend.activate(&n1, &o), h.backend.activate(&n2, &o), h.backend.activate(&n3, &o));
+    let (a, b, c) = tokio::join!(
+        h.backend.activate_here(&n1, &o),
+        h.backend.activate_here(&n2, &o),
+        h.backend.activate_here(&n3, &o)
+    );
     a.unwrap();
     b.unwrap();
     c.unwrap();
@@ -546,12 +582,12 @@ async fn a_device_name_in_use_on_the_instance_is_skipped() {
     let ec2 = world();
     let h = host(&ec2, "i-a");
     let o = opts(&h, &[]);
-    h.backend.create(&name("v"), &o).await.unwrap();
+    h.backend.controller.create(&name("v"), &o, false).await.unwrap();
     ec2.fail_next(
         Op::AttachVolume,
         CloudError::from_code("InvalidParameterValue", "Attachment point /dev/xvdf is already in use", Some(400)),
     );
-    h.backend.activate(&name("v"), &o).await.unwrap();
+    h.backend.activate_here(&name("v"), &o).await.unwrap();
     assert_eq!(only(&ec2, "v").attachments[0].device, "/dev/xvdg");
 }
 
@@ -560,12 +596,12 @@ async fn deactivate_unmounts_then_detaches_and_waits_and_is_idempotent() {
     let ec2 = world();
     let h = host(&ec2, "i-a");
     let o = opts(&h, &[]);
-    h.backend.create(&name("v"), &o).await.unwrap();
-    h.backend.activate(&name("v"), &o).await.unwrap();
+    h.backend.controller.create(&name("v"), &o, false).await.unwrap();
+    h.backend.activate_here(&name("v"), &o).await.unwrap();
     ec2.set_detach_polls(2);
     h.os.take_calls();
     ec2.take_calls();
-    h.backend.deactivate(&name("v"), &o).await.unwrap();
+    h.backend.deactivate_here(&name("v"), &o).await.unwrap();
     let os_calls = h.os.take_calls();
     assert!(
         matches!(os_calls[..], [Call::MountedAt { .. }, Call::Syncfs { .. }, Call::Unmount { lazy: false, .. }]),
@@ -577,8 +613,8 @@ async fn deactivate_unmounts_then_detaches_and_waits_and_is_idempotent() {
         .any(|c| matches!(c, Ec2Call::DetachVolume { instance, force: false, .. } if instance == "i-a")));
     assert!(only(&ec2, "v").attachments.is_empty());
     assert_eq!(only(&ec2, "v").state, VolumeState::Available);
-    assert!(!h.backend.is_active(&name("v"), &o).await.unwrap());
-    h.backend.deactivate(&name("v"), &o).await.unwrap();
+    assert!(!h.backend.node.is_staged(&name("v"), &h.backend.node.staging_path(&name("v"))).await.unwrap());
+    h.backend.deactivate_here(&name("v"), &o).await.unwrap();
     assert_eq!(ops(&ec2.take_calls()), [Op::DescribeVolumes], "nothing to detach");
 }
 
@@ -587,28 +623,32 @@ async fn remove_is_refused_while_attached_and_gone_is_success() {
     let ec2 = world();
     let h = host(&ec2, "i-a");
     let o = opts(&h, &[]);
-    h.backend.create(&name("v"), &o).await.unwrap();
-    h.backend.activate(&name("v"), &o).await.unwrap();
-    let err = h.backend.remove(&name("v"), &o).await.unwrap_err().to_string();
+    h.backend.controller.create(&name("v"), &o, false).await.unwrap();
+    h.backend.activate_here(&name("v"), &o).await.unwrap();
+    let err = h.backend.controller.delete(&name("v"), &o).await.unwrap_err().to_string();
     assert!(err.contains("attached to instance i-a"), "{err}");
     assert!(!ops(&ec2.calls()).contains(&Op::DeleteVolume));
-    h.backend.deactivate(&name("v"), &o).await.unwrap();
-    h.backend.remove(&name("v"), &o).await.unwrap();
+    h.backend.deactivate_here(&name("v"), &o).await.unwrap();
+    h.backend.controller.delete(&name("v"), &o).await.unwrap();
     assert!(ec2.by_name("v").is_empty());
-    h.backend.remove(&name("v"), &o).await.unwrap();
+    h.backend.controller.delete(&name("v"), &o).await.unwrap();
     // Deleted between the lookup and DeleteVolume: also success.
-    h.backend.create(&name("w"), &o).await.unwrap();
+    h.backend.controller.create(&name("w"), &o, false).await.unwrap();
     ec2.fail_next(Op::DeleteVolume, CloudError::from_code("InvalidVolume.NotFound", "gone", Some(400)));
-    h.backend.remove(&name("w"), &o).await.unwrap();
-    // Attached here but not mounted (an earlier detach failed): detached, then deleted.
+    h.backend.controller.delete(&name("w"), &o).await.unwrap();
+    // Attached here but not mounted (an earlier detach failed): the controller alone refuses;
+    // the Docker front's remove releases it here first, then deletes.
     let id = ec2.add_volume(AZ, 1, &[("Name", "left"), (OWNER_TAG, OWNER_VALUE)]);
     ec2.attach_existing(&id, "i-a", "/dev/xvdz");
-    h.backend.remove(&name("left"), &o).await.unwrap();
+    let err = h.backend.controller.delete(&name("left"), &o).await.unwrap_err().to_string();
+    assert!(err.contains("attached to instance i-a") && err.contains("unmount it on this host"), "{err}");
+    h.backend.deactivate_here(&name("left"), &o).await.unwrap();
+    h.backend.controller.delete(&name("left"), &o).await.unwrap();
     assert!(ec2.volume(&id).is_none());
     // Attached to another instance: refused even so.
     let id = ec2.add_volume(AZ, 1, &[("Name", "theirs"), (OWNER_TAG, OWNER_VALUE)]);
     ec2.attach_existing(&id, "i-b", "/dev/xvdz");
-    let err = h.backend.remove(&name("theirs"), &o).await.unwrap_err().to_string();
+    let err = h.backend.controller.delete(&name("theirs"), &o).await.unwrap_err().to_string();
     assert!(err.contains("attached to instance i-b"), "{err}");
 }
 
@@ -617,10 +657,10 @@ async fn a_device_that_never_appears_is_detached_and_the_error_lists_the_paths()
     let ec2 = world();
     let h = host(&ec2, "i-a");
     let o = opts(&h, &[]);
-    h.backend.create(&name("v"), &o).await.unwrap();
+    h.backend.controller.create(&name("v"), &o, false).await.unwrap();
     h.devices.set_link_delay(u32::MAX);
     let start = Instant::now();
-    let err = h.backend.activate(&name("v"), &o).await.unwrap_err().to_string();
+    let err = h.backend.activate_here(&name("v"), &o).await.unwrap_err().to_string();
     assert!(start.elapsed() <= Duration::from_secs(121), "{:?}", start.elapsed());
     assert!(err.contains("/links/nvme-Amazon_Elastic_Block_Store_vol") && err.contains("/dev/xvdf"), "{err}");
     assert!(only(&ec2, "v").attachments.is_empty(), "rolled back");
@@ -631,9 +671,9 @@ async fn udev_lag_is_waited_for() {
     let ec2 = world();
     let h = host(&ec2, "i-a");
     let o = opts(&h, &[]);
-    h.backend.create(&name("v"), &o).await.unwrap();
+    h.backend.controller.create(&name("v"), &o, false).await.unwrap();
     h.devices.set_link_delay(3);
-    h.backend.activate(&name("v"), &o).await.unwrap();
+    h.backend.activate_here(&name("v"), &o).await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -641,10 +681,10 @@ async fn a_device_with_another_volumes_serial_is_refused() {
     let ec2 = world();
     let h = host(&ec2, "i-a");
     let o = opts(&h, &[]);
-    h.backend.create(&name("v"), &o).await.unwrap();
+    h.backend.controller.create(&name("v"), &o, false).await.unwrap();
     let id = only(&ec2, "v").id;
     h.devices.set_serial(&id, "vol0ffffffffffffffff");
-    let err = h.backend.activate(&name("v"), &o).await.unwrap_err().to_string();
+    let err = h.backend.activate_here(&name("v"), &o).await.unwrap_err().to_string();
     assert!(err.contains("serial vol0ffffffffffffffff") && err.contains("another volume"), "{err}");
     assert!(!h.os.calls().iter().any(|c| c.kind() == CallKind::Mkfs));
     assert!(only(&ec2, "v").attachments.is_empty(), "rolled back");
@@ -659,17 +699,17 @@ async fn list_is_one_paginated_describe_of_owned_volumes() {
     }
     ec2.add_volume(AZ, 8, &[("Name", "root-disk")]);
     let h = host(&ec2, "i-a");
-    let listed = h.backend.list(false).await;
+    let listed = h.ebs.list_all(false).await;
     assert_eq!(listed.len(), 5000);
     assert!(!listed.contains_key("root-disk"), "unowned volumes are not listed");
     let calls = ec2.take_calls();
     assert_eq!(calls.len(), 10, "5000 volumes in pages of 500");
     assert!(calls.iter().all(|c| matches!(c, Ec2Call::DescribeVolumes(q) if q.filters == vec![(format!("tag:{OWNER_TAG}"), vec![OWNER_VALUE.to_owned()])])));
     // Within the refresh period, list and status cost nothing.
-    h.backend.list(false).await;
+    h.ebs.list_all(false).await;
     let o = opts(&h, &[]);
     for i in 0..100 {
-        assert_eq!(h.backend.status(&name(&format!("v{i}")), &o)["sizeGiB"], 1);
+        assert_eq!(h.backend.controller.status(&name(&format!("v{i}")), &o)["sizeGiB"], 1);
     }
     tokio::task::yield_now().await;
     assert!(ec2.calls().is_empty());
@@ -680,13 +720,13 @@ async fn a_failing_refresh_keeps_what_is_known() {
     let ec2 = world();
     let h = host(&ec2, "i-a");
     let o = opts(&h, &[]);
-    h.backend.create(&name("v"), &o).await.unwrap();
+    h.backend.controller.create(&name("v"), &o, false).await.unwrap();
     tokio::time::advance(cache::REFRESH_AFTER).await;
     ec2.fail_next(Op::DescribeVolumes, CloudError::from_code("InternalError", "boom", Some(500)));
     ec2.fail_next(Op::DescribeVolumes, CloudError::from_code("UnauthorizedOperation", "no", Some(403)));
-    let listed = h.backend.list(true).await;
+    let listed = h.ebs.list_all(true).await;
     assert!(listed.contains_key("v"), "{listed:?}");
-    assert_eq!(h.backend.status(&name("v"), &o)["state"], "available");
+    assert_eq!(h.backend.controller.status(&name("v"), &o)["state"], "available");
 }
 
 #[tokio::test(start_paused = true)]
@@ -695,14 +735,14 @@ async fn status_of_an_uncached_volume_refreshes_in_the_background() {
     ec2.add_volume(AZ, 9, &[("Name", "elsewhere"), (OWNER_TAG, OWNER_VALUE)]);
     let h = host(&ec2, "i-a");
     let o = opts(&h, &[]);
-    let s = h.backend.status(&name("elsewhere"), &o);
+    let s = h.backend.controller.status(&name("elsewhere"), &o);
     assert!(!s.contains_key("volumeID"));
     // Let the background refresh run.
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
-    assert_eq!(h.backend.status(&name("elsewhere"), &o)["sizeGiB"], 9);
+    assert_eq!(h.backend.controller.status(&name("elsewhere"), &o)["sizeGiB"], 9);
 }
 
 #[tokio::test(start_paused = true)]
@@ -712,19 +752,19 @@ async fn failover_between_two_hosts_on_one_ec2() {
     let b_off = host(&ec2, "i-b");
     let b_on = host_with(&ec2, "i-b", &service("i-b", AZ, true, &[]));
     let o = opts(&a, &[]);
-    a.backend.create(&name("db"), &o).await.unwrap();
-    a.backend.activate(&name("db"), &o).await.unwrap();
+    a.backend.controller.create(&name("db"), &o, false).await.unwrap();
+    a.backend.activate_here(&name("db"), &o).await.unwrap();
     // A dies with the volume attached. B without preempt is refused, naming A.
-    let err = b_off.backend.activate(&name("db"), &o).await.unwrap_err().to_string();
+    let err = b_off.backend.activate_here(&name("db"), &o).await.unwrap_err().to_string();
     assert!(err.contains("instance i-a"), "{err}");
     // With preempt, B takes it over.
-    b_on.backend.activate(&name("db"), &o).await.unwrap();
+    b_on.backend.activate_here(&name("db"), &o).await.unwrap();
     let v = only(&ec2, "db");
     assert_eq!(v.attachments.len(), 1);
     assert_eq!(v.attachments[0].instance_id, "i-b");
     // A's view (were it alive) sees nothing to detach any more.
     ec2.take_calls();
-    a.backend.deactivate(&name("db"), &o).await.unwrap();
+    a.backend.deactivate_here(&name("db"), &o).await.unwrap();
     assert!(!ops(&ec2.calls()).contains(&Op::DetachVolume));
     let _ = &b_off.ec2;
 }
@@ -735,6 +775,6 @@ fn client_tokens_are_64_hex_characters() {
     assert_eq!(t.len(), 64);
     assert!(t.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_ne!(t, client_token("db1-1"));
-    assert_eq!(filter_literal("a*b?c\\"), "a\\*b\\?c\\\\");
+    assert_eq!(super::naming::filter_literal("a*b?c\\"), "a\\*b\\?c\\\\");
     assert_eq!(nvme_link_name("vol-0abc"), "nvme-Amazon_Elastic_Block_Store_vol0abc");
 }

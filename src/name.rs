@@ -1,9 +1,14 @@
-//! Validated volume names and mount IDs.
+//! Validated volume names, and bounded excerpts of untrusted text for messages.
+//!
+//! A leaf module: every layer uses [`VolumeName`], so it depends on nothing in the crate.
 
 use std::fmt;
 
 /// The longest name accepted, in bytes (the limit of one path component on Linux).
 pub const MAX_NAME_BYTES: usize = 255;
+
+/// The most bytes of an untrusted string (a refused name, a mount ID) that a message quotes.
+pub const EXCERPT_BYTES: usize = 100;
 
 /// A volume name that is safe to use as one path component.
 ///
@@ -13,7 +18,7 @@ pub const MAX_NAME_BYTES: usize = 255;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VolumeName(String);
 
-/// Why a volume name was refused.
+/// Why a volume name was refused. The name is quoted at most [`EXCERPT_BYTES`] long.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     /// The name is empty.
@@ -49,10 +54,10 @@ impl VolumeName {
             return Err(NameError::TooLong(name.len()));
         }
         if name.contains('/') {
-            return Err(NameError::Slash(name.to_owned()));
+            return Err(NameError::Slash(excerpt(name)));
         }
         if name.chars().any(char::is_control) {
-            return Err(NameError::Control(name.escape_debug().to_string()));
+            return Err(NameError::Control(excerpt(&name.escape_debug().to_string())));
         }
         Ok(Self(name.to_owned()))
     }
@@ -69,32 +74,17 @@ impl fmt::Display for VolumeName {
     }
 }
 
-/// Who holds a mount: Docker's mount ID, or the anonymous holder (dvdcli and Mesos send no ID).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Holder {
-    /// A caller that sent no ID; held with set semantics (N mounts, one unmount).
-    Anonymous,
-    /// A caller-supplied ID; held with count semantics (`docker cp` mounts one ID twice).
-    Id(String),
-}
-
-impl Holder {
-    /// An absent or empty ID is the anonymous holder.
-    pub fn from_request(id: Option<&str>) -> Self {
-        match id {
-            None | Some("") => Holder::Anonymous,
-            Some(id) => Holder::Id(id.to_owned()),
-        }
+/// At most [`EXCERPT_BYTES`] of `text` (cut at a character boundary), followed by `…` and the
+/// whole length when it was cut: what a message or log line may quote of untrusted input.
+pub fn excerpt(text: &str) -> String {
+    if text.len() <= EXCERPT_BYTES {
+        return text.to_owned();
     }
-}
-
-impl fmt::Display for Holder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Holder::Anonymous => f.write_str("(no ID)"),
-            Holder::Id(id) => f.write_str(id),
-        }
+    let mut end = EXCERPT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
     }
+    format!("{}… ({} bytes)", &text[..end], text.len())
 }
 
 #[cfg(test)]
@@ -122,9 +112,13 @@ mod tests {
     }
 
     #[test]
-    fn empty_or_missing_id_is_anonymous() {
-        assert_eq!(Holder::from_request(None), Holder::Anonymous);
-        assert_eq!(Holder::from_request(Some("")), Holder::Anonymous);
-        assert_eq!(Holder::from_request(Some("ab")), Holder::Id("ab".into()));
+    fn excerpts_are_bounded_and_cut_at_a_character() {
+        assert_eq!(excerpt("short"), "short");
+        let long = "é".repeat(1000);
+        let cut = excerpt(&long);
+        assert!(cut.len() < EXCERPT_BYTES + 20, "{cut}");
+        assert!(cut.ends_with("… (2000 bytes)"), "{cut}");
+        let err = VolumeName::new(&format!("{}/x", "a".repeat(200))).unwrap_err().to_string();
+        assert!(err.len() < 150 && err.contains("(202 bytes)"), "{err}");
     }
 }

@@ -1,0 +1,88 @@
+//! The node half's EBS part: finding an attached volume's device on this host, waiting for it
+//! to appear, and checking that its serial names the volume.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::devices::{find_device, Found};
+use super::settings::EbsSettings;
+use super::wait::{Poll, StatusWait, WaitError};
+use crate::backend::block::DeviceSource;
+use crate::backend::{BackendError, PublishContext};
+use crate::name::VolumeName;
+use crate::os::DeviceHost;
+
+/// How often the host is looked at while a device is expected.
+const DEVICE_POLL: Duration = Duration::from_millis(100);
+
+/// Finds EBS volumes' devices (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct EbsDevices {
+    /// How this host shows attached volumes.
+    host: Arc<dyn DeviceHost>,
+    /// `ebs.deviceLinksDir`.
+    links_dir: PathBuf,
+    /// How long a device may take to appear (`ebs.statusTimeout`).
+    timeout: Duration,
+}
+
+impl EbsDevices {
+    /// Devices on `host`, linked under the settings' `deviceLinksDir`.
+    pub fn new(host: Arc<dyn DeviceHost>, settings: &EbsSettings) -> Self {
+        Self { host, links_dir: settings.device_links_dir.clone(), timeout: settings.status_timeout }
+    }
+}
+
+#[async_trait]
+impl DeviceSource for EbsDevices {
+    async fn device(&self, name: &VolumeName, ctx: &PublishContext) -> Result<PathBuf, BackendError> {
+        let (Some(id), Some(requested)) = (ctx.get(PublishContext::VOLUME_ID), ctx.get(PublishContext::DEVICE_NAME))
+        else {
+            return Err(BackendError::invalid(format!(
+                "the publish context of volume {name} names no EBS volume ID and device name"
+            )));
+        };
+        let schedule = StatusWait { max_attempts: 200, initial_delay: DEVICE_POLL, timeout: self.timeout };
+        let result = schedule
+            .run(|| async {
+                let (host, links, vol_id, requested) =
+                    (Arc::clone(&self.host), self.links_dir.clone(), id.to_owned(), requested.to_owned());
+                let found =
+                    tokio::task::spawn_blocking(move || find_device(host.as_ref(), &links, &vol_id, &requested))
+                        .await
+                        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                match found {
+                    Found::Device { device, via } => Ok(Poll::Ready((device, via))),
+                    Found::Missing(paths) => {
+                        Ok(Poll::Pending(paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")))
+                    }
+                    Found::WrongSerial { device, serial } => Err(BackendError::ForeignDevice {
+                        what: format!(
+                            "volume {name} ({id}): device {} has serial {serial}, which names another volume",
+                            device.display()
+                        ),
+                    }),
+                }
+            })
+            .await;
+        match result {
+            Ok((device, via)) => {
+                tracing::debug!(volume = %name, device = %device.display(), via = %via.display(), "found the device");
+                Ok(device)
+            }
+            Err(WaitError::Failed(e)) => Err(e),
+            Err(WaitError::TimedOut { last, elapsed, .. }) => Err(BackendError::Timeout {
+                op: format!("volume {name} ({id}), attached as {requested},"),
+                elapsed,
+                last_seen: format!("without a device: none appeared at {last}"),
+                hint: format!(
+                    "; on Nitro instances udev makes the nvme-Amazon_Elastic_Block_Store link: is {} the host's /dev/disk/by-id (bind-mount /dev into the plugin's container)?",
+                    self.links_dir.display()
+                ),
+            }),
+        }
+    }
+}

@@ -1,0 +1,460 @@
+//! The service over the fake backend: mount accounting, the Docker front's composition, and
+//! what a restart does with every state a crash can leave behind.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::state::{Pending, StateStore};
+use super::*;
+use crate::backend::fake::FakeBackend;
+
+pub(crate) fn settings() -> Integration {
+    Integration::defaults(std::path::Path::new("/var/lib/rexray"))
+}
+
+const BOOT: &str = "boot-1";
+
+async fn open_in(
+    dir: &std::path::Path,
+    fake: Arc<FakeBackend>,
+    settings: Integration,
+    boot: &str,
+) -> Arc<VolumeService> {
+    let backend = FakeBackend::backend(&fake);
+    Arc::new(VolumeService::open("test", backend, settings, dir.to_path_buf(), Some(boot.into())).await.unwrap())
+}
+
+async fn open(dir: &std::path::Path, fake: Arc<FakeBackend>, settings: Integration) -> Arc<VolumeService> {
+    open_in(dir, fake, settings, BOOT).await
+}
+
+fn no_opts() -> BTreeMap<String, String> {
+    BTreeMap::new()
+}
+
+async fn holders(s: &VolumeService, name: &str) -> u64 {
+    s.get(name).await.unwrap().status["holders"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn create_is_idempotent_and_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    s.create("v1", &BTreeMap::from([("SIZE".into(), "2".into())])).await.unwrap();
+    s.create("v1", &BTreeMap::from([("size".into(), "5".into())])).await.unwrap();
+    assert_eq!(fake.count("create"), 1);
+    let info = s.get("v1").await.unwrap();
+    assert_eq!(info.status["options"]["size"], "2");
+    assert!(info.mountpoint.is_none());
+    assert!(humantime::parse_rfc3339(&info.created_at).is_ok(), "{}", info.created_at);
+    let err = s.create("v2", &BTreeMap::from([("bogus".into(), "1".into())])).await.unwrap_err().chain();
+    assert!(err.contains("create \"v2\"") && err.contains("bogus") && err.contains("size, label"), "{err}");
+    let err = s.create("v2", &BTreeMap::from([("size".into(), "abc".into())])).await.unwrap_err().chain();
+    assert!(err.contains("size") && err.contains("abc"), "{err}");
+    let err = s.create("../x", &no_opts()).await.unwrap_err().chain();
+    assert!(err.contains("create \"../x\"") && err.contains("'/'"), "{err}");
+    assert_eq!(s.list().await.len(), 1);
+}
+
+#[tokio::test]
+async fn docker_cp_counts_the_same_id_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    s.create("v", &no_opts()).await.unwrap();
+    let p1 = s.mount("v", Some("id1")).await.unwrap();
+    let p2 = s.mount("v", Some("id1")).await.unwrap();
+    assert_eq!(p1, p2);
+    s.unmount("v", Some("id1")).await.unwrap();
+    assert_eq!(fake.count("deactivate"), 0, "the running container still uses it");
+    assert_eq!(s.path("v").await.unwrap(), Some(p1));
+    s.unmount("v", Some("id1")).await.unwrap();
+    assert_eq!(fake.calls(), ["create:v", "activate:v", "deactivate:v"]);
+    assert_eq!(
+        fake.steps(),
+        ["create:v", "publish:v", "stage:v", "hand_out:v", "unstage:v", "unpublish:v"],
+        "publish to this node, stage, hand out; and back"
+    );
+    assert_eq!(s.path("v").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn anonymous_holder_has_set_semantics() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    for _ in 0..3 {
+        s.mount("dv", None).await.unwrap();
+    }
+    assert_eq!(holders(&s, "dv").await, 1);
+    s.unmount("dv", Some("")).await.unwrap();
+    assert_eq!(fake.calls(), ["create:dv", "activate:dv", "deactivate:dv"]);
+}
+
+#[tokio::test]
+async fn unknown_unmounts_succeed_and_remove_is_refused_while_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    s.unmount("nope", Some("x")).await.unwrap();
+    s.mount("v", Some("a")).await.unwrap();
+    s.unmount("v", Some("never-mounted")).await.unwrap();
+    let err = s.remove("v").await.unwrap_err().chain();
+    assert!(err.contains("remove \"v\"") && err.contains("in use"), "{err}");
+    s.unmount("v", Some("a")).await.unwrap();
+    s.remove("v").await.unwrap();
+    s.remove("v").await.unwrap();
+    assert!(s.get("v").await.is_err());
+    assert_eq!(fake.calls(), ["create:v", "activate:v", "deactivate:v", "remove:v"]);
+}
+
+#[tokio::test]
+async fn implicit_create_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    let s = open(dir.path(), fake.clone(), Integration { implicit_create: false, ..settings() }).await;
+    let err = s.mount("v", Some("a")).await.unwrap_err().chain();
+    assert!(err.contains("mount \"v\"") && err.contains("no such volume"), "{err}");
+    assert!(fake.calls().is_empty());
+}
+
+#[tokio::test]
+async fn ignore_used_count_deactivates_on_every_unmount() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    let s = open(dir.path(), fake.clone(), Integration { ignore_used_count: true, ..settings() }).await;
+    s.mount("v", Some("a")).await.unwrap();
+    s.mount("v", Some("b")).await.unwrap();
+    s.unmount("v", Some("a")).await.unwrap();
+    assert_eq!(fake.count("deactivate"), 1);
+    assert_eq!(holders(&s, "v").await, 0);
+}
+
+#[tokio::test]
+async fn create_and_remove_can_be_disabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    let s = open(dir.path(), fake.clone(), Integration { create_disable: true, ..settings() }).await;
+    s.create("v", &no_opts()).await.unwrap();
+    assert!(fake.calls().is_empty());
+    let dir2 = tempfile::tempdir().unwrap();
+    let s2 = open(dir2.path(), fake.clone(), Integration { remove_disable: true, ..settings() }).await;
+    s2.create("w", &no_opts()).await.unwrap();
+    s2.remove("w").await.unwrap();
+    assert_eq!(fake.count("remove"), 0);
+    assert!(s2.get("w").await.is_ok());
+}
+
+#[tokio::test]
+async fn failed_activation_grants_nothing_and_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    s.create("v", &no_opts()).await.unwrap();
+    fake.set_failing("activate", true);
+    let err = s.mount("v", Some("a")).await.unwrap_err().chain();
+    assert!(err.contains("mount \"v\": fake backend: injected activate failure"), "{err}");
+    assert_eq!(holders(&s, "v").await, 0);
+    assert!(!fake.active("v") && !fake.state.lock().unwrap().published.contains("v"), "rolled back");
+    assert!(!s.get("v").await.unwrap().status.contains_key("pending"));
+    fake.set_failing("activate", false);
+    s.mount("v", Some("a")).await.unwrap();
+    assert_eq!(holders(&s, "v").await, 1);
+}
+
+#[tokio::test]
+async fn failed_deactivation_is_retried_by_the_next_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    s.mount("v", Some("a")).await.unwrap();
+    fake.set_failing("deactivate", true);
+    assert!(s.unmount("v", Some("a")).await.is_err());
+    assert_eq!(holders(&s, "v").await, 0);
+    assert_eq!(s.get("v").await.unwrap().status["pending"], "deactivating");
+    fake.set_failing("deactivate", false);
+    s.remove("v").await.unwrap();
+    assert_eq!(fake.count("unstage"), 3, "the failed one, the retry, remove's own");
+    assert_eq!(fake.count("deactivate"), 1);
+    assert_eq!(fake.count("remove"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_mounts_activate_once_and_parallel_unmounts_deactivate_once_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::with_delay(Duration::from_millis(20)));
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    s.create("v", &no_opts()).await.unwrap();
+    let mounts: Vec<_> = (0..16)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.mount("v", Some(&format!("id{i}"))).await })
+        })
+        .collect();
+    for m in mounts {
+        assert_eq!(m.await.unwrap().unwrap(), PathBuf::from("/fake/v"));
+    }
+    assert_eq!(fake.count("activate"), 1);
+    assert_eq!(holders(&s, "v").await, 16);
+    let unmounts: Vec<_> = (0..16)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.unmount("v", Some(&format!("id{i}"))).await })
+        })
+        .collect();
+    for u in unmounts {
+        u.await.unwrap().unwrap();
+    }
+    assert_eq!(fake.count("deactivate"), 1);
+    assert_eq!(fake.calls().last().unwrap(), "deactivate:v");
+    assert_eq!(holders(&s, "v").await, 0);
+}
+
+#[tokio::test]
+async fn a_mount_abandoned_by_its_caller_still_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::with_delay(Duration::from_millis(50)));
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    s.create("v", &no_opts()).await.unwrap();
+    // The client gives up (Docker's timeout, a closed connection) while the mount runs.
+    let abandoned = tokio::time::timeout(Duration::from_millis(10), s.mount("v", Some("a"))).await;
+    assert!(abandoned.is_err());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(holders(&s, "v").await, 1, "the mount completed and was recorded");
+    assert!(fake.active("v"));
+}
+
+#[tokio::test]
+async fn restart_keeps_active_holders_reactivates_lost_mounts_and_releases_leaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    {
+        let s = open(dir.path(), fake.clone(), settings()).await;
+        s.mount("kept", Some("a")).await.unwrap();
+        s.mount("kept", None).await.unwrap();
+        s.mount("vanished", Some("c")).await.unwrap();
+        s.create("leaked", &no_opts()).await.unwrap();
+        s.create("idle", &BTreeMap::from([("size".into(), "3".into())])).await.unwrap();
+    }
+    // The daemon restarts in the same boot: the mount of "vanished" is gone (a managed plugin's
+    // can be), and "leaked" is published and staged with no holders (a crash between its
+    // activation and the record).
+    fake.state.lock().unwrap().staged.remove("vanished");
+    fake.state.lock().unwrap().published.insert("leaked".into());
+    fake.state.lock().unwrap().staged.insert("leaked".into());
+    let calls_before = fake.calls().len();
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    let mut new_calls = fake.calls()[calls_before..].to_vec();
+    new_calls.sort();
+    assert_eq!(new_calls, ["activate:vanished", "deactivate:leaked"]);
+    assert_eq!(holders(&s, "kept").await, 2);
+    assert_eq!(s.path("kept").await.unwrap(), Some(PathBuf::from("/fake/kept")));
+    assert_eq!(holders(&s, "vanished").await, 1);
+    assert_eq!(s.path("vanished").await.unwrap(), Some(PathBuf::from("/fake/vanished")));
+    assert_eq!(s.path("leaked").await.unwrap(), None);
+    assert!(!fake.active("leaked"));
+    assert_eq!(s.get("idle").await.unwrap().status["options"]["size"], "3");
+    assert_eq!(s.list().await.len(), 4);
+    s.unmount("kept", Some("a")).await.unwrap();
+    s.unmount("kept", None).await.unwrap();
+    assert!(!fake.active("kept"));
+}
+
+#[tokio::test]
+async fn a_restart_releases_what_an_interrupted_mount_attached() {
+    // Issue: a Mount killed between attach and mount left the device attached, holders 0,
+    // and Remove refused for good. Here the crash left the volume published, not staged.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    {
+        let s = open(dir.path(), fake.clone(), settings()).await;
+        s.create("v", &no_opts()).await.unwrap();
+    }
+    let store = StateStore::open(dir.path()).unwrap();
+    let mut record = store.load().unwrap().pop().unwrap();
+    record.pending = Some(Pending::Activating);
+    store.save(&record).unwrap();
+    fake.state.lock().unwrap().published.insert("v".into());
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    assert!(!fake.state.lock().unwrap().published.contains("v"), "released");
+    let info = s.get("v").await.unwrap();
+    assert_eq!(info.status["holders"], 0);
+    assert!(!info.status.contains_key("pending"));
+    s.remove("v").await.unwrap();
+    assert!(s.get("v").await.is_err());
+}
+
+#[tokio::test]
+async fn a_restart_finishes_an_interrupted_remove() {
+    // Issue: a Remove killed between deleting the data and deleting the record left a volume
+    // that List and Get still showed.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    {
+        let s = open(dir.path(), fake.clone(), settings()).await;
+        s.create("v", &no_opts()).await.unwrap();
+    }
+    let store = StateStore::open(dir.path()).unwrap();
+    let mut record = store.load().unwrap().pop().unwrap();
+    record.pending = Some(Pending::Removing);
+    store.save(&record).unwrap();
+    fake.state.lock().unwrap().volumes.remove("v");
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    assert!(s.get("v").await.unwrap_err().is_not_found());
+    assert!(s.list().await.is_empty());
+    assert!(store.load().unwrap().is_empty(), "the record is gone for good");
+    // The name can be used again, for a new volume.
+    s.create("v", &no_opts()).await.unwrap();
+    assert!(fake.state.lock().unwrap().volumes.contains("v"));
+}
+
+#[tokio::test]
+async fn a_restart_finishes_an_interrupted_create_or_discards_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    {
+        let s = open(dir.path(), fake.clone(), settings()).await;
+        s.create("done", &no_opts()).await.unwrap();
+        s.create("broken", &no_opts()).await.unwrap();
+    }
+    let store = StateStore::open(dir.path()).unwrap();
+    for mut record in store.load().unwrap() {
+        record.pending = Some(Pending::Creating);
+        store.save(&record).unwrap();
+    }
+    // A create that can be finished, and one whose storage cannot be made any more.
+    fake.set_failing("create", true);
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    assert!(s.get("done").await.unwrap_err().is_not_found() && s.get("broken").await.unwrap_err().is_not_found());
+    assert_eq!(fake.count("discard"), 2);
+    fake.set_failing("create", false);
+    let dir2 = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir2.path(), fake.clone(), settings()).await;
+        s.create("v", &no_opts()).await.unwrap();
+    }
+    let store = StateStore::open(dir2.path()).unwrap();
+    let mut record = store.load().unwrap().pop().unwrap();
+    record.pending = Some(Pending::Creating);
+    store.save(&record).unwrap();
+    let s = open(dir2.path(), fake.clone(), settings()).await;
+    assert!(!s.get("v").await.unwrap().status.contains_key("pending"), "finished");
+    assert_eq!(s.list().await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_interrupted_unmount_is_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    {
+        let s = open(dir.path(), fake.clone(), settings()).await;
+        s.mount("v", Some("a")).await.unwrap();
+    }
+    // Killed after the holder was released, before the teardown.
+    let store = StateStore::open(dir.path()).unwrap();
+    let mut record = store.load().unwrap().pop().unwrap();
+    record.holders.clear();
+    record.pending = Some(Pending::Deactivating);
+    store.save(&record).unwrap();
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    assert!(!fake.active("v"));
+    assert_eq!(s.path("v").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn holder_counts_never_wrap() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    {
+        let s = open(dir.path(), fake.clone(), settings()).await;
+        s.mount("v", Some("a")).await.unwrap();
+    }
+    let store = StateStore::open(dir.path()).unwrap();
+    let mut record = store.load().unwrap().pop().unwrap();
+    record.holders.insert("a".into(), u32::MAX);
+    store.save(&record).unwrap();
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    let err = s.mount("v", Some("a")).await.unwrap_err().chain();
+    assert!(err.contains("mount ID a holds the volume 4294967295 times"), "{err}");
+    assert_eq!(holders(&s, "v").await, u64::from(u32::MAX));
+    assert_eq!(s.get("v").await.unwrap().status["active"], true);
+}
+
+#[tokio::test]
+async fn error_texts_quote_at_most_a_little_of_a_bad_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), Arc::new(FakeBackend::default()), settings()).await;
+    let huge = format!("{}/{}", "x".repeat(500_000), "y".repeat(500_000));
+    let err = s.mount(&huge, Some("a")).await.unwrap_err().chain();
+    assert!(err.len() < 400, "{} bytes: {}", err.len(), &err[..400.min(err.len())]);
+    assert!(err.contains("1000001 bytes long"), "{err}");
+    let err = s.create(&format!("{}/x", "y".repeat(200)), &no_opts()).await.unwrap_err().chain();
+    assert!(err.len() < 400 && err.contains("contains '/'"), "{err}");
+}
+
+/// Makes the next open of `dir` look like the first one after a reboot.
+fn pretend_reboot(dir: &std::path::Path) {
+    std::fs::write(dir.join("boot_id"), "an-earlier-boot").unwrap();
+}
+
+#[tokio::test]
+async fn after_a_reboot_holders_are_dropped_and_a_mount_activates_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    {
+        let s = open(dir.path(), fake.clone(), settings()).await;
+        s.mount("v", Some("b")).await.unwrap();
+    }
+    fake.state.lock().unwrap().published.clear();
+    fake.state.lock().unwrap().staged.clear();
+    pretend_reboot(dir.path());
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    assert_eq!(holders(&s, "v").await, 0);
+    assert_eq!(s.path("v").await.unwrap(), None);
+    assert_eq!(fake.count("activate"), 1, "nothing re-activated after a reboot");
+    s.mount("v", Some("b")).await.unwrap();
+    assert_eq!(fake.count("activate"), 2);
+    assert_eq!(s.path("v").await.unwrap(), Some(PathBuf::from("/fake/v")));
+}
+
+#[tokio::test]
+async fn volumes_made_by_another_host_are_listed_adopted_and_removable() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let storage = Arc::new(FakeBackend::global());
+    let host_a = open(dir_a.path(), storage.clone(), settings()).await;
+    let host_b = open(dir_b.path(), storage.clone(), Integration { implicit_create: false, ..settings() }).await;
+    host_a.create("shared", &no_opts()).await.unwrap();
+    host_a.create("gone", &no_opts()).await.unwrap();
+    let names: Vec<String> = host_b.list().await.into_iter().map(|v| v.name).collect();
+    assert_eq!(names, ["gone", "shared"]);
+    let info = host_b.get("shared").await.unwrap();
+    assert_eq!(info.status["holders"], 0);
+    assert!(info.mountpoint.is_none());
+    assert!(host_b.get("never-made").await.unwrap_err().is_not_found());
+    // Implicit create is off on B, but the volume exists: B adopts it, never creates a twin.
+    assert_eq!(host_b.mount("shared", Some("x")).await.unwrap(), PathBuf::from("/fake/shared"));
+    assert_eq!(holders(&host_b, "shared").await, 1);
+    assert!(host_b.mount("never-made", Some("x")).await.unwrap_err().is_not_found());
+    host_b.remove("gone").await.unwrap();
+    assert!(!storage.state.lock().unwrap().volumes.contains("gone"));
+    assert_eq!(host_b.list().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_volume_of_another_backend_is_not_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    {
+        let s = open(dir.path(), fake.clone(), settings()).await;
+        s.create("v", &no_opts()).await.unwrap();
+    }
+    let path = dir.path().join("volumes/v");
+    let text = std::fs::read_to_string(&path).unwrap().replace("\"fake\"", "\"loop\"");
+    std::fs::write(&path, text).unwrap();
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    let err = s.mount("v", Some("a")).await.unwrap_err().chain();
+    assert!(err.contains("belongs to backend loop"), "{err}");
+}
