@@ -2,7 +2,7 @@
 # nvme-cli) and the CA certificates for EC2. It runs as a host service container, and its
 # filesystem is a managed plugin's rootfs (plugin/build.sh --from-image IMAGE).
 #
-#   cargo build --release --features ebs
+#   cargo build --release
 #   docker build -t rexray .                                   # FROM debian:bookworm-slim
 #   docker build --build-arg BASE=rexray-base:bookworm -t rexray .   # a base made offline
 #

@@ -6,7 +6,7 @@
 #                     [--create NAME] [--force]
 #
 #   --bin PATH          the daemon binary (default: target/release/rexray; build it with
-#                       `cargo build --release --features ebs`)
+#                       `cargo build --release`)
 #   --out DIR           where config.json and rootfs/ are written (default: target/plugin);
 #                       DIR/rootfs is replaced
 #   --config FILE       a rexray.yml baked in as /etc/rexray/rexray.yml (default: none; the
@@ -87,7 +87,7 @@ if [[ -n $image ]]; then
     docker rm -f "$cid" >/dev/null
     [[ -x $rootfs/usr/bin/rexray ]] || die "image $image has no /usr/bin/rexray"
 else
-    [[ -x $bin ]] || die "no daemon binary at $bin (cargo build --release --features ebs, or pass --bin)"
+    [[ -x $bin ]] || die "no daemon binary at $bin (cargo build --release, or pass --bin)"
     echo "rootfs: assembling from $bin and this machine's tools"
     # The merged-/usr layout of Debian 12, so that library paths from ldd resolve inside.
     mkdir -p "$rootfs"/usr/{bin,sbin,lib,lib64}

@@ -423,5 +423,7 @@ impl VolumeRecord {
     }
 }
 
+#[cfg(all(test, feature = "testing", feature = "ebs"))]
+mod crash_tests;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real-Docker scenarios for the `ebs` backend against the EC2 emulator, with real block devices.
 #
-#     cargo test --features ebs --test ebs_failover docker   # (as root, with CI=1 or REXRAY_E2E=1)
+#     cargo test --test ebs_failover docker   # (as root, with CI=1 or REXRAY_E2E=1)
 #
 # Run by tests/ebs_failover.rs, which starts moto, makes the two instances (RunInstances) and runs
 # the test "hypervisor" that backs attached volumes with loop devices linked into each instance's
@@ -12,7 +12,7 @@ set -uo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-: "${EBS_E2E_ENDPOINT:?run this through: cargo test --features ebs --test ebs_failover}"
+: "${EBS_E2E_ENDPOINT:?run this through: cargo test --test ebs_failover}"
 : "${EBS_E2E_REGION:?}" "${EBS_E2E_AZ:?}" "${EBS_E2E_A:?}" "${EBS_E2E_LINKS_A:?}" "${EBS_E2E_B:?}" "${EBS_E2E_LINKS_B:?}"
 
 DRIVER=rexray-ebs-e2e

@@ -1,0 +1,333 @@
+//! Crash injection, in process, on every backend: each operation (create, mount, unmount,
+//! remove) is crashed after each of its steps in turn (a panic of the operation's task at the
+//! N-th crash point, N = 1, 2, … until the operation completes), the service is dropped and
+//! opened again on the same state directory and the same simulated world (files, loop devices,
+//! mounts, EC2), and the invariants are checked:
+//!
+//! - nothing is left half-done: no record keeps an intent;
+//! - holders match reality: the volume is staged (mounted) and published (attached) exactly
+//!   when it has holders;
+//! - what was written before the crash is still there, and nothing is formatted twice;
+//! - once nothing holds the volume, nothing of it stays attached or mounted;
+//! - Remove is always possible afterwards, and leaves nothing behind;
+//! - Create never adopts silently: a volume that exists after a crashed create has the
+//!   options the create asked for.
+//!
+//! The real-binary suite (`tests/crash_points.rs`) does the same with `kill -9`-like aborts
+//! against the kernel.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::VolumeService;
+use crate::backend::ebs::fake::{FakeDeviceHost, FakeEc2};
+use crate::backend::ebs::identity::Imds;
+use crate::backend::ebs::{CloudParts, EbsController};
+use crate::backend::{Backend, Environment};
+use crate::config::{BackendKind, Integration, ServiceConfig};
+use crate::crashpoint::Plan;
+use crate::os::fake::{CallKind, FakeOs};
+use crate::os::{FsType, Probe};
+
+const INSTANCE: &str = "i-crash";
+const AZ: &str = "us-east-1a";
+const VOLUME: &str = "v";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Vfs,
+    Loop,
+    Ebs,
+}
+
+/// Everything that outlives a crash: the state directory and the simulated world.
+struct World {
+    kind: Kind,
+    os: Arc<FakeOs>,
+    ec2: Arc<FakeEc2>,
+    devices: Arc<FakeDeviceHost>,
+    state: tempfile::TempDir,
+}
+
+impl World {
+    fn new(kind: Kind) -> Self {
+        let ec2 = Arc::new(FakeEc2::new());
+        ec2.add_instance(INSTANCE, AZ);
+        let devices = Arc::new(FakeDeviceHost::new(Arc::clone(&ec2), INSTANCE, "/links"));
+        Self { kind, os: Arc::new(FakeOs::new()), ec2, devices, state: tempfile::tempdir().unwrap() }
+    }
+
+    fn service_config(&self) -> ServiceConfig {
+        let ebs: BTreeMap<String, String> = [
+            ("instanceid", INSTANCE),
+            ("availabilityzone", AZ),
+            ("region", "us-east-1"),
+            ("devicelinksdir", "/links"),
+            ("statusinitialdelay", "100ms"),
+            ("statusmaxattempts", "10"),
+            ("statustimeout", "2m"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        ServiceConfig {
+            name: "crash".into(),
+            backend: match self.kind {
+                Kind::Vfs => BackendKind::Vfs,
+                Kind::Loop => BackendKind::Loop,
+                Kind::Ebs => BackendKind::Ebs,
+            },
+            integration: Integration {
+                mount_path: "/mnt".into(),
+                default_size_gib: 1,
+                ..Integration::defaults(Path::new("/var/lib/rexray"))
+            },
+            vfs_root: "/vfs".into(),
+            loop_root: "/loop".into(),
+            ebs,
+            ebs_origins: BTreeMap::new(),
+        }
+    }
+
+    /// A new backend over the world, as a restarted daemon builds it.
+    fn backend(&self) -> Backend {
+        let cloud = Arc::new(CloudParts::with_api(Arc::new(Imds::new("http://127.0.0.1:9", true)), self.ec2.clone()));
+        let env = Environment {
+            os: self.os.clone(),
+            devices: self.devices.clone(),
+            host: self.os.clone(),
+            ebs: Some(cloud.clone()),
+        };
+        let service = self.service_config();
+        match self.kind {
+            Kind::Ebs => Arc::new(EbsController::new(&service, &env, cloud).unwrap()).backend(),
+            _ => crate::backend::build(&service, &env).unwrap(),
+        }
+    }
+
+    async fn open(&self, plan: Option<Plan>) -> Arc<VolumeService> {
+        let service = VolumeService::open_crashing(
+            "crash",
+            self.backend(),
+            self.service_config().integration,
+            self.state.path().to_path_buf(),
+            Some("boot".into()),
+            plan,
+        )
+        .await
+        .unwrap();
+        Arc::new(service)
+    }
+
+    fn staging(&self) -> PathBuf {
+        match self.kind {
+            Kind::Vfs => PathBuf::from("/vfs/v"),
+            _ => PathBuf::from("/mnt/v"),
+        }
+    }
+
+    /// Whether the volume is mounted (block) on this host.
+    fn mounted(&self) -> bool {
+        self.kind != Kind::Vfs && self.os.mounted(&self.staging()).is_some()
+    }
+
+    /// Whether the volume is attached to this host (loop device or EC2 attachment).
+    fn attached(&self) -> bool {
+        match self.kind {
+            Kind::Vfs => false,
+            Kind::Loop => self.os.attached(Path::new("/loop/v.img")).is_some(),
+            Kind::Ebs => self.ec2.by_name(VOLUME).iter().any(|v| v.attachment_to(INSTANCE).is_some()),
+        }
+    }
+
+    /// Whether the storage holds the volume.
+    fn exists(&self) -> bool {
+        match self.kind {
+            Kind::Vfs => self.os.dir_exists(Path::new("/vfs/v")),
+            Kind::Loop => self.os.file(Path::new("/loop/v.img")).is_some(),
+            Kind::Ebs => !self.ec2.by_name(VOLUME).is_empty(),
+        }
+    }
+
+    /// The storage's size of the volume in GiB, where the storage has one.
+    fn size_gib(&self) -> Option<u64> {
+        match self.kind {
+            Kind::Vfs => None,
+            Kind::Loop => self.os.file(Path::new("/loop/v.img")).map(|b| b >> 30),
+            Kind::Ebs => self.ec2.by_name(VOLUME).first().map(|v| v.size_gib),
+        }
+    }
+
+    /// Writes "data": a file in a vfs volume; for block volumes, the file system itself (made
+    /// by the first mount) is the data, and a second format would destroy it.
+    fn write_data(&self) {
+        if self.kind == Kind::Vfs {
+            self.os.add_file("/vfs/v/precious", 7);
+        }
+    }
+
+    fn data_intact(&self) -> bool {
+        match self.kind {
+            Kind::Vfs => self.os.file(Path::new("/vfs/v/precious")) == Some(7),
+            Kind::Loop => {
+                self.os.signature(Path::new("/loop/v.img")) == Probe::Filesystem(FsType::Ext4.as_str().into())
+            }
+            Kind::Ebs => {
+                let Some(v) = self.ec2.by_name(VOLUME).pop() else { return false };
+                self.os.signature(&FakeDeviceHost::device_of(&v.id)) == Probe::Filesystem("ext4".into())
+            }
+        }
+    }
+
+    fn formats(&self) -> usize {
+        self.os.calls().iter().filter(|c| c.kind() == CallKind::Mkfs).count()
+    }
+}
+
+/// The operation under test, and what must hold before it runs.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Create,
+    Mount,
+    Unmount,
+    Remove,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::Mount => "mount",
+            Op::Unmount => "unmount",
+            Op::Remove => "remove",
+        }
+    }
+}
+
+fn size(gib: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("size".to_owned(), gib.to_owned())])
+}
+
+/// Brings the world to the state `op` starts from.
+async fn prepare(world: &World, op: Op) {
+    let s = world.open(None).await;
+    if matches!(op, Op::Create) {
+        return;
+    }
+    s.create(VOLUME, &size("3")).await.unwrap();
+    s.mount(VOLUME, Some("writer")).await.unwrap();
+    world.write_data();
+    s.unmount(VOLUME, Some("writer")).await.unwrap();
+    if matches!(op, Op::Unmount) {
+        s.mount(VOLUME, Some("a")).await.unwrap();
+    }
+}
+
+async fn run(s: &Arc<VolumeService>, op: Op) -> Result<(), crate::service::ServiceError> {
+    match op {
+        Op::Create => s.create(VOLUME, &size("3")).await,
+        Op::Mount => s.mount(VOLUME, Some("a")).await.map(drop),
+        Op::Unmount => s.unmount(VOLUME, Some("a")).await,
+        Op::Remove => s.remove(VOLUME).await,
+    }
+}
+
+/// Crashes `op` at crash point `n`; returns whether it crashed (else it ran to the end).
+async fn crash_at(world: &World, op: Op, n: u32) -> bool {
+    let plan = Plan { op: op.name().into(), n, abort: false };
+    let s = world.open(Some(plan)).await;
+    let outcome = tokio::spawn(async move { run(&s, op).await }).await;
+    match outcome {
+        Err(e) if e.is_panic() => true,
+        Err(e) => panic!("{op:?}: {e}"),
+        Ok(result) => {
+            result.unwrap_or_else(|e| panic!("{op:?} failed without a crash: {}", e.chain()));
+            false
+        }
+    }
+}
+
+/// The invariants after a restart (see the module documentation).
+async fn check_after_restart(world: &World, op: Op, n: u32, formats_before: usize) {
+    let at = format!("{:?} {op:?} crashed at point {n}", world.kind);
+    let s = world.open(None).await;
+    let info = s.get(VOLUME).await;
+    if let Ok(info) = &info {
+        assert!(!info.status.contains_key("pending"), "{at}: still pending: {:?}", info.status);
+        let holders = info.status["holders"].as_u64().unwrap();
+        if world.kind != Kind::Vfs {
+            assert_eq!(world.mounted(), holders > 0, "{at}: mounted vs {holders} holders");
+            assert_eq!(world.attached(), holders > 0, "{at}: attached vs {holders} holders");
+        }
+        assert_eq!(info.mountpoint.is_some(), holders > 0, "{at}: mountpoint vs {holders} holders");
+        assert!(world.exists(), "{at}: a recorded volume's storage is gone");
+        if matches!(op, Op::Create) {
+            assert_eq!(info.status["options"]["size"], "3", "{at}: the create's options");
+            if let Some(gib) = world.size_gib() {
+                assert_eq!(gib, 3, "{at}: the storage has the create's size");
+            }
+        } else {
+            assert!(world.data_intact(), "{at}: data written before the crash is gone");
+        }
+        // Whoever held it lets go: nothing of it stays attached or mounted.
+        for id in ["a", "writer"] {
+            s.unmount(VOLUME, Some(id)).await.unwrap_or_else(|e| panic!("{at}: unmount: {}", e.chain()));
+        }
+        assert!(!world.mounted() && !world.attached(), "{at}: left attached or mounted after the last unmount");
+    } else {
+        assert!(info.unwrap_err().is_not_found(), "{at}");
+        assert!(matches!(op, Op::Create | Op::Remove), "{at}: the volume vanished");
+        assert!(!world.attached() && !world.mounted(), "{at}: an unrecorded volume is attached or mounted");
+        if matches!(op, Op::Create) && world.kind != Kind::Ebs {
+            assert!(!world.exists(), "{at}: storage without a record");
+        }
+    }
+    if world.kind != Kind::Vfs && !matches!(op, Op::Create) {
+        assert_eq!(world.formats(), formats_before, "{at}: formatted again");
+    }
+    // Remove is always possible, and leaves nothing.
+    s.remove(VOLUME).await.unwrap_or_else(|e| panic!("{at}: remove: {}", e.chain()));
+    assert!(s.get(VOLUME).await.unwrap_err().is_not_found(), "{at}: still listed after remove");
+    assert!(!world.exists(), "{at}: storage left after remove");
+    // The name is free for a new volume, which gets its own options, never the old ones.
+    s.create(VOLUME, &size("5")).await.unwrap_or_else(|e| panic!("{at}: create again: {}", e.chain()));
+    if let Some(gib) = world.size_gib() {
+        assert_eq!(gib, 5, "{at}: a new create adopted old storage");
+    }
+    s.remove(VOLUME).await.unwrap();
+}
+
+/// Every crash point of every operation on `kind`.
+async fn every_step_of_every_operation(kind: Kind) {
+    for op in [Op::Create, Op::Mount, Op::Unmount, Op::Remove] {
+        let mut crashed = 0;
+        for n in 1.. {
+            assert!(n < 40, "{kind:?} {op:?}: no end in sight");
+            let world = World::new(kind);
+            prepare(&world, op).await;
+            let formats_before = world.formats();
+            if !crash_at(&world, op, n).await {
+                break;
+            }
+            crashed += 1;
+            check_after_restart(&world, op, n, formats_before).await;
+        }
+        assert!(crashed >= 2, "{kind:?} {op:?}: only {crashed} crash points");
+    }
+}
+
+#[tokio::test]
+async fn vfs_survives_a_crash_at_every_step() {
+    every_step_of_every_operation(Kind::Vfs).await;
+}
+
+#[tokio::test]
+async fn loop_survives_a_crash_at_every_step() {
+    every_step_of_every_operation(Kind::Loop).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ebs_survives_a_crash_at_every_step() {
+    every_step_of_every_operation(Kind::Ebs).await;
+}
