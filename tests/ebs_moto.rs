@@ -524,3 +524,81 @@ fn snapshot_commands_on_moto_in_process_and_through_the_daemon() {
     assert_eq!(json(&["snapshot", "ls", "-f", "json"]), serde_json::json!([]));
     drop(daemon);
 }
+
+/// No credential (access key ID, secret key, session token) reaches the log at any level, the
+/// SDK's own trace output included: with the keys in the config, and from the environment.
+#[test]
+fn no_credential_reaches_the_log_even_at_trace_level() {
+    use assert_cmd::Command;
+
+    let Some(moto) = Moto::for_test("no_credential_reaches_the_log_even_at_trace_level") else { return };
+    let (region, az) = ("sa-east-1", "sa-east-1a");
+    let instance = moto.run_instance(region, az);
+    const KEY_ID: &str = "AKIAZZLEAKCHECK00001";
+    const SECRET: &str = "leakCheckSecret/0123456789abcdefghijklmnop";
+    const TOKEN: &str = "leakCheckSessionToken0123456789abcdefghijklmnopqrstuvwxyz";
+    for (variant, keys_in_config) in [("config", true), ("environment", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("rexray.yml");
+        let keys =
+            if keys_in_config { format!("  accessKey: {KEY_ID}\n  secretKey: {SECRET}\n") } else { String::new() };
+        std::fs::write(
+            &config,
+            format!(
+                "rexray:\n  logLevel: trace\n  modules:\n    default-docker:\n      host: unix://{0}/plugins/ebs.sock\nlibstorage:\n  service: ebs\n\
+                 ebs:\n  endpoint: {1}\n  region: {region}\n{keys}  instanceID: {instance}\n  availabilityZone: {az}\n  tag: leak{variant}\n",
+                dir.path().display(),
+                moto.endpoint
+            ),
+        )
+        .unwrap();
+        let home = dir.path().join("home");
+        let log = dir.path().join("daemon.log");
+        let mut daemon = std::process::Command::new(common::BIN);
+        daemon
+            .args(["service", "start", "-f", "-c"])
+            .arg(&config)
+            .env("REXRAY_HOME", &home)
+            .env("RUST_LOG", "trace")
+            .env_remove("AWS_PROFILE")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if !keys_in_config {
+            daemon
+                .env("AWS_ACCESS_KEY_ID", KEY_ID)
+                .env("AWS_SECRET_ACCESS_KEY", SECRET)
+                .env("AWS_SESSION_TOKEN", TOKEN);
+        }
+        let child = daemon.spawn().unwrap();
+        let socket = dir.path().join("plugins/ebs.sock");
+        let _daemon = common::Daemon { child, socket: socket.clone() };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(std::time::Instant::now() < deadline, "{}", std::fs::read_to_string(&log).unwrap_or_default());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let rexray = |args: &[&str]| {
+            let mut cmd = Command::new(common::BIN);
+            cmd.args(args)
+                .arg("-c")
+                .arg(&config)
+                .env("REXRAY_HOME", &home)
+                .timeout(std::time::Duration::from_secs(120));
+            cmd
+        };
+        rexray(&["volume", "create", "--size", "1", "secretive"]).assert().success();
+        rexray(&["volume", "ls"]).assert().success();
+        rexray(&["volume", "inspect", "secretive"]).assert().success();
+        rexray(&["volume", "rm", "secretive"]).assert().success();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("TRACE"), "{variant}: the log is at trace level");
+        assert!(
+            text.contains("CreateVolume") || text.contains("create_volume"),
+            "{variant}: the SDK's calls are in it"
+        );
+        for secret in [KEY_ID, SECRET, TOKEN] {
+            let at = text.find(secret).map(|i| &text[i.saturating_sub(300)..(i + 100).min(text.len())]);
+            assert!(at.is_none(), "{variant}: {secret} is in the log: …{}…", at.unwrap_or_default());
+        }
+    }
+}

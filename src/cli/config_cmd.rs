@@ -70,6 +70,17 @@ fn backend_problem(config: &Config, svc: &ServiceConfig, e: &BackendError) -> St
     format!("{at}libstorage.server.services.{}: {e}", svc.name)
 }
 
+/// Every secret value in `config` (the `ebs.*` keys that hold one), for the log to scrub.
+pub fn secrets(config: &Config) -> Vec<String> {
+    config
+        .services
+        .iter()
+        .flat_map(|svc| svc.ebs.iter())
+        .filter(|(key, value)| is_secret(key) && !value.is_empty())
+        .map(|(_, value)| value.clone())
+        .collect()
+}
+
 /// Whether an `ebs.*` setting holds a secret.
 fn is_secret(key: &str) -> bool {
     let k = key.to_ascii_lowercase();

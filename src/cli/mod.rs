@@ -371,7 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Service(ServiceCommand::Start(_)) | Command::Start(_) => {
             let config = load_config(&cli)?;
             let level = cli.log_level.clone().unwrap_or_else(|| config.log_level.clone());
-            crate::telemetry::init(&level, config.log_json);
+            crate::telemetry::init(&level, config.log_json, config_cmd::secrets(&config));
             for warning in &config.warnings {
                 tracing::warn!("{warning}");
             }
@@ -423,13 +423,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(ConfigCommand::Check) => Ok(config_check(cli.config.as_deref())),
         Command::Volume(args) => {
             let config = load_config(&cli)?;
-            crate::telemetry::init(cli.log_level.as_deref().unwrap_or("warn"), false);
+            crate::telemetry::init(cli.log_level.as_deref().unwrap_or("warn"), false, config_cmd::secrets(&config));
             runtime()?.block_on(volume_command(&config, args))
         }
         Command::Snapshot(args) => {
             let config = load_config(&cli)?;
             volume::snapshot_support(volume::pick_service(&config, args.service.as_deref())?.backend)?;
-            crate::telemetry::init(cli.log_level.as_deref().unwrap_or("warn"), false);
+            crate::telemetry::init(cli.log_level.as_deref().unwrap_or("warn"), false, config_cmd::secrets(&config));
             runtime()?.block_on(snapshot::run(&config, args))
         }
         Command::Dvdcli { args } => Ok(dvdcli::main(args.clone())),

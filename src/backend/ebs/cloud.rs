@@ -41,7 +41,7 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("region", &self.region)
             .field("endpoint", &self.endpoint)
-            .field("static_credentials", &self.static_credentials.as_ref().map(|(k, _)| k))
+            .field("static_credentials", &self.static_credentials.as_ref().map(|_| "(redacted)"))
             .finish()
     }
 }
