@@ -109,7 +109,7 @@ impl Inherited {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    warn!(fd = idx + 3, error = %e, "an inherited fd is not a listening Unix socket; ignoring it")
+                    warn!(fd = idx + 3, error = %e, "an inherited fd is not a listening Unix socket; ignoring it");
                 }
             }
         }

@@ -189,7 +189,12 @@ fn random_kills_leave_nothing_stuck_or_lost() {
         return;
     }
     let seed = std::env::var("REXRAY_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+        u64::try_from(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+                % u128::from(u64::MAX),
+        )
+        .unwrap()
+            | 1
     });
     eprintln!("REXRAY_TEST_SEED={seed}");
     let mut rng = Rng(seed);

@@ -474,7 +474,7 @@ fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -
             match size.as_i64() {
                 Some(n) if n > 0 => {}
                 Some(n) => {
-                    r.push(format!("{at}/external/size"), format!("got {n}, expected more than 0"), "size", None)
+                    r.push(format!("{at}/external/size"), format!("got {n}, expected more than 0"), "size", None);
                 }
                 None => r.push(format!("{at}/external/size"), "expected a whole number".into(), "size", None),
             }
@@ -483,7 +483,7 @@ fn check_app<'a>(app: &App<'a>, version: Version, problems: &mut Vec<Problem>) -
         match driver {
             None => r.push(driver_path, "not defined".into(), "driver-missing", None),
             Some(d) if !is_label(d) => {
-                r.push(driver_path, format!("must match regular expression '{LABEL_REGEX}'"), "driver-label", None)
+                r.push(driver_path, format!("must match regular expression '{LABEL_REGEX}'"), "driver-label", None);
             }
             Some(_) => {}
         }

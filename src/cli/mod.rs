@@ -774,7 +774,7 @@ mod tests {
     #[test]
     fn every_command_has_an_example() {
         fn walk(cmd: &clap::Command, path: String, missing: &mut Vec<String>) {
-            let help = cmd.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+            let help = cmd.get_after_help().map(std::string::ToString::to_string).unwrap_or_default();
             if !help.contains("Example") {
                 missing.push(path.clone());
             }

@@ -178,10 +178,10 @@ impl StateStore {
             match parsed {
                 Ok(record) if path.file_name() == Some(std::ffi::OsStr::new(&record.name)) => out.push(record),
                 Ok(record) => {
-                    tracing::error!(path = %path.display(), name = %record.name, "state file name does not match the volume it holds; skipped")
+                    tracing::error!(path = %path.display(), name = %record.name, "state file name does not match the volume it holds; skipped");
                 }
                 Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "unreadable state file; volume skipped, file kept")
+                    tracing::error!(path = %path.display(), error = %e, "unreadable state file; volume skipped, file kept");
                 }
             }
         }

@@ -538,7 +538,7 @@ mod tests {
         Call::Probe { device: DEV.into() }
     }
     fn mkfs(fs: FsType, extra: &[&str]) -> Call {
-        Call::Mkfs { device: DEV.into(), fs, extra: extra.iter().map(|s| s.to_string()).collect() }
+        Call::Mkfs { device: DEV.into(), fs, extra: extra.iter().map(std::string::ToString::to_string).collect() }
     }
     fn make_dir() -> Call {
         Call::MakeDir { path: MNT.into() }

@@ -250,44 +250,57 @@ impl Core {
                 Err(e) => return Err(cloud_failed("attach", name, Some(&vol.id), &e)),
             }
             crate::crashpoint::hit("AttachVolume sent");
-            let waited = self
-                .poll_volume(api, &vol.id, |v| match v.and_then(|v| v.attachment_to(instance)) {
-                    Some(a) if a.state == AttachState::Attached => Poll::Ready(v.cloned()),
-                    Some(a) => Poll::Pending(a.state.as_str().to_owned()),
-                    None => Poll::Pending("not attached".to_owned()),
-                })
-                .await;
-            match waited {
-                Ok(v) => {
-                    if let Some(v) = v {
-                        self.cache.update(name.as_str(), v);
-                    }
-                }
-                Err(WaitError::TimedOut { last, attempts, elapsed }) => {
-                    reservation.taint();
-                    let undo = match self.detach_from(api, name, &vol.id, instance, false).await {
-                        Ok(()) => "detached it again".to_owned(),
-                        Err(e) => format!("and detaching it failed too: {e}"),
-                    };
-                    return Err(BackendError::Timeout {
-                        op: format!("volume {name} ({})", vol.id),
-                        elapsed,
-                        last_seen: format!("{last} as {device} on instance {instance}"),
-                        hint: format!(
-                            " ({attempts} polls); {undo}; {device} will not be used again for an hour, so a retry gets a fresh device name"
-                        ),
-                    });
-                }
-                Err(WaitError::Failed(e)) => {
-                    return Err(cloud_failed("wait for the attach of", name, Some(&vol.id), &e))
-                }
+            if let Err(e) = self.wait_new_attachment(api, name, vol, instance, &device).await {
+                reservation.taint();
+                return Err(e);
             }
-            drop(reservation);
             tracing::info!(volume = %name, id = %vol.id, %device, %instance, "attached EBS volume");
             return Ok(device);
         }
         Err(BackendError::NoSpace {
             what: format!("attach volume {name} ({}): every device name tried was in use", vol.id),
         })
+    }
+
+    /// Waits until the attachment of `vol` to `instance` as `device` is `attached`; one that
+    /// stays `attaching` is detached again.
+    async fn wait_new_attachment(
+        &self,
+        api: &dyn Ec2Api,
+        name: &VolumeName,
+        vol: &Volume,
+        instance: &str,
+        device: &str,
+    ) -> Result<(), BackendError> {
+        let waited = self
+            .poll_volume(api, &vol.id, |v| match v.and_then(|v| v.attachment_to(instance)) {
+                Some(a) if a.state == AttachState::Attached => Poll::Ready(v.cloned()),
+                Some(a) => Poll::Pending(a.state.as_str().to_owned()),
+                None => Poll::Pending("not attached".to_owned()),
+            })
+            .await;
+        match waited {
+            Ok(v) => {
+                if let Some(v) = v {
+                    self.cache.update(name.as_str(), v);
+                }
+                Ok(())
+            }
+            Err(WaitError::TimedOut { last, attempts, elapsed }) => {
+                let undo = match self.detach_from(api, name, &vol.id, instance, false).await {
+                    Ok(()) => "detached it again".to_owned(),
+                    Err(e) => format!("and detaching it failed too: {e}"),
+                };
+                Err(BackendError::Timeout {
+                    op: format!("volume {name} ({})", vol.id),
+                    elapsed,
+                    last_seen: format!("{last} as {device} on instance {instance}"),
+                    hint: format!(
+                        " ({attempts} polls); {undo}; {device} will not be used again for an hour, so a retry gets a fresh device name"
+                    ),
+                })
+            }
+            Err(WaitError::Failed(e)) => Err(cloud_failed("wait for the attach of", name, Some(&vol.id), &e)),
+        }
     }
 }

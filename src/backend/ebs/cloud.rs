@@ -269,7 +269,7 @@ impl Ec2Api for AwsEc2 {
         let instance = out
             .reservations()
             .iter()
-            .flat_map(|r| r.instances())
+            .flat_map(aws_sdk_ec2::types::Reservation::instances)
             .find(|i| i.instance_id() == Some(instance_id))
             .ok_or_else(|| {
                 CloudError::from_code(

@@ -89,38 +89,36 @@ impl Core {
 
     /// The identity and the EC2 client, made on the first call.
     pub(super) async fn connect(&self) -> Result<(Identity, Arc<dyn Ec2Api>), BackendError> {
-        let pair = self
-            .connected
-            .get_or_try_init(|| async {
-                let found = identity::discover(&self.settings, self.cloud.metadata.as_ref())
-                    .await
-                    .map_err(|e| BackendError::invalid(format!("find this instance: {e}")))?;
-                let conn = cloud::Connection {
-                    region: found.region.clone(),
-                    endpoint: self.settings.endpoint_url(),
-                    static_credentials: self.settings.access_key.clone().zip(self.settings.secret_key.clone()),
-                };
-                tracing::debug!(?conn, "connecting to EC2");
-                let api = self.client(conn).await;
-                let availability_zone = match found.availability_zone {
-                    Some(az) => az,
-                    None => {
-                        let id = found.instance_id.clone();
-                        self.retry
-                            .run("DescribeInstances", || api.describe_instance(&id))
-                            .await
-                            .map_err(|e| {
-                                super::errors::cloud_error(format!("find the availability zone of instance {id}"), &e, "")
-                            })?
-                            .availability_zone
-                    }
-                };
-                let identity = Identity { instance_id: found.instance_id, availability_zone, region: found.region };
-                tracing::info!(instance = %identity.instance_id, az = %identity.availability_zone, region = %identity.region, "EC2 identity");
-                Ok::<_, BackendError>((identity, api))
-            })
-            .await?;
+        let pair = self.connected.get_or_try_init(|| self.first_connect()).await?;
         Ok((pair.0.clone(), Arc::clone(&pair.1)))
+    }
+
+    /// Finds out who this instance is and makes the EC2 client (see [`Self::connect`]).
+    async fn first_connect(&self) -> Result<(Identity, Arc<dyn Ec2Api>), BackendError> {
+        let found = identity::discover(&self.settings, self.cloud.metadata.as_ref())
+            .await
+            .map_err(|e| BackendError::invalid(format!("find this instance: {e}")))?;
+        let conn = cloud::Connection {
+            region: found.region.clone(),
+            endpoint: self.settings.endpoint_url(),
+            static_credentials: self.settings.access_key.clone().zip(self.settings.secret_key.clone()),
+        };
+        tracing::debug!(?conn, "connecting to EC2");
+        let api = self.client(conn).await;
+        let availability_zone = match found.availability_zone {
+            Some(az) => az,
+            None => {
+                let id = found.instance_id.clone();
+                let instance =
+                    self.retry.run("DescribeInstances", || api.describe_instance(&id)).await.map_err(|e| {
+                        super::errors::cloud_error(format!("find the availability zone of instance {id}"), &e, "")
+                    })?;
+                instance.availability_zone
+            }
+        };
+        let identity = Identity { instance_id: found.instance_id, availability_zone, region: found.region };
+        tracing::info!(instance = %identity.instance_id, az = %identity.availability_zone, region = %identity.region, "EC2 identity");
+        Ok((identity, api))
     }
 
     /// Every page of a DescribeVolumes query.

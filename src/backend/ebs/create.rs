@@ -12,6 +12,21 @@ use super::wait::{Poll, WaitError};
 use crate::backend::{BackendError, Options};
 use crate::name::VolumeName;
 
+/// How one CreateVolume ended when it did not fail.
+enum Attempt {
+    /// The volume exists and is available.
+    Done,
+    /// EC2 made it and it vanished.
+    Vanished {
+        /// Its ID.
+        id: String,
+        /// What was seen last.
+        state: String,
+    },
+    /// The client token was used with other parameters, and no volume has the name.
+    TokenTaken(super::api::CloudError),
+}
+
 /// Why waiting for a new volume failed.
 pub(super) enum CreateWait {
     /// It disappeared (or went to `error`/`deleting`); carries what was seen.
@@ -83,75 +98,92 @@ impl Core {
         }
         let ebs = EbsOptions::from_options(opts, &self.defaults)?;
         let (ident, api) = self.connect().await?;
-        let existing = self.lookup(api.as_ref(), name).await?;
-        if let Some(v) = self.one(name, existing)? {
-            if let Some(az) = opts.get("availabilityZone") {
-                if *az != v.availability_zone {
-                    return Err(BackendError::AlreadyExists {
-                        what: format!("volume {name} already exists in {} ({})", v.availability_zone, v.id),
-                        mismatch: format!("not in {az} as asked"),
-                    });
+        let api = api.as_ref();
+        if let Some(v) = self.one(name, self.lookup(api, name).await?)? {
+            if let Some(az) = opts.get("availabilityZone").filter(|az| **az != v.availability_zone) {
+                return Err(BackendError::AlreadyExists {
+                    what: format!("volume {name} already exists in {} ({})", v.availability_zone, v.id),
+                    mismatch: format!("not in {az} as asked"),
+                });
+            }
+            return self.adopt(api, name, v).await;
+        }
+        let mut req = self.create_request(name, opts, &ebs, &ident.availability_zone);
+        for attempt in 0..2 {
+            req.client_token = self.client_token(&tag);
+            match self.create_once(api, name, &req).await? {
+                Attempt::Done => return Ok(()),
+                Attempt::Vanished { id, state } => {
+                    // The token now names a dead volume: the next CreateVolume needs a new one.
+                    self.bump_token(&tag);
+                    if attempt == 1 {
+                        return Err(Self::vanished(name, &id, &state, req.kms_key_id.as_deref()));
+                    }
+                    // Either a token reused after its volume was deleted (a fresh token fixes
+                    // it) or an unusable KMS key (it vanishes again).
+                    tracing::warn!(volume = %name, %id, %state, "the new volume vanished; retrying once with a new client token");
+                }
+                Attempt::TokenTaken(e) => {
+                    self.bump_token(&tag);
+                    if attempt == 1 {
+                        return Err(cloud_failed("create", name, None, &e));
+                    }
+                    tracing::warn!(volume = %name, "client token already used with other parameters; retrying with a new token");
                 }
             }
-            return self.adopt(api.as_ref(), name, v).await;
         }
-        let availability_zone = ebs.availability_zone.clone().unwrap_or_else(|| ident.availability_zone.clone());
+        Err(BackendError::invalid(format!("create volume {name}: gave up after a new client token")))
+    }
+
+    /// The CreateVolume request for `name`: in `here` unless the options name an AZ, encrypted
+    /// with the configured key when asked, tagged in the call.
+    fn create_request(&self, name: &VolumeName, opts: &Options, ebs: &EbsOptions, here: &str) -> CreateVolumeRequest {
         let kms_key_id =
             ebs.kms_key_id.clone().or_else(|| if ebs.encrypted { self.settings.kms_key_id.clone() } else { None });
-        let mut req = CreateVolumeRequest {
+        CreateVolumeRequest {
             size_gib: ebs.size_gib,
-            availability_zone,
+            availability_zone: ebs.availability_zone.clone().unwrap_or_else(|| here.to_owned()),
             volume_type: ebs.volume_type.clone(),
             iops: ebs.iops,
             throughput: ebs.throughput,
             encrypted: ebs.encrypted || kms_key_id.is_some(),
-            kms_key_id: kms_key_id.clone(),
+            kms_key_id,
             snapshot_id: ebs.snapshot_id.clone(),
-            tags: self.naming.create_tags(name, opts, &ebs),
+            tags: self.naming.create_tags(name, opts, ebs),
             client_token: String::new(),
-        };
-        for attempt in 0..2 {
-            req.client_token = self.client_token(&tag);
-            match self.retry.run("CreateVolume", || api.create_volume(&req)).await {
-                Ok(created) => {
-                    crate::crashpoint::hit("CreateVolume sent");
-                    match self.wait_created(api.as_ref(), name, &created.id).await {
-                        Ok(volume) => {
-                            tracing::info!(volume = %name, id = %volume.id, az = %volume.availability_zone, size_gib = volume.size_gib, kind = %volume.volume_type, "created EBS volume");
-                            self.cache.put(name.as_str(), vec![volume]);
-                            return Ok(());
-                        }
-                        Err(CreateWait::Vanished(state)) => {
-                            // The token now names a dead volume: the next CreateVolume needs a new one.
-                            self.bump_token(&tag);
-                            if attempt == 0 {
-                                // Either a token reused after its volume was deleted (a fresh
-                                // token fixes it) or an unusable KMS key (it vanishes again).
-                                tracing::warn!(volume = %name, id = %created.id, %state, "the new volume vanished; retrying once with a new client token");
-                                continue;
-                            }
-                            return Err(Self::vanished(name, &created.id, &state, kms_key_id.as_deref()));
-                        }
-                        Err(CreateWait::Failed(e)) => return Err(e),
-                    }
-                }
-                Err(e) if e.kind == CloudErrorKind::IdempotentParameterMismatch => {
-                    // Someone created the name meanwhile (other options), or the token was used
-                    // for a volume deleted since.
-                    if let Some(v) = self.one(name, self.lookup(api.as_ref(), name).await?)? {
-                        return self.adopt(api.as_ref(), name, v).await;
-                    }
-                    self.bump_token(&tag);
-                    if attempt == 0 {
-                        tracing::warn!(volume = %name, "client token already used with other parameters; retrying with a new token");
-                        continue;
-                    }
-                    return Err(cloud_failed("create", name, None, &e));
-                }
-                Err(e) => return Err(cloud_failed("create", name, None, &e)),
-            }
         }
-        Err(BackendError::invalid(format!("create volume {name}: gave up after a new client token")))
+    }
+
+    /// One CreateVolume with `req`'s token, and the wait for the volume.
+    async fn create_once(
+        &self,
+        api: &dyn Ec2Api,
+        name: &VolumeName,
+        req: &CreateVolumeRequest,
+    ) -> Result<Attempt, BackendError> {
+        match self.retry.run("CreateVolume", || api.create_volume(req)).await {
+            Ok(created) => {
+                crate::crashpoint::hit("CreateVolume sent");
+                match self.wait_created(api, name, &created.id).await {
+                    Ok(volume) => {
+                        tracing::info!(volume = %name, id = %volume.id, az = %volume.availability_zone, size_gib = volume.size_gib, kind = %volume.volume_type, "created EBS volume");
+                        self.cache.put(name.as_str(), vec![volume]);
+                        Ok(Attempt::Done)
+                    }
+                    Err(CreateWait::Vanished(state)) => Ok(Attempt::Vanished { id: created.id, state }),
+                    Err(CreateWait::Failed(e)) => Err(e),
+                }
+            }
+            Err(e) if e.kind == CloudErrorKind::IdempotentParameterMismatch => {
+                // Someone created the name meanwhile (other options), or the token was used for
+                // a volume deleted since.
+                match self.one(name, self.lookup(api, name).await?)? {
+                    Some(v) => self.adopt(api, name, v).await.map(|()| Attempt::Done),
+                    None => Ok(Attempt::TokenTaken(e)),
+                }
+            }
+            Err(e) => Err(cloud_failed("create", name, None, &e)),
+        }
     }
 
     /// Accepts an existing volume as `name`, tagging it as ours if it is not yet.

@@ -36,6 +36,34 @@ impl EbsDevices {
     }
 }
 
+impl EbsDevices {
+    /// One look for volume `id`'s device, attached as `requested`.
+    async fn look(
+        &self,
+        name: &VolumeName,
+        id: &str,
+        requested: &str,
+    ) -> Result<Poll<(PathBuf, PathBuf)>, BackendError> {
+        let (host, links, vol_id, requested) =
+            (Arc::clone(&self.host), self.links_dir.clone(), id.to_owned(), requested.to_owned());
+        let found = tokio::task::spawn_blocking(move || find_device(host.as_ref(), &links, &vol_id, &requested))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        match found {
+            Found::Device { device, via } => Ok(Poll::Ready((device, via))),
+            Found::Missing(paths) => {
+                Ok(Poll::Pending(paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")))
+            }
+            Found::WrongSerial { device, serial } => Err(BackendError::ForeignDevice {
+                what: format!(
+                    "volume {name} ({id}): device {} has serial {serial}, which names another volume",
+                    device.display()
+                ),
+            }),
+        }
+    }
+}
+
 #[async_trait]
 impl DeviceSource for EbsDevices {
     async fn device(&self, name: &VolumeName, ctx: &PublishContext) -> Result<PathBuf, BackendError> {
@@ -46,28 +74,7 @@ impl DeviceSource for EbsDevices {
             )));
         };
         let schedule = StatusWait { max_attempts: 200, initial_delay: DEVICE_POLL, timeout: self.timeout };
-        let result = schedule
-            .run(|| async {
-                let (host, links, vol_id, requested) =
-                    (Arc::clone(&self.host), self.links_dir.clone(), id.to_owned(), requested.to_owned());
-                let found =
-                    tokio::task::spawn_blocking(move || find_device(host.as_ref(), &links, &vol_id, &requested))
-                        .await
-                        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-                match found {
-                    Found::Device { device, via } => Ok(Poll::Ready((device, via))),
-                    Found::Missing(paths) => {
-                        Ok(Poll::Pending(paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")))
-                    }
-                    Found::WrongSerial { device, serial } => Err(BackendError::ForeignDevice {
-                        what: format!(
-                            "volume {name} ({id}): device {} has serial {serial}, which names another volume",
-                            device.display()
-                        ),
-                    }),
-                }
-            })
-            .await;
+        let result = schedule.run(|| self.look(name, id, requested)).await;
         match result {
             Ok((device, via)) => {
                 tracing::debug!(volume = %name, device = %device.display(), via = %via.display(), "found the device");

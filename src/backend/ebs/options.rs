@@ -133,21 +133,7 @@ pub fn parse_tags(value: &str) -> Result<BTreeMap<String, String>, String> {
 /// # Errors
 /// [`BackendError::InvalidOption`] naming the key.
 pub fn complete(mut opts: Options, size_given: bool, defaults: &EbsDefaults) -> Result<Options, BackendError> {
-    let volume_type = match opts.get("volumeType") {
-        Some(t) => t.clone(),
-        None => {
-            let t = defaults.volume_type.clone().unwrap_or_else(|| "gp3".into()).to_ascii_lowercase();
-            if !VOLUME_TYPES.contains(&t.as_str()) {
-                return Err(invalid(
-                    "volumeType",
-                    &t,
-                    format!("the configured default type is not one of {}", VOLUME_TYPES.join(", ")),
-                ));
-            }
-            opts.insert("volumeType".into(), t.clone());
-            t
-        }
-    };
+    let volume_type = complete_type(&mut opts, defaults)?;
     if let Some(snap) = opts.get("snapshotID") {
         if !is_snapshot_id(snap) {
             return Err(invalid("snapshotID", snap, "expected a snapshot ID such as snap-0123456789abcdef0"));
@@ -157,28 +143,12 @@ pub fn complete(mut opts: Options, size_given: bool, defaults: &EbsDefaults) -> 
         }
     }
     if matches!(volume_type.as_str(), "io1" | "io2") && !opts.contains_key("iops") {
-        match defaults.iops {
-            Some(iops) => {
-                opts.insert("iops".into(), iops.to_string());
-            }
-            None => {
-                return Err(invalid("iops", "", format!("volume type {volume_type} needs iops (e.g. -o iops=3000)")))
-            }
-        }
+        let Some(iops) = defaults.iops else {
+            return Err(invalid("iops", "", format!("volume type {volume_type} needs iops (e.g. -o iops=3000)")));
+        };
+        opts.insert("iops".into(), iops.to_string());
     }
-    if let Some(kms) = opts.get("kmsKeyID") {
-        if kms.is_empty() || kms.contains(char::is_whitespace) {
-            return Err(invalid("kmsKeyID", kms, "expected a KMS key ID, alias or ARN"));
-        }
-        match opts.get("encrypted").map(String::as_str) {
-            Some("false") => {
-                return Err(invalid("encrypted", "false", "a kmsKeyID is given, so the volume must be encrypted"))
-            }
-            _ => {
-                opts.insert("encrypted".into(), "true".into());
-            }
-        }
-    }
+    complete_encryption(&mut opts)?;
     if let Some(az) = opts.get("availabilityZone") {
         let ok = az.len() >= 4
             && az.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -197,6 +167,36 @@ pub fn complete(mut opts: Options, size_given: bool, defaults: &EbsDefaults) -> 
     }
     EbsOptions::from_options(&opts, defaults)?;
     Ok(opts)
+}
+
+/// The volume's type, filled in from the config's default (or gp3) when the options give none.
+fn complete_type(opts: &mut Options, defaults: &EbsDefaults) -> Result<String, BackendError> {
+    if let Some(t) = opts.get("volumeType") {
+        return Ok(t.clone());
+    }
+    let t = defaults.volume_type.clone().unwrap_or_else(|| "gp3".into()).to_ascii_lowercase();
+    if !VOLUME_TYPES.contains(&t.as_str()) {
+        return Err(invalid(
+            "volumeType",
+            &t,
+            format!("the configured default type is not one of {}", VOLUME_TYPES.join(", ")),
+        ));
+    }
+    opts.insert("volumeType".into(), t.clone());
+    Ok(t)
+}
+
+/// A KMS key makes the volume encrypted (and an explicit `encrypted=false` beside it an error).
+fn complete_encryption(opts: &mut Options) -> Result<(), BackendError> {
+    let Some(kms) = opts.get("kmsKeyID") else { return Ok(()) };
+    if kms.is_empty() || kms.contains(char::is_whitespace) {
+        return Err(invalid("kmsKeyID", kms, "expected a KMS key ID, alias or ARN"));
+    }
+    if opts.get("encrypted").map(String::as_str) == Some("false") {
+        return Err(invalid("encrypted", "false", "a kmsKeyID is given, so the volume must be encrypted"));
+    }
+    opts.insert("encrypted".into(), "true".into());
+    Ok(())
 }
 
 impl EbsOptions {

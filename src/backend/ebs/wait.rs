@@ -188,7 +188,7 @@ impl RetryPolicy {
                         tracing::warn!(op, error = %e, retries = retry - 1, "EC2 call still failing at the end of its time budget");
                         return Err(e);
                     }
-                    tracing::debug!(op, error = %e, retry, sleep_ms = sleep.as_millis() as u64, "retrying EC2 call");
+                    tracing::debug!(op, error = %e, retry, sleep_ms = u64::try_from(sleep.as_millis()).unwrap_or(u64::MAX), "retrying EC2 call");
                     tokio::time::sleep(sleep).await;
                 }
                 Err(e) => return Err(e),
@@ -252,7 +252,7 @@ mod tests {
     #[test]
     fn delays_double_and_are_capped() {
         let w = wait(10, 100, 120);
-        let d: Vec<u64> = (0..10).map(|n| w.delay_before(n).as_millis() as u64).collect();
+        let d: Vec<u128> = (0..10).map(|n| w.delay_before(n).as_millis()).collect();
         assert_eq!(d, [0, 100, 200, 400, 800, 1600, 3200, 6400, 12800, 15000]);
         assert_eq!(w.delay_before(60), MAX_POLL_DELAY);
     }
