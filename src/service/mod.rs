@@ -326,6 +326,7 @@ impl VolumeService {
     /// [`Cause::NotFound`] or an invalid name.
     pub async fn get(&self, raw_name: &str) -> Result<VolumeInfo, ServiceError> {
         const OP: &str = "get";
+        tracing::debug!(volume = %crate::name::excerpt(raw_name), "get");
         let name = Self::validate(OP, raw_name)?;
         if let Some(record) = self.record(&name).filter(VolumeRecord::exists) {
             return Ok(self.info(&name, &record));
@@ -339,6 +340,7 @@ impl VolumeService {
     /// Every volume: local state, plus the volumes of a global backend that other hosts
     /// created. Name and mount point only: that is all Docker reads from List.
     pub async fn list(&self) -> Vec<VolumeEntry> {
+        tracing::debug!("list");
         // First: it may refresh the backend's cache, which the local volumes' Status reads.
         let remote = if self.scope() == Scope::Global { self.remote_names().await } else { Vec::new() };
         let volumes = self.volumes.read().expect("volume map poisoned");
