@@ -85,6 +85,7 @@ def protocol_cells(p):
             ours = [r for r in runs if r["label"] == "ours"]
             bare = [r for r in runs if r["label"] == "bare"]
             axum = [r for r in runs if r["label"] == "axum"]
+            before = [r for r in runs if r["label"] == "before"]
             if not ours or not bare:
                 continue
             ratios = []
@@ -103,6 +104,8 @@ def protocol_cells(p):
                 "other": med([r.get("other_cpu_pct") for r in runs]),
                 "axum_rps": med([r["rps"] for r in axum]),
                 "axum_cpu": med([r["server_cpu_us_per_req"] for r in axum]),
+                "before_rps": med([r["rps"] for r in before]) if before else None,
+                "before_cpu": med([r["server_cpu_us_per_req"] for r in before]) if before else None,
             }
     return cells
 
@@ -111,16 +114,35 @@ def protocol_block(p):
     if skipped(p):
         return skip_note("protocol", p)
     cells = protocol_cells(p)
+    before = p.get("baseline")
     lines = [
         "| call | conns | ours req/s | bare hyper req/s | ours / bare | ours p50 / p99 (µs) | bare p50 / p99 (µs) "
-        "| server CPU µs per request: ours / axum-only / bare | other tenants' CPU |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server CPU µs per request: ours / axum-only / bare | ours CPU / bare CPU |"
+        + (" before: req/s, CPU µs/req |" if before else "") + " other tenants' CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if before else "") + "---:|",
     ]
     for (op, c), x in cells.items():
+        cpu_ratio = x["ours_cpu"] / x["bare_cpu"] if x["ours_cpu"] and x["bare_cpu"] else None
+        was = f" {f0(x['before_rps'])}, {f1(x['before_cpu'])} |" if before else ""
         lines.append(
             f"| {op.capitalize()} | {c} | {f0(x['ours_rps'])} | {f0(x['bare_rps'])} | {f2(x['ratio'])} | "
             f"{f0(x['ours_p50'])} / {f0(x['ours_p99'])} | {f0(x['bare_p50'])} / {f0(x['bare_p99'])} | "
-            f"{f1(x['ours_cpu'])} / {f1(x['axum_cpu'])} / {f1(x['bare_cpu'])} | {f0(x['other'])} % |")
+            f"{f1(x['ours_cpu'])} / {f1(x['axum_cpu'])} / {f1(x['bare_cpu'])} | {f2(cpu_ratio)} |{was} {f0(x['other'])} % |")
+    scale = p.get("list_scale") or []
+    if scale:
+        lines.append("")
+        lines.append("| List at | reply | server CPU µs per request: ours / bare | ours / bare |"
+                     + (" before |" if before else ""))
+        lines.append("|---:|---:|---:|---:|" + ("---:|" if before else ""))
+        for n in sorted({r["volumes"] for r in scale}):
+            at = {r["label"]: r for r in scale if r["volumes"] == n}
+            o, b = at.get("ours"), at.get("bare")
+            if not o or not b:
+                continue
+            ratio = o["server_cpu_us_per_req"] / b["server_cpu_us_per_req"] if b["server_cpu_us_per_req"] else None
+            was = f" {f1(at['before']['server_cpu_us_per_req'])} |" if before and at.get("before") else (" – |" if before else "")
+            lines.append(f"| {n} volumes | {o.get('reply_bytes', '?')} B | {f1(o['server_cpu_us_per_req'])} / "
+                         f"{f1(b['server_cpu_us_per_req'])} | {f2(ratio)} |{was}")
     errors = sum(x["errors"] for x in cells.values())
     lines.append("")
     lines.append(f"Medians of {p['rounds']} interleaved rounds of {p['duration_s']} s each (after "
@@ -131,7 +153,8 @@ def protocol_block(p):
                  "cores (/proc/stat minus the server and the load generator). Axum-only: the same fixed reply "
                  "behind an axum Router shaped like the daemon's (`rxbench serve --router axum`), i.e. what the "
                  "framework alone adds to bare hyper. "
-                 f"Stage time {p.get('stage_secs')} s.")
+                 + (f"Before: the daemon built from `{before}`, measured in the same cells. " if before else "")
+                 + f"Stage time {p.get('stage_secs')} s.")
     return "\n".join(lines) + "\n"
 
 
@@ -316,6 +339,14 @@ def summary_block(out):
                 f"{c['ratio'] * 100:.0f} % ({f0(c['ours_rps'])} vs {f0(c['bare_rps'])} req/s)", c["ratio"] >= 0.8)
             row("Get p99 at 16 connections", "< 2 ms", f"{c['ours_p99'] / 1000:.2f} ms (bare server: "
                 f"{c['bare_p99'] / 1000:.2f} ms)", c["ours_p99"] < 2000)
+        for op, goal in (("get", 1.3), ("path", 1.3), ("list", 1.5)):
+            x = protocol_cells(p).get((op, 16))
+            if x and x["ours_cpu"] and x["bare_cpu"]:
+                r = x["ours_cpu"] / x["bare_cpu"]
+                was = f"; before: {x['before_cpu']:.1f} µs" if x.get("before_cpu") else ""
+                row(f"{op.capitalize()} server CPU per request at 16 connections, vs bare hyper"
+                    + (" (8 volumes)" if op == "list" else ""), f"≤ {goal}×",
+                    f"{r:.2f}× ({x['ours_cpu']:.1f} vs {x['bare_cpu']:.1f} µs{was})", r <= goal)
     else:
         row("Get throughput / p99 at 16 connections", "≥ 80 % / < 2 ms", "not measured", None)
     if not skipped(d):

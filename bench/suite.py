@@ -18,6 +18,7 @@ Environment (all optional):
   BENCH_PIN=1         pin the server to CPU 0 and the load generator to CPU 1
   BENCH_QUICK=1       a short smoke run of everything (numbers meaningless)
 """
+import contextlib
 import json
 import os
 import re
@@ -218,6 +219,13 @@ def stage_machine(ctx):
 # protocol: Get / Path / List through the socket vs a bare hyper server
 
 
+def populate_protocol(d, names):
+    """The protocol stage's volumes in daemon `d`: half of them mounted (replies carry a Mountpoint)."""
+    rx("populate", "--socket", d.sock, "--prefix", "bench", "--from", 0, "--to", len(names))
+    for n in names[:len(names) // 2]:
+        d.call("VolumeDriver.Mount", json.dumps({"Name": n, "ID": "f" * 64}))
+
+
 def stage_protocol(ctx):
     rounds = env_num("BENCH_ROUNDS", 4, 1)
     duration = env_num("BENCH_DURATION", 2.0, 0.5)
@@ -226,10 +234,13 @@ def stage_protocol(ctx):
     names = [f"bench{i}" for i in range(8)]
     lg_cpu = 1 if PIN else None
     results = []
-    with Daemon(ctx["bin"], ctx["tmp"]) as d:
-        rx("populate", "--socket", d.sock, "--prefix", "bench", "--from", 0, "--to", len(names))
-        for n in names[:4]:  # half of them mounted: Get/Path/List replies carry a Mountpoint
-            d.call("VolumeDriver.Mount", json.dumps({"Name": n, "ID": "f" * 64}))
+    # BENCH_BASELINE_BIN: an earlier build measured in the same cells (label "before").
+    baseline = os.environ.get("BENCH_BASELINE_BIN")
+    base = Daemon(baseline, ctx["tmp"]) if baseline else None
+    with Daemon(ctx["bin"], ctx["tmp"]) as d, (base or contextlib.nullcontext()) as b:
+        populate_protocol(d, names)
+        if b:
+            populate_protocol(b, names)
         bodies = {
             "get": json.dumps(d.call("VolumeDriver.Get", json.dumps({"Name": names[0]})), separators=(",", ":")),
             "path": json.dumps(d.call("VolumeDriver.Path", json.dumps({"Name": names[0]})), separators=(",", ":")),
@@ -254,7 +265,10 @@ def stage_protocol(ctx):
                 for r in range(rounds):
                     for conns in conns_list:
                         order = [("ours", d.sock, d.pid)] + [(k, sock, p.pid) for k, (p, sock) in servers.items()]
-                        order = order[r % 3:] + order[:r % 3]  # rotate who goes first
+                        if b:
+                            order.append(("before", b.sock, b.pid))
+                        shift = r % len(order)
+                        order = order[shift:] + order[:shift]  # rotate who goes first
                         for label, sock, pid in order:
                             res = rx("load", "--socket", sock, "--op", op, "--names", ",".join(names),
                                      "--conns", conns, "--duration", duration, "--warmup", warmup,
@@ -270,11 +284,44 @@ def stage_protocol(ctx):
                     proc.terminate()
                     proc.wait(timeout=10)
         rss = proc_status(d.pid)
+        list_scale = list_scaling(ctx, d, b, duration, warmup, lg_cpu)
     return {"rounds": rounds, "duration_s": duration, "warmup_s": warmup, "names": len(names),
             "reply_bytes": {k: len(v) for k, v in bodies.items()}, "runs": results, "daemon_after": rss,
+            "baseline": baseline and os.path.basename(baseline), "list_scale": list_scale,
             "command": f"rxbench load --socket S --op OP --names bench0..7 --conns C --duration {duration} "
                        f"--warmup {warmup} --server-pid PID  (vs rxbench serve --socket S --body <our exact reply> "
                        f"[--router axum])"}
+
+
+def list_scaling(ctx, d, b, duration, warmup, lg_cpu):
+    """Server CPU per List (16 connections) at 64 and 512 volumes, ours and the baseline's, each
+    beside a bare server answering the same bytes (the 8-volume cells are in the main table)."""
+    out = []
+    have = 8
+    for total in ((64, 512) if not QUICK else (64,)):
+        for daemon in (x for x in (d, b) if x):
+            rx("populate", "--socket", daemon.sock, "--prefix", "bench", "--from", have, "--to", total)
+        have = total
+        body = json.dumps(d.call("VolumeDriver.List", "{}"), separators=(",", ":"))
+        sock = os.path.join(ctx["tmp"], f"bare-list-{total}.sock")
+        server = subprocess.Popen([RXBENCH, "serve", "--socket", sock, "--body", body], stdin=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                if os.path.exists(sock):
+                    break
+                time.sleep(0.02)
+            cells = [("ours", d.sock, d.pid), ("bare", sock, server.pid)] + ([("before", b.sock, b.pid)] if b else [])
+            for label, s_, pid in cells:
+                res = rx("load", "--socket", s_, "--op", "list", "--conns", 16, "--duration", duration,
+                         "--warmup", warmup, "--server-pid", pid, "--label", label, pin_cpu=lg_cpu)
+                res["volumes"] = total
+                res["reply_bytes"] = len(body)
+                out.append(res)
+                log(f"protocol list at {total} volumes {label}: {res['server_cpu_us_per_req']} µs CPU/req")
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,8 +10,10 @@
 use std::io::{IsTerminal, Write};
 use std::sync::OnceLock;
 
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// What replaces a secret in a log line.
 pub const REDACTED: &str = "** redacted **";
@@ -122,15 +124,23 @@ pub fn init(level: &str, json: bool, secrets: Vec<String>) {
     // Longest first, so a secret that contains another is replaced whole.
     all.sort_by_key(|s| std::cmp::Reverse(s.len()));
     let _ = SECRETS.set(all);
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(ScrubbingStderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let result = if json { builder.json().try_init() } else { builder.try_init() };
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref(), level);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(ScrubbingStderr).with_ansi(std::io::stderr().is_terminal());
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = if json { registry.with(fmt.json()).try_init() } else { registry.with(fmt).try_init() };
     if let Err(e) = result {
         eprintln!("logging was already set up: {e}");
     }
+}
+
+/// The filter: `RUST_LOG`'s `target=level` directives (`info`, `rexray=debug,hyper=warn`) when
+/// set and valid, else `level`. A static filter: checking it costs nothing per span, where a
+/// filter that can match span fields would take a lock on every enter and exit.
+fn filter(rust_log: Option<&str>, level: &str) -> Targets {
+    if let Some(parsed) = rust_log.filter(|s| !s.trim().is_empty()).and_then(|s| s.parse::<Targets>().ok()) {
+        return parsed;
+    }
+    level.parse::<Targets>().unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO))
 }
 
 #[cfg(test)]
@@ -150,6 +160,18 @@ mod tests {
         {
             assert_eq!(scrub(keep, &[]), keep);
         }
+    }
+
+    #[test]
+    fn the_filter_takes_rust_log_directives_else_the_level() {
+        use tracing::Level;
+        let f = filter(Some("rexray=debug,hyper=warn"), "info");
+        assert!(f.would_enable("rexray::service", &Level::DEBUG));
+        assert!(!f.would_enable("hyper::proto", &Level::INFO));
+        let f = filter(None, "warn");
+        assert!(f.would_enable("anything", &Level::WARN) && !f.would_enable("anything", &Level::INFO));
+        let f = filter(Some("[bad{"), "error");
+        assert!(!f.would_enable("x", &Level::WARN));
     }
 
     #[test]

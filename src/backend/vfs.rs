@@ -166,7 +166,7 @@ impl Controller for Vfs {
     }
 
     fn status(&self, name: &VolumeName, _opts: &Options) -> BTreeMap<String, serde_json::Value> {
-        BTreeMap::from([("path".to_owned(), self.dir(name).display().to_string().into())])
+        BTreeMap::from([("path".to_owned(), self.dir(name).to_string_lossy().into_owned().into())])
     }
 }
 

@@ -92,7 +92,7 @@ impl View {
             name: info.name,
             mountpoint: info.mountpoint.map(|p| p.display().to_string()),
             created_at: Some(info.created_at).filter(|c| !c.is_empty()),
-            status: info.status,
+            status: info.status.to_map(),
         }
     }
 

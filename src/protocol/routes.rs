@@ -215,12 +215,7 @@ async fn call(s: &ServiceSource, endpoint: Endpoint, body: &Bytes) -> Outcome {
             let volumes = s.get().await?.list().await;
             let volumes = volumes
                 .into_iter()
-                .map(|v| Volume {
-                    name: v.name,
-                    mountpoint: v.mountpoint.map(|p| p.display().to_string()),
-                    created_at: None,
-                    status: None,
-                })
+                .map(|v| Volume::<Empty> { name: v.name, mountpoint: v.mountpoint, created_at: None, status: None })
                 .collect();
             ok(&ListResponse { volumes })
         }

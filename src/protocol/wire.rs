@@ -55,7 +55,7 @@ pub struct MountpointResponse {
 
 /// A volume as Get and List describe it.
 #[derive(Debug, Serialize)]
-pub struct Volume {
+pub struct Volume<S: Serialize = BTreeMap<String, serde_json::Value>> {
     /// Name.
     #[serde(rename = "Name")]
     pub name: String,
@@ -67,23 +67,23 @@ pub struct Volume {
     pub created_at: Option<String>,
     /// Shown by `docker volume inspect` (Get only).
     #[serde(rename = "Status", skip_serializing_if = "Option::is_none")]
-    pub status: Option<BTreeMap<String, serde_json::Value>>,
+    pub status: Option<S>,
 }
 
 /// `/VolumeDriver.Get` reply.
 #[derive(Debug, Serialize)]
-pub struct GetResponse {
+pub struct GetResponse<S: Serialize> {
     /// The volume.
     #[serde(rename = "Volume")]
-    pub volume: Volume,
+    pub volume: Volume<S>,
 }
 
 /// `/VolumeDriver.List` reply.
 #[derive(Debug, Serialize)]
 pub struct ListResponse {
-    /// Every volume.
+    /// Every volume (name and mount point: no Status).
     #[serde(rename = "Volumes")]
-    pub volumes: Vec<Volume>,
+    pub volumes: Vec<Volume<Empty>>,
 }
 
 /// `/VolumeDriver.Capabilities` reply.

@@ -254,8 +254,8 @@ async fn check_after_restart(world: &World, op: Op, n: u32, formats_before: usiz
     let s = world.open(None).await;
     let info = s.get(VOLUME).await;
     if let Ok(info) = &info {
-        assert!(!info.status.contains_key("pending"), "{at}: still pending: {:?}", info.status);
-        let holders = info.status["holders"].as_u64().unwrap();
+        assert!(!info.status.to_map().contains_key("pending"), "{at}: still pending: {:?}", info.status.value());
+        let holders = info.status.value()["holders"].as_u64().unwrap();
         if world.kind != Kind::Vfs {
             assert_eq!(world.mounted(), holders > 0, "{at}: mounted vs {holders} holders");
             assert_eq!(world.attached(), holders > 0, "{at}: attached vs {holders} holders");
@@ -263,7 +263,7 @@ async fn check_after_restart(world: &World, op: Op, n: u32, formats_before: usiz
         assert_eq!(info.mountpoint.is_some(), holders > 0, "{at}: mountpoint vs {holders} holders");
         assert!(world.exists(), "{at}: a recorded volume's storage is gone");
         if matches!(op, Op::Create) {
-            assert_eq!(info.status["options"]["size"], "3", "{at}: the create's options");
+            assert_eq!(info.status.value()["options"]["size"], "3", "{at}: the create's options");
             if let Some(gib) = world.size_gib() {
                 assert_eq!(gib, 3, "{at}: the storage has the create's size");
             }

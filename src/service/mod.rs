@@ -34,6 +34,7 @@ pub mod locks;
 mod reconcile;
 mod snapshots;
 pub mod state;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -48,6 +49,7 @@ pub use error::{Cause, ServiceError};
 pub use handle::ServiceHandle;
 use locks::VolumeLocks;
 use state::{Pending, StateStore, VolumeRecord};
+pub use status::Status;
 
 /// The most times one mount ID may hold a volume (a count beyond it is refused, never wrapped).
 pub const MAX_MOUNTS_PER_ID: u32 = 1 << 20;
@@ -62,7 +64,7 @@ pub struct VolumeInfo {
     /// When it was created, RFC 3339.
     pub created_at: String,
     /// Details for `docker volume inspect`.
-    pub status: BTreeMap<String, serde_json::Value>,
+    pub status: Status,
 }
 
 /// What `List` reports about a volume: Docker reads only these.
@@ -71,14 +73,14 @@ pub struct VolumeEntry {
     /// The name.
     pub name: String,
     /// The host path while the volume is active.
-    pub mountpoint: Option<PathBuf>,
+    pub mountpoint: Option<String>,
 }
 
 /// One storage service: a backend, its settings, its state and its locks.
 #[derive(Debug)]
 pub struct VolumeService {
     /// The service name (`vfs`, `ebs`, …).
-    name: String,
+    name: Arc<str>,
     /// The backend doing the storage work.
     backend: Backend,
     /// Volume operation settings (preempt, ignoreusedcount, implicit create, …).
@@ -86,8 +88,8 @@ pub struct VolumeService {
     /// Where records are made durable.
     store: Arc<StateStore>,
     /// The in-memory copy of every record; `Get`/`List` read only this. A std lock: held for
-    /// short copies, never across `.await`.
-    volumes: RwLock<BTreeMap<String, VolumeRecord>>,
+    /// short lookups, never across `.await`; records are shared, so a reader copies none.
+    volumes: RwLock<BTreeMap<String, Arc<VolumeRecord>>>,
     /// One async lock per volume for the whole of each operation.
     locks: VolumeLocks,
     /// Active volumes and holders over all records, kept up to date by [`Self::publish`].
@@ -167,7 +169,7 @@ impl VolumeService {
         .await
         .map_err(|e| ServiceError::new("open", name, Cause::State(e)))?;
         let service = Self {
-            name: name.to_owned(),
+            name: Arc::from(name),
             backend,
             settings,
             store: Arc::new(store),
@@ -186,7 +188,7 @@ impl VolumeService {
     fn record_metrics(&self) {
         let volumes = self.volumes.read().expect("volume map poisoned");
         let active = volumes.values().filter(|r| r.active).count();
-        let holders = volumes.values().map(VolumeRecord::holder_count).sum();
+        let holders = volumes.values().map(|r| r.holder_count()).sum();
         *self.totals.lock().expect("totals poisoned") = Totals { active, holders };
         crate::metrics::service_volumes(&self.name, volumes.len(), active, holders);
     }
@@ -197,7 +199,7 @@ impl VolumeService {
         let mut volumes = self.volumes.write().expect("volume map poisoned");
         let added = record.as_ref().map_or((0, 0), |r| (usize::from(r.active), r.holder_count()));
         let old = match record {
-            Some(r) => volumes.insert(name.to_owned(), r),
+            Some(r) => volumes.insert(name.to_owned(), Arc::new(r)),
             None => volumes.remove(name),
         };
         let removed = old.as_ref().map_or((0, 0), |r| (usize::from(r.active), r.holder_count()));
@@ -235,8 +237,14 @@ impl VolumeService {
         move |source| ServiceError::new(op, volume, Cause::from_backend(backend, source))
     }
 
+    /// A copy of the record of `name`, to change.
     fn record(&self, name: &VolumeName) -> Option<VolumeRecord> {
-        self.volumes.read().expect("volume map poisoned").get(name.as_str()).cloned()
+        self.shared(name.as_str()).map(|r| (*r).clone())
+    }
+
+    /// The record of `name`, shared (to read).
+    fn shared(&self, name: &str) -> Option<Arc<VolumeRecord>> {
+        self.volumes.read().expect("volume map poisoned").get(name).cloned()
     }
 
     /// Makes `record` durable, then publishes it in memory.
@@ -307,8 +315,8 @@ impl VolumeService {
     /// [`Cause::NotFound`].
     pub async fn path(&self, raw_name: &str) -> Result<Option<PathBuf>, ServiceError> {
         // The common case needs only the record, not the whole Status that Get builds.
-        if let Ok(name) = VolumeName::new(raw_name) {
-            if let Some(record) = self.record(&name).filter(VolumeRecord::exists) {
+        if let Some(record) = self.shared(raw_name).filter(|r| r.exists()) {
+            if let Ok(name) = VolumeName::new(raw_name) {
                 return Ok(record.active.then(|| self.backend.node.data_path(&name)));
             }
         }
@@ -328,8 +336,8 @@ impl VolumeService {
         const OP: &str = "get";
         tracing::debug!(volume = %crate::name::excerpt(raw_name), "get");
         let name = Self::validate(OP, raw_name)?;
-        if let Some(record) = self.record(&name).filter(VolumeRecord::exists) {
-            return Ok(self.info(&name, &record));
+        if let Some(record) = self.shared(raw_name).filter(|r| r.exists()) {
+            return Ok(self.info(&name, record));
         }
         if self.backend.controller.knows(&name).await {
             return Ok(self.remote_info(&name));
@@ -349,11 +357,12 @@ impl VolumeService {
             let mountpoint = record
                 .active
                 .then(|| VolumeName::new(&record.name).ok().map(|n| self.backend.node.data_path(&n)))
-                .flatten();
+                .flatten()
+                .map(|p| p.to_string_lossy().into_owned());
             out.push(VolumeEntry { name: record.name.clone(), mountpoint });
         }
         for name in remote {
-            if !volumes.get(&name).is_some_and(VolumeRecord::exists) {
+            if !volumes.get(&name).is_some_and(|r| r.exists()) {
                 out.push(VolumeEntry { name, mountpoint: None });
             }
         }
@@ -366,8 +375,8 @@ impl VolumeService {
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             let Ok(name) = VolumeName::new(&entry.name) else { continue };
-            match self.record(&name).filter(VolumeRecord::exists) {
-                Some(record) => out.push(self.info(&name, &record)),
+            match self.shared(&entry.name).filter(|r| r.exists()) {
+                Some(record) => out.push(self.info(&name, record)),
                 None => out.push(self.remote_info(&name)),
             }
         }
@@ -388,32 +397,26 @@ impl VolumeService {
 
     /// A volume this host has no record of, as the backend reports it.
     fn remote_info(&self, name: &VolumeName) -> VolumeInfo {
-        let mut status = self.backend.controller.status(name, &Options::new());
-        status.insert("service".into(), self.name.clone().into());
-        status.insert("backend".into(), self.backend.kind().into());
-        status.insert("holders".into(), 0.into());
-        status.insert("active".into(), false.into());
+        let status = Status {
+            service: Arc::clone(&self.name),
+            backend: self.backend.kind().to_owned(),
+            record: None,
+            extra: self.backend.controller.status(name, &Options::new()),
+        };
         VolumeInfo { name: name.to_string(), mountpoint: None, created_at: String::new(), status }
     }
 
-    fn info(&self, name: &VolumeName, record: &VolumeRecord) -> VolumeInfo {
-        let mut status = self.backend.controller.status(name, &record.options);
-        status.insert("service".into(), self.name.clone().into());
-        status.insert("backend".into(), record.backend.clone().into());
-        status.insert("holders".into(), record.holder_count().into());
-        status.insert("active".into(), record.active.into());
-        if let Some(pending) = record.pending {
-            status.insert("pending".into(), pending.as_str().into());
-        }
-        status.insert(
-            "options".into(),
-            serde_json::Value::Object(record.options.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect()),
-        );
+    fn info(&self, name: &VolumeName, record: Arc<VolumeRecord>) -> VolumeInfo {
         VolumeInfo {
             name: record.name.clone(),
             mountpoint: record.active.then(|| self.backend.node.data_path(name)),
             created_at: record.created_at.clone(),
-            status,
+            status: Status {
+                service: Arc::clone(&self.name),
+                backend: record.backend.clone(),
+                extra: self.backend.controller.status(name, &record.options),
+                record: Some(record),
+            },
         }
     }
 }

@@ -35,7 +35,7 @@ fn no_opts() -> BTreeMap<String, String> {
 }
 
 async fn holders(s: &VolumeService, name: &str) -> u64 {
-    s.get(name).await.unwrap().status["holders"].as_u64().unwrap()
+    s.get(name).await.unwrap().status.value()["holders"].as_u64().unwrap()
 }
 
 #[tokio::test]
@@ -47,7 +47,7 @@ async fn create_is_idempotent_and_validates() {
     s.create("v1", &BTreeMap::from([("size".into(), "5".into())])).await.unwrap();
     assert_eq!(fake.count("create"), 1);
     let info = s.get("v1").await.unwrap();
-    assert_eq!(info.status["options"]["size"], "2");
+    assert_eq!(info.status.value()["options"]["size"], "2");
     assert!(info.mountpoint.is_none());
     assert!(humantime::parse_rfc3339(&info.created_at).is_ok(), "{}", info.created_at);
     let err = s.create("v2", &BTreeMap::from([("bogus".into(), "1".into())])).await.unwrap_err().chain();
@@ -159,7 +159,7 @@ async fn failed_activation_grants_nothing_and_rolls_back() {
     assert!(err.contains("mount \"v\": fake backend: injected activate failure"), "{err}");
     assert_eq!(holders(&s, "v").await, 0);
     assert!(!fake.active("v") && !fake.state.lock().unwrap().published.contains("v"), "rolled back");
-    assert!(!s.get("v").await.unwrap().status.contains_key("pending"));
+    assert!(!s.get("v").await.unwrap().status.to_map().contains_key("pending"));
     fake.set_failing("activate", false);
     s.mount("v", Some("a")).await.unwrap();
     assert_eq!(holders(&s, "v").await, 1);
@@ -174,7 +174,7 @@ async fn failed_deactivation_is_retried_by_the_next_operation() {
     fake.set_failing("deactivate", true);
     assert!(s.unmount("v", Some("a")).await.is_err());
     assert_eq!(holders(&s, "v").await, 0);
-    assert_eq!(s.get("v").await.unwrap().status["pending"], "deactivating");
+    assert_eq!(s.get("v").await.unwrap().status.value()["pending"], "deactivating");
     fake.set_failing("deactivate", false);
     s.remove("v").await.unwrap();
     assert_eq!(fake.count("unstage"), 3, "the failed one, the retry, remove's own");
@@ -256,7 +256,7 @@ async fn restart_keeps_active_holders_reactivates_lost_mounts_and_releases_leaks
     assert_eq!(s.path("vanished").await.unwrap(), Some(PathBuf::from("/fake/vanished")));
     assert_eq!(s.path("leaked").await.unwrap(), None);
     assert!(!fake.active("leaked"));
-    assert_eq!(s.get("idle").await.unwrap().status["options"]["size"], "3");
+    assert_eq!(s.get("idle").await.unwrap().status.value()["options"]["size"], "3");
     assert_eq!(s.list().await.len(), 4);
     s.unmount("kept", Some("a")).await.unwrap();
     s.unmount("kept", None).await.unwrap();
@@ -281,8 +281,8 @@ async fn a_restart_releases_what_an_interrupted_mount_attached() {
     let s = open(dir.path(), fake.clone(), settings()).await;
     assert!(!fake.state.lock().unwrap().published.contains("v"), "released");
     let info = s.get("v").await.unwrap();
-    assert_eq!(info.status["holders"], 0);
-    assert!(!info.status.contains_key("pending"));
+    assert_eq!(info.status.value()["holders"], 0);
+    assert!(!info.status.to_map().contains_key("pending"));
     s.remove("v").await.unwrap();
     assert!(s.get("v").await.is_err());
 }
@@ -341,7 +341,7 @@ async fn a_restart_finishes_an_interrupted_create_or_discards_it() {
     record.pending = Some(Pending::Creating);
     store.save(&record).unwrap();
     let s = open(dir2.path(), fake.clone(), settings()).await;
-    assert!(!s.get("v").await.unwrap().status.contains_key("pending"), "finished");
+    assert!(!s.get("v").await.unwrap().status.to_map().contains_key("pending"), "finished");
     assert_eq!(s.list().await.len(), 1);
 }
 
@@ -380,7 +380,7 @@ async fn holder_counts_never_wrap() {
     let err = s.mount("v", Some("a")).await.unwrap_err().chain();
     assert!(err.contains("mount ID a holds the volume 4294967295 times"), "{err}");
     assert_eq!(holders(&s, "v").await, u64::from(u32::MAX));
-    assert_eq!(s.get("v").await.unwrap().status["active"], true);
+    assert_eq!(s.get("v").await.unwrap().status.value()["active"], true);
 }
 
 #[tokio::test]
@@ -431,7 +431,7 @@ async fn volumes_made_by_another_host_are_listed_adopted_and_removable() {
     let names: Vec<String> = host_b.list().await.into_iter().map(|v| v.name).collect();
     assert_eq!(names, ["gone", "shared"]);
     let info = host_b.get("shared").await.unwrap();
-    assert_eq!(info.status["holders"], 0);
+    assert_eq!(info.status.value()["holders"], 0);
     assert!(info.mountpoint.is_none());
     assert!(host_b.get("never-made").await.unwrap_err().is_not_found());
     // Implicit create is off on B, but the volume exists: B adopts it, never creates a twin.
