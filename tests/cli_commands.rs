@@ -171,6 +171,34 @@ fn config_check_ok_with_warnings() {
 }
 
 #[test]
+fn config_check_shows_warnings_beside_errors_and_names_client_server_keys() {
+    let setup = Setup::with_config(|_| {
+        "rexray:\n  logLevl: debug\nlibstorage:\n  host: tcp://10.0.0.5:7979\n  client:\n    type: controller\n  integration:\n    volume:\n      operations:\n        mount:\n          preempt: maybe\n".into()
+    });
+    let out = setup.rexray(&["config", "check"]).assert().code(1);
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    let file = setup.config().display().to_string();
+    assert!(stdout.contains(&format!("warning: {file}:2: unknown key \"rexray.logLevl\"")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("warning: {file}:4: libstorage.host: REX-Ray's client/server mode"))
+            && stdout.contains("is not implemented"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("warning: {file}:6: libstorage.client.type: a libStorage client setting")),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("{file}:11: ")) && stdout.contains("preempt"), "{stdout}");
+    // REX-Ray's embedded default (a unix socket) is not a remote server: no warning.
+    std::fs::write(
+        setup.config(),
+        "libstorage:\n  host: unix:///var/run/libstorage/localhost.sock\n  embedded: true\n",
+    )
+    .unwrap();
+    setup.rexray(&["config", "check"]).assert().success().stdout(predicate::str::contains("warning").not());
+}
+
+#[test]
 fn config_check_lists_every_error_as_file_line_key_problem() {
     let setup = Setup::with_config(|_| {
         "libstorage:\n  integration:\n    volume:\n      operations:\n        mount:\n          preempt: maybe\n        create:\n          default:\n            size: big\n".into()
@@ -216,6 +244,16 @@ fn config_check_refuses_a_backend_not_built_in() {
             .stdout(predicate::str::contains(format!("{file}:5: ebs.statusTimeout: \"soon\": expected a duration")))
             .stdout(predicate::str::contains(format!("{file}:6: ebs.maxRetries: \"-1\": expected a whole number")))
             .stderr(predicate::str::contains("2 error(s)"));
+        // The daemon refuses the same settings before it listens, naming each one.
+        setup
+            .rexray(&["service", "start", "-f"])
+            .timeout(Duration::from_secs(20))
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains("2 problem(s)"))
+            .stderr(predicate::str::contains(format!("{file}:5: ebs.statusTimeout")))
+            .stderr(predicate::str::contains(format!("{file}:6: ebs.maxRetries")));
+        assert!(!setup.path("home/var/run/rexray/rexray-admin.sock").exists());
         setup
             .rexray(&["config", "check"])
             .env("EBS_STATUSTIMEOUT", "30s")
@@ -262,6 +300,13 @@ fn service_status_with_and_without_a_daemon() {
     let daemon = setup.start_daemon();
     setup.rexray(&["service", "status"]).assert().success().stdout(predicate::str::contains("running (pid"));
     setup.rexray(&["status"]).assert().success();
+    // The start line names the version and the config file.
+    let log = std::fs::read_to_string(setup.path("daemon.log")).unwrap();
+    let start = log.lines().find(|l| l.contains("rexray starting")).unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        start.contains(env!("CARGO_PKG_VERSION")) && start.contains(&setup.config().display().to_string()),
+        "{start}"
+    );
     // The admin socket is private to its owner.
     let mode = std::fs::metadata(setup.admin_socket()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
@@ -367,6 +412,27 @@ fn snapshot_commands_say_the_backend_has_none() {
             .assert()
             .code(1)
             .stderr(predicate::str::contains("snapshots are not supported by the vfs backend"));
+    }
+}
+
+#[test]
+fn a_restart_with_idle_volumes_logs_no_release() {
+    let setup = Setup::new();
+    let daemon = setup.start_daemon();
+    for name in ["idle1", "idle2"] {
+        setup.rexray(&["volume", "create", name]).assert().success();
+    }
+    plugin_call(&daemon.socket, "VolumeDriver.Mount", &json!({"Name": "idle1", "ID": "c1"}));
+    plugin_call(&daemon.socket, "VolumeDriver.Unmount", &json!({"Name": "idle1", "ID": "c1"}));
+    drop(daemon);
+    for _ in 0..2 {
+        let daemon = setup.start_daemon();
+        let (status, _) = plugin_call(&daemon.socket, "VolumeDriver.List", &json!({}));
+        assert_eq!(status, 200);
+        drop(daemon);
+        let log = std::fs::read_to_string(setup.path("daemon.log")).unwrap();
+        assert!(log.contains("service ready"), "{log}");
+        assert!(!log.contains("released"), "an idle volume was reported released:\n{log}");
     }
 }
 

@@ -310,6 +310,31 @@ fn spec_files_and_missing_plugins() {
         .stdout("")
         .stderr(predicate::str::contains("Error looking up volume plugin absent: plugin not found"));
     assert!(started.elapsed() < Duration::from_secs(10));
+    // With a wait, it looks for the plugin for the whole window (dvdcli's 15 s by default),
+    // not only for the waits that fit whole, and finds one that appears meanwhile.
+    let started = Instant::now();
+    setup
+        .dvdcli(true)
+        .env("DVDCLI_PLUGIN_WAIT", "2.5")
+        .args(["get", "--volumedriver=absent", "--volumename=v"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("plugin not found"));
+    assert!(started.elapsed() >= Duration::from_millis(2500), "gave up after {:?}", started.elapsed());
+    let late = setup.path("specs/late.spec");
+    let late_socket = setup.path("elsewhere/p.sock");
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(2200));
+        std::fs::write(late, format!("unix://{}\n", late_socket.display())).unwrap();
+    });
+    setup
+        .dvdcli(true)
+        .env("DVDCLI_PLUGIN_WAIT", "3")
+        .args(["get", "--volumedriver=late", "--volumename=v"])
+        .assert()
+        .success()
+        .stdout("v\n");
+    writer.join().unwrap();
     setup
         .dvdcli(true)
         .args(["mount", "--volumename=v"])

@@ -382,8 +382,10 @@ fn newer_versions_relax_the_rules() {
     set(&mut doc, "/container/volumes/0/containerPath", Some(json!("/data/nested")));
     let file = dir.path().join("relaxed.json");
     std::fs::write(&file, doc.to_string()).unwrap();
+    // The default is the newest Marathon's rules: both relaxed.
+    check(&[&file], &[]).assert().success().stderr(predicate::str::contains("marathon 1.11 rules"));
     // 1.2: both rules; with hints pointing at the versions that relaxed them.
-    check(&[&file], &[])
+    check(&[&file], &["--marathon", "1.2"])
         .assert()
         .code(1)
         .stdout(predicate::str::contains("got 1.0, expected 0.5 or less"))

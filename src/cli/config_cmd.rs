@@ -15,7 +15,7 @@ pub fn compiled_backends() -> Vec<&'static str> {
 /// `file:line: key: problem` per invalid value.
 pub fn error_lines(err: &ConfigError, file: Option<&Path>) -> Vec<String> {
     match err {
-        ConfigError::Invalid { problems } => problems.iter().map(ToString::to_string).collect(),
+        ConfigError::Invalid { problems, .. } => problems.iter().map(ToString::to_string).collect(),
         ConfigError::NoSuchService { .. } => {
             let at = file.map(|f| format!("{}: ", f.display())).unwrap_or_default();
             vec![format!("{at}libstorage.service: {err}")]

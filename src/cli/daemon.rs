@@ -97,6 +97,13 @@ pub fn admin_socket(config: &Config) -> std::path::PathBuf {
 /// # Errors
 /// A socket could not be bound or failed while serving.
 pub async fn run(config: Config, mut inherited: Inherited, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        commit = env!("REXRAY_COMMIT"),
+        config = %config.file.as_ref().map_or_else(|| "(none: defaults and environment)".to_owned(), |f| f.display().to_string()),
+        services = config.services.len(),
+        "rexray starting"
+    );
     let health = Health::default();
     let env = environment();
     let handles: Vec<(String, Arc<ServiceHandle>)> =

@@ -322,10 +322,15 @@ impl Timing {
     }
 }
 
-/// Docker's backoff: 1 s, 2 s, 4 s, 8 s …, giving up when the next wait would pass `window`.
+/// Docker's backoff: 1 s, 2 s, 4 s, 8 s …, the last wait cut to what is left of `window`, so
+/// the whole window is waited; `None` once it has passed.
 fn backoff(retries: u32, start: Instant, window: Duration) -> Option<Duration> {
-    let wait = Duration::from_secs(1u64 << retries.min(5));
-    (start.elapsed() + wait < window).then_some(wait)
+    backoff_at(retries, start.elapsed(), window)
+}
+
+fn backoff_at(retries: u32, elapsed: Duration, window: Duration) -> Option<Duration> {
+    let left = window.checked_sub(elapsed).filter(|left| !left.is_zero())?;
+    Some(Duration::from_secs(1u64 << retries.min(5)).min(left))
 }
 
 /// Logs a line to stderr in logrus' text format, as dvdcli does.
@@ -665,10 +670,18 @@ mod tests {
 
     #[test]
     fn backoff_is_bounded_by_the_window() {
-        let start = Instant::now();
-        assert_eq!(backoff(0, start, Duration::from_secs(15)), Some(Duration::from_secs(1)));
-        assert_eq!(backoff(3, start, Duration::from_secs(15)), Some(Duration::from_secs(8)));
-        assert_eq!(backoff(4, start, Duration::from_secs(15)), None);
-        assert_eq!(backoff(0, start, Duration::ZERO), None);
+        let window = Duration::from_secs(15);
+        // Waits of 1, 2, 4 and 8 s fill the 15 s window exactly; then it gives up.
+        let mut elapsed = Duration::ZERO;
+        let mut waits = Vec::new();
+        while let Some(wait) = backoff_at(u32::try_from(waits.len()).unwrap(), elapsed, window) {
+            waits.push(wait.as_secs());
+            elapsed += wait;
+        }
+        assert_eq!(waits, vec![1, 2, 4, 8]);
+        assert_eq!(elapsed, window);
+        // A late start gets only what is left.
+        assert_eq!(backoff_at(3, Duration::from_millis(14_500), window), Some(Duration::from_millis(500)));
+        assert_eq!(backoff(0, Instant::now(), Duration::ZERO), None);
     }
 }

@@ -64,6 +64,8 @@ pub struct Version(pub u32, pub u32);
 impl Version {
     /// The rules of the external-volumes document.
     pub const DOCUMENT: Version = Version(1, 2);
+    /// The newest Marathon release line (1.11, 2020); its rules are the default.
+    pub const NEWEST: Version = Version(1, 11);
 }
 
 impl std::str::FromStr for Version {

@@ -163,7 +163,7 @@ enum MarathonCommand {
     /// Validate Marathon app (or group) JSON with Marathon's rules for DVDI external volumes.
     /// Prints `file: path: message` per problem and exits 1 when there is any.
     #[command(
-        after_help = "Examples:\n  rexray marathon check app.json\n  rexray marathon check --marathon 1.5 -f json apps/*.json"
+        after_help = "Examples:\n  rexray marathon check app.json\n  rexray marathon check --marathon 1.2 -f json apps/*.json"
     )]
     Check(MarathonCheckArgs),
 }
@@ -173,11 +173,12 @@ struct MarathonCheckArgs {
     /// App or group definitions (JSON); together they form the cluster for the name uniqueness rule.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
-    /// The Marathon version whose rules apply. The default, 1.2, has the rules of the external
-    /// volumes document: minimumHealthCapacity at most 0.5, no '/' in a Mesos containerPath, an
-    /// absolute Docker containerPath. 1.3+: minimumHealthCapacity up to 1. 1.4+: relative
-    /// Docker paths. 1.5+: nested Mesos paths. 1.9+: `external.shared`.
-    #[arg(long = "marathon", value_name = "VERSION", default_value = "1.2", conflicts_with = "marathon_1_4")]
+    /// The Marathon version whose rules apply; the default is the newest release line, 1.11.
+    /// 1.2 has the rules of the external volumes document: minimumHealthCapacity at most 0.5,
+    /// no '/' in a Mesos containerPath, an absolute Docker containerPath. 1.3+:
+    /// minimumHealthCapacity up to 1. 1.4+: relative Docker paths. 1.5+: nested Mesos paths.
+    /// 1.9+: `external.shared`.
+    #[arg(long = "marathon", value_name = "VERSION", default_value = "1.11", conflicts_with = "marathon_1_4")]
     marathon: marathon::Version,
     /// Same as `--marathon 1.4` (minimumHealthCapacity may be up to 1).
     #[arg(long = "marathon-1.4")]
@@ -370,6 +371,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Service(ServiceCommand::Start(_)) | Command::Start(_) => {
             let config = load_config(&cli)?;
+            // Every setting is checked before anything listens: a daemon whose backend would
+            // refuse its settings on the first request does not start.
+            let problems = config_cmd::build_problems(&config);
+            if !problems.is_empty() {
+                bail!("invalid configuration ({} problem(s)):\n  {}", problems.len(), problems.join("\n  "));
+            }
             let level = cli.log_level.clone().unwrap_or_else(|| config.log_level.clone());
             crate::telemetry::init(&level, config.log_json, config_cmd::secrets(&config));
             for warning in &config.warnings {
@@ -469,6 +476,11 @@ fn config_check(explicit: Option<&Path>) -> ExitCode {
             }
         }
         Err(e) => {
+            if let crate::config::ConfigError::Invalid { warnings, .. } = &e {
+                for warning in warnings {
+                    outln!("warning: {warning}");
+                }
+            }
             let lines = config_cmd::error_lines(&e, shown_file.as_deref());
             for line in &lines {
                 outln!("{line}");

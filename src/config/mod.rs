@@ -260,6 +260,8 @@ pub enum ConfigError {
     Invalid {
         /// Every invalid value, in the order found.
         problems: Vec<Problem>,
+        /// The warnings found meanwhile (unknown keys, …).
+        warnings: Vec<String>,
     },
     /// A module is bound (by `libstorage.service`) to a service that is not configured.
     #[error("module {module:?} uses service {service:?}, which is not configured (configured services: {})", .configured.join(", "))]
@@ -374,7 +376,7 @@ mod tests {
 
     fn problems(text: &str, pairs: &[(&str, &str)]) -> Vec<String> {
         match parse(text, Some(Path::new("/etc/rexray/rexray.yml")), &env(pairs)) {
-            Err(ConfigError::Invalid { problems }) => problems.iter().map(ToString::to_string).collect(),
+            Err(ConfigError::Invalid { problems, .. }) => problems.iter().map(ToString::to_string).collect(),
             other => panic!("expected Invalid, got {other:?}"),
         }
     }
@@ -1063,7 +1065,7 @@ libstorage:
             "/etc/rexray/rexray.yml:7: libstorage.integration.volume.operations.create.default.size: \"abc\" is not a whole number of GiB"
         );
         match err {
-            ConfigError::Invalid { problems } => {
+            ConfigError::Invalid { problems, .. } => {
                 assert_eq!(
                     problems,
                     vec![Problem {

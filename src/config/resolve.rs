@@ -120,9 +120,10 @@ pub(crate) fn resolve(
         })
         .collect();
     r.unknown_keys();
+    r.client_server_keys();
 
     if !r.problems.is_empty() {
-        return Err(ConfigError::Invalid { problems: r.problems });
+        return Err(ConfigError::Invalid { problems: r.problems, warnings: r.warnings });
     }
     for m in &modules {
         if !services.iter().any(|s| s.name == m.service) {
@@ -681,6 +682,33 @@ impl Resolver<'_> {
     }
 
     // ----- unknown keys ------------------------------------------------------------------
+
+    /// Warns about REX-Ray's client/server keys: this daemon is its own server and client.
+    /// `libstorage.host` on a unix socket (REX-Ray's embedded default) is not a remote server
+    /// and passes quietly.
+    fn client_server_keys(&mut self) {
+        let doc = self.doc;
+        for (lower, entry) in doc.iter() {
+            let Some((_, bare)) = lower.rsplit_once("libstorage.") else { continue };
+            let remote =
+                matches!(&entry.value, Value::Scalar(v) if !v.trim().is_empty() && !v.trim().starts_with("unix://"));
+            let what = if bare == "host" && remote {
+                "REX-Ray's client/server mode (a libStorage server at this address)"
+            } else if bare.starts_with("client.") || bare == "client" {
+                "a libStorage client setting"
+            } else {
+                continue;
+            };
+            let origin = Origin::File { key: entry.key.clone(), line: entry.line };
+            self.warn(
+                Some(&origin),
+                format!(
+                    "{}: {what} is not implemented: this daemon serves Docker on its own sockets and talks to the storage itself; the key is ignored",
+                    entry.key
+                ),
+            );
+        }
+    }
 
     /// Warns about every key we do not know, with the nearest known key when close.
     fn unknown_keys(&mut self) {
