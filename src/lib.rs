@@ -18,12 +18,16 @@
 //! - Leaves, used by any layer above: [`server`] (sockets, HTTP/1 serving, shutdown),
 //!   [`config`] (`rexray.yml` in both REX-Ray formats plus environment overrides, to typed
 //!   config), [`metrics`] (Prometheus registry and recording functions), [`name`] (volume
-//!   names), [`crashpoint`] (where tests crash operations), [`telemetry`] (logging setup).
+//!   names), [`crashpoint`] (where tests crash operations), [`deadline`] (the caller's deadline
+//!   carried with a request's work), [`human`] (values worded for messages), [`telemetry`]
+//!   (logging setup).
 
 pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod crashpoint;
+pub mod deadline;
+pub mod human;
 pub mod metrics;
 pub mod name;
 pub mod os;

@@ -271,6 +271,30 @@ fn config_check_refuses_a_backend_not_built_in() {
 }
 
 #[test]
+fn volume_ls_with_ec2_unreachable_fails_and_says_why() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let setup = Setup::with_config(|_| {
+        format!(
+            "libstorage:\n  service: ebs\nebs:\n  endpoint: http://127.0.0.1:{port}\n  region: us-east-1\n  accessKey: test\n  secretKey: test\n  instanceID: i-0123456789abcdef0\n  availabilityZone: us-east-1a\n"
+        )
+    });
+    if !setup.stdout(&["version"]).contains("ebs") {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let out = setup.rexray(&["volume", "ls"]).assert().failure();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(stdout.trim().is_empty(), "no table that claims there are no volumes: {stdout}");
+    assert!(stderr.contains("could not list the volumes"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("connection refused"), "{stderr}");
+    assert!(!stderr.contains("DispatchFailure") && !stderr.contains("{ "), "{stderr}");
+    // One bounded wait for EC2 (the CLI's first listing), not the 45 s retry budget.
+    assert!(took < Duration::from_secs(25), "took {took:?}");
+}
+
+#[test]
 fn env_shows_the_effective_config_with_secrets_redacted() {
     let setup = Setup::with_config(|dir| {
         format!(

@@ -116,6 +116,12 @@ async fn an_unreachable_endpoint_is_a_transient_error() {
     let err = api.describe_volumes(&VolumeQuery::default()).await.unwrap_err();
     assert_eq!(err.kind, CloudErrorKind::Transient, "{err}");
     assert!(err.is_retryable());
+    // In words: the cause once, no Debug dump of the SDK's error types.
+    let text = err.to_string();
+    assert!(text.starts_with("EC2 did not answer: ") && text.to_lowercase().contains("connection refused"), "{text}");
+    for dump in ["DispatchFailure", "ConnectorError", "{", "Os {"] {
+        assert!(!text.contains(dump), "{dump} in {text}");
+    }
 }
 
 /// Every volume attached to `instance` shows up as `/dev/fake-<id>` (no kernel involved).

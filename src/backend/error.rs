@@ -159,7 +159,7 @@ pub enum BackendError {
         hint: String,
     },
     /// A wait ran out of time.
-    #[error("{op} is still {last_seen} after {}{hint}", seconds(*.elapsed))]
+    #[error("{op} is still {last_seen} after {}{hint}", crate::human::duration(*.elapsed))]
     Timeout {
         /// What was waited for (`volume v (vol-1) to attach as /dev/xvdf`).
         op: String,
@@ -168,6 +168,16 @@ pub enum BackendError {
         /// What the last look found.
         last_seen: String,
         /// What was done about it and what to do (starts with `; `), or empty.
+        hint: String,
+    },
+    /// An attached volume's device did not show up on this host.
+    #[error("no device appeared for {what} within {}: {hint}", crate::human::duration(*.elapsed))]
+    NoDevice {
+        /// The volume (name and ID) and the device name its attachment asked for.
+        what: String,
+        /// How long it waited.
+        elapsed: Duration,
+        /// What to check, whether the caller's deadline cut the wait, and the paths looked at.
         hint: String,
     },
     /// The device holds something this program does not format over.
@@ -237,22 +247,6 @@ pub enum BackendError {
     Unavailable(&'static str),
 }
 
-/// A duration as people read it: `850 ms`, `20.0 s`, `2 min 5 s`.
-pub fn seconds(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms} ms")
-    } else if ms < 120_000 {
-        // Display only: a rounded figure.
-        #[allow(clippy::cast_precision_loss)]
-        let s = ms as f64 / 1000.0;
-        format!("{s:.1} s")
-    } else {
-        let s = d.as_secs();
-        format!("{} min {} s", s / 60, s % 60)
-    }
-}
-
 impl BackendError {
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
@@ -265,7 +259,7 @@ impl BackendError {
             BackendError::InUse { .. } => ErrorKind::InUse,
             BackendError::AttachedElsewhere { .. } => ErrorKind::AttachedElsewhere,
             BackendError::WrongZone { .. } => ErrorKind::WrongZone,
-            BackendError::Timeout { .. } => ErrorKind::Timeout,
+            BackendError::Timeout { .. } | BackendError::NoDevice { .. } => ErrorKind::Timeout,
             BackendError::NotBlank { .. } => ErrorKind::NotBlank,
             BackendError::ForeignDevice { .. } => ErrorKind::ForeignDevice,
             BackendError::NoSpace { .. } => ErrorKind::NoSpace,
@@ -290,14 +284,6 @@ impl BackendError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_as_people_write_them() {
-        assert_eq!(seconds(Duration::from_millis(850)), "850 ms");
-        assert_eq!(seconds(Duration::from_millis(20_049)), "20.0 s");
-        assert_eq!(seconds(Duration::from_millis(40_590)), "40.6 s");
-        assert_eq!(seconds(Duration::from_secs(125)), "2 min 5 s");
-    }
 
     #[test]
     fn every_kind_has_its_own_label() {

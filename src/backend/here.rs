@@ -33,13 +33,17 @@ impl Backend {
         match handed_out {
             Ok(path) => Ok(path),
             Err(e) => {
-                if let Err(undo) = node.unstage(name, &staging).await {
-                    tracing::warn!(volume = %name, error = %undo, "rollback: could not unstage after a failed activation");
-                } else if let Err(undo) = controller.unpublish(name, &opts, &here).await {
-                    tracing::warn!(volume = %name, error = %undo, "rollback: could not unpublish after a failed activation");
-                } else {
-                    tracing::info!(volume = %name, "rollback: released the volume after a failed activation");
-                }
+                // The undoing may use the time the deadline kept for it.
+                crate::deadline::rollback(async {
+                    if let Err(undo) = node.unstage(name, &staging).await {
+                        tracing::warn!(volume = %name, error = %undo, "rollback: could not unstage after a failed activation");
+                    } else if let Err(undo) = controller.unpublish(name, &opts, &here).await {
+                        tracing::warn!(volume = %name, error = %undo, "rollback: could not unpublish after a failed activation");
+                    } else {
+                        tracing::info!(volume = %name, "rollback: released the volume after a failed activation");
+                    }
+                })
+                .await;
                 Err(e)
             }
         }

@@ -73,6 +73,31 @@ pub struct Page {
     pub names: Vec<String>,
     /// The name to start the next page after, when there is one.
     pub next: Option<String>,
+    /// Set when the storage could not be asked and the names are the last ones it gave.
+    pub stale: Option<Stale>,
+}
+
+/// A listing the storage could not refresh: what it last said, and why it was not asked again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stale {
+    /// Why the storage could not be asked.
+    pub cause: String,
+    /// How long ago the storage last answered a listing; `None`: not since the daemon started.
+    pub listed_ago: Option<std::time::Duration>,
+}
+
+impl std::fmt::Display for Stale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.listed_ago {
+            Some(ago) => write!(
+                f,
+                "the storage could not be asked ({}); this is what it listed {} ago",
+                self.cause,
+                crate::human::duration(ago)
+            ),
+            None => write!(f, "the storage could not be asked ({}), and it has not answered a listing yet", self.cause),
+        }
+    }
 }
 
 /// Which page [`Controller::list`] returns.
@@ -94,9 +119,9 @@ impl Page {
         if req.max > 0 && names.len() > req.max {
             names.truncate(req.max);
             let next = names.last().cloned();
-            return Page { names, next };
+            return Page { names, next, stale: None };
         }
-        Page { names, next: None }
+        Page { names, next: None, stale: None }
     }
 }
 
@@ -375,9 +400,9 @@ pub(crate) mod tests {
     fn pages_follow_each_other() {
         let all = names(&["c", "a", "b", "d", "a"]);
         let first = Page::of(all.clone(), &PageRequest { after: None, max: 2 });
-        assert_eq!(first, Page { names: names(&["a", "b"]), next: Some("b".into()) });
+        assert_eq!(first, Page { names: names(&["a", "b"]), next: Some("b".into()), stale: None });
         let second = Page::of(all.clone(), &PageRequest { after: first.next, max: 2 });
-        assert_eq!(second, Page { names: names(&["c", "d"]), next: None });
+        assert_eq!(second, Page { names: names(&["c", "d"]), next: None, stale: None });
         assert_eq!(Page::of(all, &PageRequest::default()).names.len(), 4);
     }
 }

@@ -566,7 +566,22 @@ impl Failures {
     }
 }
 
+/// How long `volume ls` may wait for the storage, all looks together: past it, it reports what
+/// it could not ask.
+const LS_BUDGET: crate::deadline::Budget = crate::deadline::Budget {
+    caller: "rexray volume ls's 15 s limit",
+    total: std::time::Duration::from_secs(15),
+    reserve: std::time::Duration::ZERO,
+};
+
 async fn volume_command(config: &crate::config::Config, args: &VolumeArgs) -> anyhow::Result<ExitCode> {
+    if matches!(args.command, VolumeCommand::Ls { .. }) {
+        return crate::deadline::within(LS_BUDGET, volume_command_unbounded(config, args)).await;
+    }
+    volume_command_unbounded(config, args).await
+}
+
+async fn volume_command_unbounded(config: &crate::config::Config, args: &VolumeArgs) -> anyhow::Result<ExitCode> {
     if let VolumeCommand::Create(c) = &args.command {
         if c.snapshot_id.is_some() {
             volume::snapshot_support(volume::pick_service(config, args.service.as_deref())?.backend)
@@ -580,14 +595,14 @@ async fn volume_command(config: &crate::config::Config, args: &VolumeArgs) -> an
     let format = args.format;
     match &args.command {
         VolumeCommand::Ls { names, attached, available, path, quiet } => {
-            let mut views = if names.is_empty() {
+            let (mut views, stale) = if names.is_empty() {
                 target.list().await?
             } else {
                 let mut out = Vec::new();
                 for n in names {
                     out.push(target.get(n).await?);
                 }
-                out
+                (out, None)
             };
             views.retain(|v| (!attached || v.attached()) && (!available || !v.attached()));
             if format == Format::Table {
@@ -598,6 +613,11 @@ async fn volume_command(config: &crate::config::Config, args: &VolumeArgs) -> an
                 }
             } else {
                 format.print_json(&views)?;
+            }
+            // Never "no volumes" when the storage could not be asked: say so, and fail.
+            if let Some(stale) = stale {
+                eprintln!("warning: {stale}");
+                return Ok(ExitCode::FAILURE);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -214,7 +214,8 @@ impl Target {
         if service.scope() == crate::backend::Scope::Global {
             // A fresh process knows nothing of the cluster-wide storage yet: one listing fills
             // the backend's cache, so the Status of a volume shows the storage's details.
-            service.list().await;
+            // What it cannot list is reported by the command's own listing.
+            let _ = service.list().await;
         }
         Ok(Target::Local(Arc::new(service)))
     }
@@ -226,15 +227,21 @@ impl Target {
         client::call_json(addr, &method, Some(&body), timeout).await.map_err(call_err)
     }
 
-    /// Every volume.
+    /// Every volume, and why the storage's part is what it listed last when it could not be
+    /// asked.
     ///
     /// # Errors
-    /// The daemon's or the service's failure.
-    pub async fn list(&self) -> anyhow::Result<Vec<View>> {
+    /// The daemon's or the service's failure (a storage that never answered a listing).
+    pub async fn list(&self) -> anyhow::Result<(Vec<View>, Option<String>)> {
         match self {
-            Target::Local(s) => Ok(s.list_detailed().await.into_iter().map(View::from_info).collect()),
+            Target::Local(s) => {
+                let listing = s.list_detailed().await.map_err(|e| anyhow!(e.chain()))?;
+                let stale = listing.stale.map(|stale| stale.to_string());
+                Ok((listing.volumes.into_iter().map(View::from_info).collect(), stale))
+            }
             Target::Daemon { .. } => {
                 let reply = self.call("VolumeDriver.List", json!({}), QUICK).await?;
+                let stale = reply.get("Stale").and_then(Value::as_str).map(str::to_owned);
                 let mut out = Vec::new();
                 for v in reply.get("Volumes").and_then(Value::as_array).into_iter().flatten() {
                     let name = v.get("Name").and_then(Value::as_str).unwrap_or_default();
@@ -244,7 +251,7 @@ impl Target {
                         Err(_) => continue,
                     }
                 }
-                Ok(out)
+                Ok((out, stale))
             }
         }
     }

@@ -17,4 +17,7 @@ pub mod snapshots;
 pub mod telemetry;
 pub mod wire;
 
+#[cfg(all(test, feature = "ebs"))]
+mod ebs_front_tests;
+
 pub use routes::{router, ServiceSource};

@@ -83,6 +83,31 @@ impl Endpoint {
         }
     }
 
+    /// How long Docker waits for this call (Create and Mount 2 min, the rest 1 min; moby's
+    /// plugin client since 18.02, and dvdcli's Mesos isolator gives a Mount 2 min too), and the
+    /// part of it kept for rolling back a failed step: the reply leaves well before the caller
+    /// gives up, with this daemon's own error, after the undoing.
+    pub fn budget(self) -> crate::deadline::Budget {
+        use crate::deadline::Budget;
+        use std::time::Duration;
+        let caller = match self {
+            Endpoint::Create => "Docker's 2 min Create timeout",
+            Endpoint::Mount => "Docker's 2 min Mount timeout",
+            Endpoint::Unmount => "Docker's 1 min Unmount timeout",
+            Endpoint::Remove => "Docker's 1 min Remove timeout",
+            _ => "Docker's 1 min timeout",
+        };
+        match self {
+            Endpoint::Create | Endpoint::Mount => {
+                Budget { caller, total: Duration::from_secs(100), reserve: Duration::from_secs(30) }
+            }
+            Endpoint::Unmount | Endpoint::Remove => {
+                Budget { caller, total: Duration::from_secs(50), reserve: Duration::from_secs(15) }
+            }
+            _ => Budget { caller, total: Duration::from_secs(50), reserve: Duration::ZERO },
+        }
+    }
+
     fn path(self) -> &'static str {
         match self {
             Endpoint::Activate => "/Plugin.Activate",
@@ -98,13 +123,19 @@ impl Endpoint {
     }
 }
 
-/// The VolumeDriver handler for one service.
+/// The VolumeDriver handler for one service: each call within Docker's deadline for it
+/// ([`Endpoint::budget`]).
 pub fn router(service: ServiceSource) -> Handler {
     Arc::new(move |request: Request<Bytes>| {
         let service = Arc::clone(&service);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            answer(&service, &parts.method, parts.uri.path(), &body).await
+            let path = parts.uri.path();
+            let call = answer(&service, &parts.method, path, &body);
+            match Endpoint::from_path(path) {
+                Some(endpoint) => crate::deadline::within(endpoint.budget(), call).await,
+                None => call.await,
+            }
         })
     })
 }
@@ -212,12 +243,15 @@ async fn call(s: &ServiceSource, endpoint: Endpoint, body: &Bytes) -> Outcome {
             })
         }
         Endpoint::List => {
-            let volumes = s.get().await?.list().await;
-            let volumes = volumes
+            let listing = s.get().await?.list().await?;
+            let stale = listing.stale.map(|stale| stale.to_string());
+            let note = stale.as_ref().map(|stale| StaleNote { stale: stale.clone() });
+            let volumes = listing
+                .volumes
                 .into_iter()
-                .map(|v| Volume::<Empty> { name: v.name, mountpoint: v.mountpoint, created_at: None, status: None })
+                .map(|v| Volume { name: v.name, mountpoint: v.mountpoint, created_at: None, status: note.clone() })
                 .collect();
-            ok(&ListResponse { volumes })
+            ok(&ListResponse { volumes, stale })
         }
         Endpoint::Capabilities => {
             let scope = s.get().await?.scope().as_str();

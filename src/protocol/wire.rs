@@ -81,9 +81,20 @@ pub struct GetResponse<S: Serialize> {
 /// `/VolumeDriver.List` reply.
 #[derive(Debug, Serialize)]
 pub struct ListResponse {
-    /// Every volume (name and mount point: no Status).
+    /// Every volume: name and mount point, and a Status only when the list is stale.
     #[serde(rename = "Volumes")]
-    pub volumes: Vec<Volume<Empty>>,
+    pub volumes: Vec<Volume<StaleNote>>,
+    /// Why the storage's volumes are the ones it listed last (Docker ignores it; `rexray
+    /// volume ls` reports it).
+    #[serde(rename = "Stale", skip_serializing_if = "Option::is_none")]
+    pub stale: Option<String>,
+}
+
+/// The Status of a volume in a stale List: how old what is known of it is.
+#[derive(Debug, Clone, Serialize)]
+pub struct StaleNote {
+    /// Why the storage was not asked, and how long ago it last answered.
+    pub stale: String,
 }
 
 /// `/VolumeDriver.Capabilities` reply.

@@ -53,6 +53,20 @@ pub enum Cause {
         /// Its count.
         count: u32,
     },
+    /// Another operation on the volume held it for all the time the caller's deadline left.
+    #[error("another operation on the volume was still running after {}, and {caller} leaves no more time; try again", crate::human::duration(*.waited))]
+    Busy {
+        /// How long this request waited for it.
+        waited: std::time::Duration,
+        /// Whose deadline ended the wait (`Docker's 2 min Mount timeout`).
+        caller: &'static str,
+    },
+    /// The storage could not be asked for its volumes and never answered a listing.
+    #[error("could not list the volumes: {stale}")]
+    Unlisted {
+        /// Why.
+        stale: crate::backend::Stale,
+    },
     /// The volume was created by another backend than this service's.
     #[error("volume belongs to backend {recorded}, but this service uses {configured}")]
     WrongBackend {
@@ -102,11 +116,12 @@ impl Cause {
             Cause::InvalidName(_) | Cause::TooManyMounts { .. } => ErrorKind::Invalid.label(),
             Cause::NotFound => ErrorKind::NotFound.label(),
             Cause::InUse { .. } => ErrorKind::InUse.label(),
+            Cause::Busy { .. } => ErrorKind::Timeout.label(),
             Cause::WrongBackend { .. } => "wrong_backend",
             Cause::Backend { source, .. } => source.kind().label(),
             Cause::NoSnapshots { .. } => "unsupported",
             Cause::State(_) => "state_error",
-            Cause::Unavailable { .. } => ErrorKind::Unavailable.label(),
+            Cause::Unavailable { .. } | Cause::Unlisted { .. } => ErrorKind::Unavailable.label(),
         }
     }
 }

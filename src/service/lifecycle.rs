@@ -29,7 +29,7 @@ impl VolumeService {
         let name = Self::validate(OP, raw_name)?;
         let opts = opts.clone();
         self.detached(OP, move |s| async move {
-            let _guard = s.locks.lock(name.as_str()).await;
+            let _guard = s.lock(OP, &name).await?;
             if let Some(existing) = s.settle(OP, &name).await? {
                 if !opts.is_empty() {
                     debug!(volume = %name, "volume exists; create options ignored");
@@ -89,7 +89,7 @@ impl VolumeService {
         debug!(volume = %excerpt(raw_name), "remove");
         let name = Self::validate(OP, raw_name)?;
         self.detached(OP, move |s| async move {
-            let _guard = s.locks.lock(name.as_str()).await;
+            let _guard = s.lock(OP, &name).await?;
             let Some(mut record) = s.settle(OP, &name).await? else {
                 return s.remove_unrecorded(&name).await;
             };
@@ -171,7 +171,7 @@ impl VolumeService {
         let name = Self::validate(OP, raw_name)?;
         let holder = Holder::from_request(id);
         self.detached(OP, move |s| async move {
-            let _guard = s.locks.lock(name.as_str()).await;
+            let _guard = s.lock(OP, &name).await?;
             let record = match s.settle(OP, &name).await? {
                 Some(r) => r,
                 None if s.settings.implicit_create || s.backend.controller.knows(&name).await => {
@@ -228,7 +228,7 @@ impl VolumeService {
         if let Err(e) = self.commit(op, record.clone()).await {
             // Not durable, so not granted: undo an activation nobody else relies on.
             if activated {
-                if let Err(undo) = self.deactivate(name, &record.options).await {
+                if let Err(undo) = crate::deadline::rollback(self.deactivate(name, &record.options)).await {
                     warn!(volume = %name, error = %undo, "rollback of activation failed; the next open releases it");
                 }
             }
@@ -251,7 +251,7 @@ impl VolumeService {
         let name = Self::validate(OP, raw_name)?;
         let holder = Holder::from_request(id);
         self.detached(OP, move |s| async move {
-            let _guard = s.locks.lock(name.as_str()).await;
+            let _guard = s.lock(OP, &name).await?;
             let Some(mut record) = s.settle(OP, &name).await? else {
                 debug!(volume = %name, "unmount of an unknown volume");
                 return Ok(());

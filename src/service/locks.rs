@@ -36,6 +36,18 @@ impl VolumeLocks {
         VolumeGuard { locks: self, name: name.to_owned(), entry, guard: Some(guard) }
     }
 
+    /// Waits for the lock of `name` at most `limit`; `None` when the time ran out.
+    pub async fn lock_within(&self, name: &str, limit: std::time::Duration) -> Option<VolumeGuard<'_>> {
+        let entry = {
+            let mut map = self.map.lock().expect("volume lock table poisoned");
+            map.entry(name.to_owned()).or_default().clone()
+        };
+        let guard = tokio::time::timeout(limit, entry.clone().lock_owned()).await.ok();
+        // Built even when the wait ran out, so that dropping it prunes the entry.
+        let held = VolumeGuard { locks: self, name: name.to_owned(), entry, guard };
+        held.guard.is_some().then_some(held)
+    }
+
     /// How many names have an entry (for tests).
     pub fn len(&self) -> usize {
         self.map.lock().expect("volume lock table poisoned").len()
@@ -91,5 +103,18 @@ mod tests {
         let b = tokio::time::timeout(Duration::from_secs(1), locks.lock("b")).await;
         assert!(b.is_ok());
         assert_eq!(locks.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bounded_wait_gives_up_and_leaves_no_entry_behind() {
+        let locks = VolumeLocks::default();
+        let held = locks.lock("v").await;
+        assert!(locks.lock_within("v", Duration::from_secs(5)).await.is_none());
+        drop(held);
+        assert!(locks.is_empty());
+        let again = locks.lock_within("v", Duration::from_secs(5)).await;
+        assert!(again.is_some());
+        drop(again);
+        assert!(locks.is_empty());
     }
 }

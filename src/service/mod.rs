@@ -42,7 +42,7 @@ use std::sync::{Arc, RwLock};
 
 use tracing::{info, warn};
 
-use crate::backend::{Backend, Options, Scope};
+use crate::backend::{Backend, Options, Scope, Stale};
 use crate::config::Integration;
 use crate::name::VolumeName;
 pub use error::{Cause, ServiceError};
@@ -65,6 +65,15 @@ pub struct VolumeInfo {
     pub created_at: String,
     /// Details for `docker volume inspect`.
     pub status: Status,
+}
+
+/// The answer of a listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listing<T> {
+    /// The volumes, local ones first.
+    pub volumes: Vec<T>,
+    /// Set when the storage could not be asked: its volumes are the ones it listed last.
+    pub stale: Option<Stale>,
 }
 
 /// What `List` reports about a volume: Docker reads only these.
@@ -224,6 +233,20 @@ impl VolumeService {
         &self.backend
     }
 
+    /// Waits for the lock of `name`, within the request's deadline when it has one.
+    ///
+    /// # Errors
+    /// [`Cause::Busy`] when another operation on the volume outlasts the deadline.
+    async fn lock(&self, op: &'static str, name: &VolumeName) -> Result<locks::VolumeGuard<'_>, ServiceError> {
+        let (Some(limit), Some(caller)) = (crate::deadline::left(), crate::deadline::caller()) else {
+            return Ok(self.locks.lock(name.as_str()).await);
+        };
+        self.locks
+            .lock_within(name.as_str(), limit)
+            .await
+            .ok_or_else(|| ServiceError::new(op, name.as_str(), Cause::Busy { waited: limit, caller }))
+    }
+
     fn validate(op: &'static str, raw: &str) -> Result<VolumeName, ServiceError> {
         VolumeName::new(raw).map_err(|e| ServiceError::new(op, raw, Cause::InvalidName(e)))
     }
@@ -282,7 +305,7 @@ impl VolumeService {
     }
 
     /// Runs `op` on its own task, so that it (and its rollback) finishes even when the caller
-    /// goes away, and inside the service's crash scope named `name`.
+    /// goes away, inside the service's crash scope named `name` and the request's deadline.
     async fn detached<T, F, Fut>(self: &Arc<Self>, name: &'static str, op: F) -> Result<T, ServiceError>
     where
         T: Send + 'static,
@@ -292,10 +315,10 @@ impl VolumeService {
         use tracing::Instrument;
         let service = Arc::clone(self);
         let task = tokio::spawn(
-            async move {
+            crate::deadline::carry(async move {
                 let run = op(Arc::clone(&service));
                 crate::crashpoint::scope(&service.crash, name, run).await
-            }
+            })
             .in_current_span(),
         );
         match task.await {
@@ -346,11 +369,17 @@ impl VolumeService {
     }
 
     /// Every volume: local state, plus the volumes of a global backend that other hosts
-    /// created. Name and mount point only: that is all Docker reads from List.
-    pub async fn list(&self) -> Vec<VolumeEntry> {
+    /// created. Name and mount point only: that is all Docker reads from List. When the storage
+    /// cannot be asked, its part is what it listed last, and [`Listing::stale`] says so.
+    ///
+    /// # Errors
+    /// [`Cause::Unlisted`] when the storage cannot be asked and never answered a listing:
+    /// an empty list would claim there are no volumes.
+    pub async fn list(&self) -> Result<Listing<VolumeEntry>, ServiceError> {
         tracing::debug!("list");
         // First: it may refresh the backend's cache, which the local volumes' Status reads.
-        let remote = if self.scope() == Scope::Global { self.remote_names().await } else { Vec::new() };
+        let (remote, stale) =
+            if self.scope() == Scope::Global { self.remote_names().await? } else { (Vec::new(), None) };
         let volumes = self.volumes.read().expect("volume map poisoned");
         let mut out = Vec::with_capacity(volumes.len() + remote.len());
         for record in volumes.values().filter(|r| r.exists()) {
@@ -366,33 +395,39 @@ impl VolumeService {
                 out.push(VolumeEntry { name, mountpoint: None });
             }
         }
-        out
+        Ok(Listing { volumes: out, stale })
     }
 
     /// Every volume with its Status, as `rexray volume ls` shows them.
-    pub async fn list_detailed(&self) -> Vec<VolumeInfo> {
-        let entries = self.list().await;
-        let mut out = Vec::with_capacity(entries.len());
-        for entry in entries {
+    ///
+    /// # Errors
+    /// As [`VolumeService::list`].
+    pub async fn list_detailed(&self) -> Result<Listing<VolumeInfo>, ServiceError> {
+        let listing = self.list().await?;
+        let mut out = Vec::with_capacity(listing.volumes.len());
+        for entry in listing.volumes {
             let Ok(name) = VolumeName::new(&entry.name) else { continue };
             match self.shared(&entry.name).filter(|r| r.exists()) {
                 Some(record) => out.push(self.info(&name, record)),
                 None => out.push(self.remote_info(&name)),
             }
         }
-        out
+        Ok(Listing { volumes: out, stale: listing.stale })
     }
 
     /// The names of the storage's volumes (a global namespace: every host's), from the
-    /// backend's cache; what it cannot list is logged and left out.
-    async fn remote_names(&self) -> Vec<String> {
-        match self.backend.controller.list(&crate::backend::PageRequest::default()).await {
-            Ok(page) => page.names,
-            Err(e) => {
-                warn!(service = %self.name, error = %e, "could not list the backend's volumes");
-                Vec::new()
+    /// backend's cache, and whether they are stale.
+    async fn remote_names(&self) -> Result<(Vec<String>, Option<Stale>), ServiceError> {
+        let page = self.backend.controller.list(&crate::backend::PageRequest::default()).await.unwrap_or_else(|e| {
+            crate::backend::Page { stale: Some(Stale { cause: e.to_string(), listed_ago: None }), ..Default::default() }
+        });
+        if let Some(stale) = &page.stale {
+            warn!(service = %self.name, "could not list the backend's volumes: {stale}");
+            if stale.listed_ago.is_none() {
+                return Err(ServiceError::new("list", "", Cause::Unlisted { stale: stale.clone() }));
             }
         }
+        Ok((page.names, page.stale))
     }
 
     /// A volume this host has no record of, as the backend reports it.

@@ -32,6 +32,14 @@ struct Reality {
     staged: Option<BTreeSet<String>>,
 }
 
+/// How long the start-up look at the storage (what is attached here) may wait for it; past
+/// that, reconciliation goes by the mount table alone.
+const LOOK_BUDGET: crate::deadline::Budget = crate::deadline::Budget {
+    caller: "the start-up look at the storage's 10 s limit",
+    total: std::time::Duration::from_secs(10),
+    reserve: std::time::Duration::ZERO,
+};
+
 impl VolumeService {
     /// Reconciles every loaded record (see the module documentation) and reports storage that
     /// no record owns.
@@ -50,15 +58,20 @@ impl VolumeService {
 
     async fn look_at_reality(&self) -> Reality {
         let (controller, node) = (&self.backend.controller, &self.backend.node);
-        let published = match controller.local_node().await {
-            Ok(here) => match controller.publications(&here).await {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    warn!(service = %self.name, error = %e, "cannot tell which volumes are attached here; reconciling from the mount table alone");
-                    None
-                }
-            },
-            Err(e) => {
+        let published = crate::deadline::within(LOOK_BUDGET, async {
+            match controller.local_node().await {
+                Ok(here) => controller.publications(&here).await.map_err(|e| (true, e)),
+                Err(e) => Err((false, e)),
+            }
+        })
+        .await;
+        let published = match published {
+            Ok(p) => Some(p),
+            Err((true, e)) => {
+                warn!(service = %self.name, error = %e, "cannot tell which volumes are attached here; reconciling from the mount table alone");
+                None
+            }
+            Err((false, e)) => {
                 warn!(service = %self.name, error = %e, "cannot tell which node this is; reconciling from the mount table alone");
                 None
             }

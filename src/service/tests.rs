@@ -56,7 +56,7 @@ async fn create_is_idempotent_and_validates() {
     assert!(err.contains("size") && err.contains("abc"), "{err}");
     let err = s.create("../x", &no_opts()).await.unwrap_err().chain();
     assert!(err.contains("create \"../x\"") && err.contains("'/'"), "{err}");
-    assert_eq!(s.list().await.len(), 1);
+    assert_eq!(s.list().await.unwrap().volumes.len(), 1);
 }
 
 #[tokio::test]
@@ -257,7 +257,7 @@ async fn restart_keeps_active_holders_reactivates_lost_mounts_and_releases_leaks
     assert_eq!(s.path("leaked").await.unwrap(), None);
     assert!(!fake.active("leaked"));
     assert_eq!(s.get("idle").await.unwrap().status.value()["options"]["size"], "3");
-    assert_eq!(s.list().await.len(), 4);
+    assert_eq!(s.list().await.unwrap().volumes.len(), 4);
     s.unmount("kept", Some("a")).await.unwrap();
     s.unmount("kept", None).await.unwrap();
     assert!(!fake.active("kept"));
@@ -304,7 +304,7 @@ async fn a_restart_finishes_an_interrupted_remove() {
     fake.state.lock().unwrap().volumes.remove("v");
     let s = open(dir.path(), fake.clone(), settings()).await;
     assert!(s.get("v").await.unwrap_err().is_not_found());
-    assert!(s.list().await.is_empty());
+    assert!(s.list().await.unwrap().volumes.is_empty());
     assert!(store.load().unwrap().is_empty(), "the record is gone for good");
     // The name can be used again, for a new volume.
     s.create("v", &no_opts()).await.unwrap();
@@ -342,7 +342,7 @@ async fn a_restart_finishes_an_interrupted_create_or_discards_it() {
     store.save(&record).unwrap();
     let s = open(dir2.path(), fake.clone(), settings()).await;
     assert!(!s.get("v").await.unwrap().status.to_map().contains_key("pending"), "finished");
-    assert_eq!(s.list().await.len(), 1);
+    assert_eq!(s.list().await.unwrap().volumes.len(), 1);
 }
 
 #[tokio::test]
@@ -428,7 +428,7 @@ async fn volumes_made_by_another_host_are_listed_adopted_and_removable() {
     let host_b = open(dir_b.path(), storage.clone(), Integration { implicit_create: false, ..settings() }).await;
     host_a.create("shared", &no_opts()).await.unwrap();
     host_a.create("gone", &no_opts()).await.unwrap();
-    let names: Vec<String> = host_b.list().await.into_iter().map(|v| v.name).collect();
+    let names: Vec<String> = host_b.list().await.unwrap().volumes.into_iter().map(|v| v.name).collect();
     assert_eq!(names, ["gone", "shared"]);
     let info = host_b.get("shared").await.unwrap();
     assert_eq!(info.status.value()["holders"], 0);
@@ -440,7 +440,7 @@ async fn volumes_made_by_another_host_are_listed_adopted_and_removable() {
     assert!(host_b.mount("never-made", Some("x")).await.unwrap_err().is_not_found());
     host_b.remove("gone").await.unwrap();
     assert!(!storage.state.lock().unwrap().volumes.contains("gone"));
-    assert_eq!(host_b.list().await.len(), 1);
+    assert_eq!(host_b.list().await.unwrap().volumes.len(), 1);
 }
 
 #[tokio::test]

@@ -17,6 +17,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DRIVER=rexray-ebs-e2e
 V1=rxe2e-ebs-opts V2=rxe2e-ebs-implicit V3=rxe2e-ebs-db
+# The hypervisor never gives this one a device (tests/e2e/ebs_support.rs: NO_DEVICE_PREFIX).
+V4=rxe2e-nodevice-1
 C1=rxe2e-ebs-c1
 
 e2e_init ebs
@@ -24,9 +26,9 @@ ensure_docker
 ensure_image "$E2E_IMAGE"
 IMG=$E2E_IMAGE
 track_container "$C1"
-track_volume "$V1" "$V2" "$V3"
+track_volume "$V1" "$V2" "$V3" "$V4"
 
-# write_config FILE INSTANCE LINKS PREEMPT
+# write_config FILE INSTANCE LINKS PREEMPT [STATUS_TIMEOUT]
 write_config() {
     cat >"$1" <<EOF
 rexray:
@@ -50,12 +52,14 @@ ebs:
   instanceID: $2
   availabilityZone: $EBS_E2E_AZ
   deviceLinksDir: $3
-  statusTimeout: 60s
+  statusTimeout: ${5:-60s}
 EOF
 }
 write_config "$E2E_TMP/host-a.yml" "$EBS_E2E_A" "$EBS_E2E_LINKS_A" false
 write_config "$E2E_TMP/host-b.yml" "$EBS_E2E_B" "$EBS_E2E_LINKS_B" false
 write_config "$E2E_TMP/host-b-preempt.yml" "$EBS_E2E_B" "$EBS_E2E_LINKS_B" true
+# REX-Ray's default statusTimeout: as long as Docker's own Mount timeout.
+write_config "$E2E_TMP/host-a-default.yml" "$EBS_E2E_A" "$EBS_E2E_LINKS_A" false 2m
 
 # ec2 NAME: the emulator's DescribeVolumes answer for Name tag NAME, whitespace removed (an
 # unsigned Query API call; moto routes it by the credential scope and checks no signature).
@@ -132,5 +136,22 @@ assert_ok vol_status "$V3"
 assert_contains "$OUT" '"state":"available"' "Status on B"
 assert_ok docker volume rm "$V3"
 assert_not_contains "$(ec2 "$V3")" "<volumeId>" "EC2 after docker volume rm"
+stop_daemon
+
+step "a device that never appears: Docker gets our message inside its 2 min, and the volume is detached"
+E2E_REXRAY_HOME=$E2E_TMP/home-a
+start_daemon "$DRIVER" "$E2E_TMP/host-a-default.yml"
+assert_ok docker volume create -d "$DRIVER" -o size=1 "$V4"
+started=$SECONDS
+assert_fails docker run --rm -v "$V4:/data" "$IMG" true
+took=$((SECONDS - started))
+check "docker run failed after ${took}s, before Docker's 120 s" test "$took" -lt 110
+assert_contains "$ERR" "no device appeared for volume $V4" "docker's error"
+assert_contains "$ERR" "Docker's 2 min Mount timeout" "docker's error"
+assert_not_contains "$ERR" "context deadline exceeded" "docker's error"
+assert_eq "$(attached_to "$V4")" "" "EC2 attachment after the failed mount"
+assert_ok vol_status "$V4"
+assert_contains "$OUT" '"state":"available"' "Status after the rollback"
+assert_ok docker volume rm "$V4"
 E2E_VOLUMES_CLEAN=1
 stop_daemon

@@ -340,11 +340,16 @@ fn mounts_of(device: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Volumes named with this prefix never get a device from the [`Hypervisor`].
+pub const NO_DEVICE_PREFIX: &str = "rxe2e-nodevice";
+
 /// The test "hypervisor": watches the emulator every 100 ms and, for each volume attached
 /// (`attached`) to a known instance, backs it with a loop device over `<sim>/<volume-id>.img`
 /// linked as `<links>/nvme-Amazon_Elastic_Block_Store_vol<hex>` in that instance's link
 /// directory. When the attachment goes away it lazily unmounts whatever still mounts the
-/// device (a dead host's mounts), removes the link and releases the loop device.
+/// device (a dead host's mounts), removes the link and releases the loop device. Volumes whose
+/// Name tag starts with [`NO_DEVICE_PREFIX`] are never plugged: their device never appears, as
+/// on a host whose udev does not make the links.
 #[derive(Debug)]
 pub struct Hypervisor {
     stop: Arc<AtomicBool>,
@@ -390,7 +395,12 @@ impl Hypervisor {
                             for a in &v.attachments {
                                 // Skip the root volume RunInstances made for each instance.
                                 let root = a.device == "/dev/sda1" || a.device == "/dev/xvda";
-                                if !root && a.state == AttachState::Attached && instances.contains_key(&a.instance_id) {
+                                let no_device = v.name_tag().is_some_and(|n| n.starts_with(NO_DEVICE_PREFIX));
+                                if !root
+                                    && !no_device
+                                    && a.state == AttachState::Attached
+                                    && instances.contains_key(&a.instance_id)
+                                {
                                     want.insert((v.id.clone(), a.instance_id.clone()), v.clone());
                                 }
                             }

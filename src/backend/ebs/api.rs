@@ -388,7 +388,9 @@ pub struct CloudError {
 
 impl fmt::Display for CloudError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.message.is_empty() {
+        if self.code.is_empty() {
+            f.write_str(&self.message)
+        } else if self.message.is_empty() {
             f.write_str(&self.code)
         } else {
             write!(f, "{}: {}", self.code, self.message)
@@ -406,7 +408,7 @@ impl CloudError {
 
     /// A transport failure (no EC2 answer).
     pub fn transient(what: impl Into<String>) -> Self {
-        Self { kind: CloudErrorKind::Transient, code: "RequestFailed".into(), message: what.into() }
+        Self { kind: CloudErrorKind::Transient, code: String::new(), message: what.into() }
     }
 
     /// Whether a retry may succeed.

@@ -93,11 +93,11 @@ impl Core {
             .await;
         match waited {
             Ok(()) => Ok(()),
-            Err(WaitError::TimedOut { last, elapsed, .. }) => Err(BackendError::Timeout {
+            Err(WaitError::TimedOut { last, elapsed, cut, .. }) => Err(BackendError::Timeout {
                 op: format!("volume {name} ({id}), attached to instance {instance} as {device},"),
                 elapsed,
                 last_seen: last,
-                hint: String::new(),
+                hint: cut,
             }),
             Err(WaitError::Failed(e)) => Err(cloud_failed("wait for the attach of", name, Some(id), &e)),
         }
@@ -168,13 +168,13 @@ impl Core {
         match result {
             Ok(()) => Ok(()),
             Err(WaitError::Failed(e)) => Err(cloud_failed("wait for the detach of", name, Some(id), &e)),
-            Err(WaitError::TimedOut { last, attempts, elapsed }) => {
+            Err(WaitError::TimedOut { last, attempts, elapsed, cut }) => {
                 let busy = if last == "busy" { "; busy: the device is still in use on that instance" } else { "" };
                 Err(BackendError::Timeout {
                     op: format!("volume {name} ({id})"),
                     elapsed,
                     last_seen: format!("{last} on instance {instance}"),
-                    hint: format!(" ({attempts} polls){busy}"),
+                    hint: format!(" ({attempts} polls){busy}{cut}"),
                 })
             }
         }
@@ -286,9 +286,13 @@ impl Core {
                 }
                 Ok(())
             }
-            Err(WaitError::TimedOut { last, attempts, elapsed }) => {
-                let undo = match self.detach_from(api, name, &vol.id, instance, false).await {
-                    Ok(()) => "detached it again".to_owned(),
+            Err(WaitError::TimedOut { last, attempts, elapsed, cut }) => {
+                let undo = match crate::deadline::rollback(self.detach_from(api, name, &vol.id, instance, false)).await
+                {
+                    Ok(()) => {
+                        self.forget_attachment(name, vol.clone(), instance);
+                        "detached it again".to_owned()
+                    }
                     Err(e) => format!("and detaching it failed too: {e}"),
                 };
                 Err(BackendError::Timeout {
@@ -296,7 +300,7 @@ impl Core {
                     elapsed,
                     last_seen: format!("{last} as {device} on instance {instance}"),
                     hint: format!(
-                        " ({attempts} polls); {undo}; {device} will not be used again for an hour, so a retry gets a fresh device name"
+                        " ({attempts} polls){cut}; {undo}; {device} will not be used again for an hour, so a retry gets a fresh device name"
                     ),
                 })
             }

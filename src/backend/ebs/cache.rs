@@ -27,8 +27,31 @@ struct Inner {
     refreshed_at: Option<Instant>,
     /// A wholesale refresh is running.
     refreshing: bool,
-    /// When the last refresh failed.
-    failed_at: Option<Instant>,
+    /// When the last refresh failed, and why.
+    failed: Option<(Instant, String)>,
+}
+
+/// A running wholesale refresh (see [`VolumeCache::begin_refresh`]).
+#[derive(Debug)]
+pub struct Refresh<'a> {
+    cache: &'a VolumeCache,
+    done: bool,
+}
+
+impl Refresh<'_> {
+    /// Ends the refresh: with `Ok`, replaces every entry; with `Err` (why it failed) keeps them.
+    pub fn finish(mut self, result: Result<BTreeMap<String, Vec<Volume>>, String>) {
+        self.done = true;
+        self.cache.finish_refresh(result);
+    }
+}
+
+impl Drop for Refresh<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.cache.finish_refresh(Err("the listing was cancelled before EC2 answered".into()));
+        }
+    }
 }
 
 /// The cache; see the module documentation.
@@ -78,32 +101,40 @@ impl VolumeCache {
         }
     }
 
-    /// Whether a wholesale refresh is due; if so, marks one as running (the caller must call
-    /// [`VolumeCache::finish_refresh`]).
-    pub fn begin_refresh(&self, force: bool) -> bool {
+    /// When a wholesale refresh is due, marks one as running and returns its ticket, which
+    /// ends it ([`Refresh::finish`]; dropped unfinished, as when its request is cancelled, it
+    /// counts as failed, so no refresh stays marked running).
+    pub fn begin_refresh(&self, force: bool) -> Option<Refresh<'_>> {
         let mut inner = self.lock();
         let stale = inner.refreshed_at.is_none_or(|at| at.elapsed() >= REFRESH_AFTER);
-        let resting = inner.failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER);
+        let resting = inner.failed.as_ref().is_some_and(|(at, _)| at.elapsed() < RETRY_AFTER);
         let due = force || (stale && !resting);
         if inner.refreshing || !due {
-            return false;
+            return None;
         }
         inner.refreshing = true;
-        true
+        Some(Refresh { cache: self, done: false })
     }
 
-    /// Ends a refresh: with `Some`, replaces every entry; with `None` (it failed) keeps them.
-    pub fn finish_refresh(&self, result: Option<BTreeMap<String, Vec<Volume>>>) {
+    /// Ends a refresh: with `Ok`, replaces every entry; with `Err` (why it failed) keeps them.
+    fn finish_refresh(&self, result: Result<BTreeMap<String, Vec<Volume>>, String>) {
         let mut inner = self.lock();
         inner.refreshing = false;
         match result {
-            Some(map) => {
+            Ok(map) => {
                 inner.by_name = map;
                 inner.refreshed_at = Some(Instant::now());
-                inner.failed_at = None;
+                inner.failed = None;
             }
-            None => inner.failed_at = Some(Instant::now()),
+            Err(cause) => inner.failed = Some((Instant::now(), cause)),
         }
+    }
+
+    /// Set while the last wholesale refresh failed: why, and the age of what the cache holds.
+    pub fn staleness(&self) -> Option<crate::backend::Stale> {
+        let inner = self.lock();
+        let (_, cause) = inner.failed.as_ref()?;
+        Some(crate::backend::Stale { cause: cause.clone(), listed_ago: inner.refreshed_at.map(|at| at.elapsed()) })
     }
 
     /// Every cached name and its volumes.
@@ -143,19 +174,32 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn refresh_is_due_once_per_period_and_a_failure_keeps_entries() {
         let c = VolumeCache::default();
-        assert!(c.begin_refresh(false));
-        assert!(!c.begin_refresh(false), "one at a time");
-        c.finish_refresh(Some(BTreeMap::from([("a".to_owned(), vec![vol("vol-1")])])));
-        assert!(!c.begin_refresh(false), "fresh");
+        let first = c.begin_refresh(false).unwrap();
+        assert!(c.begin_refresh(false).is_none(), "one at a time");
+        first.finish(Ok(BTreeMap::from([("a".to_owned(), vec![vol("vol-1")])])));
+        assert!(c.begin_refresh(false).is_none(), "fresh");
+        assert_eq!(c.staleness(), None);
         tokio::time::advance(REFRESH_AFTER).await;
-        assert!(c.begin_refresh(false));
-        c.finish_refresh(None);
+        c.begin_refresh(false).unwrap().finish(Err("EC2 did not answer".into()));
         assert_eq!(c.get("a")[0].id, "vol-1", "kept after a failed refresh");
-        assert!(!c.begin_refresh(false), "a failure rests a while");
+        assert_eq!(
+            c.staleness(),
+            Some(crate::backend::Stale { cause: "EC2 did not answer".into(), listed_ago: Some(REFRESH_AFTER) })
+        );
+        assert!(c.begin_refresh(false).is_none(), "a failure rests a while");
         tokio::time::advance(RETRY_AFTER).await;
-        assert!(c.begin_refresh(false));
-        c.finish_refresh(None);
-        assert!(c.begin_refresh(true), "unless forced");
+        c.begin_refresh(false).unwrap().finish(Err("EC2 did not answer".into()));
+        assert!(c.begin_refresh(true).is_some(), "unless forced");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_refresh_does_not_stay_running() {
+        let c = VolumeCache::default();
+        drop(c.begin_refresh(false).unwrap());
+        let stale = c.staleness().unwrap();
+        assert!(stale.cause.contains("cancelled") && stale.listed_ago.is_none(), "{stale:?}");
+        tokio::time::advance(RETRY_AFTER).await;
+        assert!(c.begin_refresh(false).is_some(), "not left marked as running");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ec2::config::Credentials;
-use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification, VolumeType};
 use aws_sdk_ec2::Client;
 
@@ -87,14 +87,25 @@ where
             CloudError::from_code(e.code().unwrap_or("Unknown"), e.message().unwrap_or(""), Some(status))
         }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            CloudError::transient(DisplayErrorContext(&err).to_string())
+            CloudError::transient(format!("EC2 did not answer: {}", in_words(&err)))
         }
-        _ => CloudError {
-            kind: CloudErrorKind::Other,
-            code: "SdkError".into(),
-            message: DisplayErrorContext(&err).to_string(),
-        },
+        _ => CloudError { kind: CloudErrorKind::Other, code: String::new(), message: in_words(&err) },
     }
+}
+
+/// An error and its sources in words, `: `-joined, each said once (the SDK's own context
+/// rendering ends with a Debug dump of the whole error).
+fn in_words(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
 }
 
 fn to_u64(n: Option<i32>) -> Option<u64> {

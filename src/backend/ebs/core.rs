@@ -225,9 +225,9 @@ impl Core {
 
     /// Refreshes the cache with one paginated DescribeVolumes on the ownership tag.
     pub(super) async fn refresh(&self, force: bool) -> Result<(), BackendError> {
-        if !self.cache.begin_refresh(force) {
+        let Some(refresh) = self.cache.begin_refresh(force) else {
             return Ok(());
-        }
+        };
         let result = async {
             let (_, api) = self.connect().await?;
             let mut filters = vec![(format!("tag:{OWNER_TAG}"), vec![OWNER_VALUE.to_owned()])];
@@ -254,12 +254,12 @@ impl Core {
         match result {
             Ok(map) => {
                 tracing::debug!(volumes = map.len(), "refreshed the EBS volume cache");
-                self.cache.finish_refresh(Some(map));
+                refresh.finish(Ok(map));
                 Ok(())
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not refresh the EBS volume cache; keeping what it holds");
-                self.cache.finish_refresh(None);
+                refresh.finish(Err(e.to_string()));
                 Err(e)
             }
         }

@@ -62,12 +62,12 @@ impl Core {
         match result {
             Ok(v) => Ok(v),
             Err(WaitError::Failed(e)) => Err(e),
-            Err(WaitError::TimedOut { last, attempts, elapsed }) => Err(CreateWait::Failed(BackendError::Timeout {
+            Err(WaitError::TimedOut { last, attempts, elapsed, cut }) => Err(CreateWait::Failed(BackendError::Timeout {
                 op: format!("volume {name} ({id})"),
                 elapsed,
                 last_seen: last,
                 hint: format!(
-                    " ({attempts} polls); it is kept, and a later create or mount of {name} uses it once it is available"
+                    " ({attempts} polls){cut}; it is kept, and a later create or mount of {name} uses it once it is available"
                 ),
             })),
         }

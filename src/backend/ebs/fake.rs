@@ -163,6 +163,8 @@ struct World {
     snapshots: BTreeMap<String, FakeSnapshot>,
     snapshot_polls: u32,
     failing_snapshots: bool,
+    /// Every call fails as if the endpoint refused connections.
+    unreachable: bool,
     /// Other regions' fakes, for CopySnapshot's SourceRegion.
     peers: BTreeMap<String, Arc<FakeEc2>>,
 }
@@ -248,6 +250,9 @@ impl FakeEc2 {
         let mut w = self.world();
         let op = call.op();
         w.calls.push(call);
+        if w.unreachable {
+            return Err(CloudError::transient("connection refused (127.0.0.1:9)"));
+        }
         if let Some(n) = w.throttled.get_mut(&op) {
             if *n > 0 {
                 *n -= 1;
@@ -388,6 +393,12 @@ impl FakeEc2 {
     /// The next `n` calls of `op` fail with `RequestLimitExceeded`.
     pub fn throttle(&self, op: Op, n: u32) {
         self.world().throttled.insert(op, n);
+    }
+
+    /// From now on every call fails (or, with `false`, none does) as if the endpoint refused
+    /// connections.
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.world().unreachable = unreachable;
     }
 
     /// The next call of `op` fails with `error`. Several queue up in order.

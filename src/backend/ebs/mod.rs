@@ -205,6 +205,13 @@ impl EbsController {
     }
 }
 
+/// How long a listing waits for EC2 before it serves what EC2 said last.
+pub const LIST_BUDGET: crate::deadline::Budget = crate::deadline::Budget {
+    caller: "a volume listing's 10 s limit",
+    total: std::time::Duration::from_secs(10),
+    reserve: std::time::Duration::ZERO,
+};
+
 #[async_trait]
 impl Controller for EbsController {
     fn kind(&self) -> &'static str {
@@ -281,8 +288,15 @@ impl Controller for EbsController {
     }
 
     /// Every owned volume in the region, from the cache (refreshed when stale).
+    /// From the cache, refreshed first when due, waiting for EC2 at most [`LIST_BUDGET`]'s
+    /// time; when EC2 cannot be asked the page is what it listed last, marked stale.
     async fn list(&self, page: &PageRequest) -> Result<Page, BackendError> {
-        Ok(Page::of(self.list_all(false).await.into_keys(), page))
+        if let Err(e) = crate::deadline::within(LIST_BUDGET, self.core.refresh(false)).await {
+            tracing::debug!(error = %e, "listing from the cache as it is");
+        }
+        let mut out = Page::of(self.core.cache.all().into_keys(), page);
+        out.stale = self.core.cache.staleness();
+        Ok(out)
     }
 
     /// Whether an owned volume of that name exists, from the cache (refreshed when stale).
@@ -304,6 +318,9 @@ impl Controller for EbsController {
         let volumes = self.core.cache.get(name.as_str());
         if let Some(fs) = opts.get("fsType") {
             status.insert("fsType".into(), Value::from(fs.clone()));
+        }
+        if let Some(stale) = self.core.cache.staleness() {
+            status.insert("stale".into(), Value::from(stale.to_string()));
         }
         let Some(v) = volumes.first() else {
             return status;

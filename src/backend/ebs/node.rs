@@ -81,12 +81,11 @@ impl DeviceSource for EbsDevices {
                 Ok(device)
             }
             Err(WaitError::Failed(e)) => Err(e),
-            Err(WaitError::TimedOut { last, elapsed, .. }) => Err(BackendError::Timeout {
-                op: format!("volume {name} ({id}), attached as {requested},"),
+            Err(WaitError::TimedOut { last, elapsed, cut, .. }) => Err(BackendError::NoDevice {
+                what: format!("volume {name} ({id}), attached as {requested},"),
                 elapsed,
-                last_seen: format!("without a device: none appeared at {last}"),
                 hint: format!(
-                    "; on Nitro instances udev makes the nvme-Amazon_Elastic_Block_Store link: is {} the host's /dev/disk/by-id (bind-mount /dev into the plugin's container)?",
+                    "on Nitro instances udev makes the nvme-Amazon_Elastic_Block_Store link: is {} the host's /dev/disk/by-id (bind-mount /dev into the plugin's container)?{cut} (looked at {last})",
                     self.links_dir.display()
                 ),
             }),

@@ -388,11 +388,11 @@ impl Snapshots for EbsController {
         match result {
             Ok(s) => Ok(core.snapshot_info(s, &region, &core.volume_names())),
             Err(WaitError::Failed(e)) => Err(e),
-            Err(WaitError::TimedOut { last, attempts, elapsed }) => Err(BackendError::Timeout {
+            Err(WaitError::TimedOut { last, attempts, elapsed, cut }) => Err(BackendError::Timeout {
                 op: format!("snapshot {id} in {region}"),
                 elapsed,
                 last_seen: last,
-                hint: format!(" ({attempts} polls); EC2 goes on with it (see `rexray snapshot ls {id}`)"),
+                hint: format!(" ({attempts} polls){cut}; EC2 goes on with it (see `rexray snapshot ls {id}`)"),
             }),
         }
     }

@@ -50,6 +50,8 @@ pub enum WaitError<E> {
         attempts: u32,
         /// Time spent.
         elapsed: Duration,
+        /// `; the wait was cut …` when the caller's deadline ended it early, else empty.
+        cut: String,
     },
     /// A poll failed for good.
     Failed(E),
@@ -65,7 +67,7 @@ impl StatusWait {
         self.initial_delay.checked_mul(factor).unwrap_or(MAX_POLL_DELAY).min(MAX_POLL_DELAY)
     }
 
-    /// Polls `f` on this schedule.
+    /// Polls `f` on this schedule, within the request's deadline ([`crate::deadline::cap`]).
     ///
     /// # Errors
     /// [`WaitError::Failed`] with `f`'s error, or [`WaitError::TimedOut`].
@@ -75,7 +77,8 @@ impl StatusWait {
         Fut: Future<Output = Result<Poll<T>, E>>,
     {
         let start = Instant::now();
-        let deadline = start + self.timeout;
+        let allowed = crate::deadline::cap(self.timeout);
+        let deadline = start + allowed;
         let mut last = String::from("nothing yet");
         let mut attempts = 0;
         while attempts < self.max_attempts.max(1) {
@@ -94,7 +97,8 @@ impl StatusWait {
                 Poll::Pending(seen) => last = seen,
             }
         }
-        Err(WaitError::TimedOut { last, attempts, elapsed: start.elapsed() })
+        let cut = crate::deadline::cut_note(self.timeout, allowed);
+        Err(WaitError::TimedOut { last, attempts, elapsed: start.elapsed(), cut })
     }
 }
 
@@ -107,7 +111,8 @@ pub struct RetryPolicy {
     pub base: Duration,
     /// The largest backoff cap.
     pub max_delay: Duration,
-    /// No retry starts after this much time since the first try.
+    /// No retry starts after this much time since the first try (nor after the request's
+    /// deadline).
     pub budget: Duration,
     /// Jitter source.
     rng: Jitter,
@@ -169,6 +174,7 @@ impl RetryPolicy {
         Fut: Future<Output = Result<T, CloudError>>,
     {
         let start = Instant::now();
+        let budget = crate::deadline::cap(self.budget);
         let mut retry = 0;
         loop {
             let call_start = Instant::now();
@@ -184,7 +190,7 @@ impl RetryPolicy {
                 Err(e) if retryable(&e) && retry < self.max_retries => {
                     retry += 1;
                     let sleep = self.rng.below(self.cap(retry));
-                    if start.elapsed() + sleep > self.budget {
+                    if start.elapsed() + sleep > budget {
                         tracing::warn!(op, error = %e, retries = retry - 1, "EC2 call still failing at the end of its time budget");
                         return Err(e);
                     }
@@ -277,7 +283,7 @@ mod tests {
         let start = Instant::now();
         let err = wait(3, 100, 120).run(|| async { Ok::<Poll<()>, ()>(Poll::Pending("attaching".into())) }).await;
         match err {
-            Err(WaitError::TimedOut { last, attempts, elapsed }) => {
+            Err(WaitError::TimedOut { last, attempts, elapsed, .. }) => {
                 assert_eq!((last.as_str(), attempts), ("attaching", 3));
                 assert_eq!(elapsed, Duration::from_millis(300));
             }
