@@ -194,7 +194,7 @@ pub fn notify_systemd(state: &str) {
         }
     })();
     if let Err(e) = result {
-        warn!(error = %e, notify_socket = ?target, "could not notify systemd");
+        warn!(error = %e, notify_socket = %target.to_string_lossy(), "could not notify systemd");
     }
 }
 

@@ -101,6 +101,9 @@ pub enum BackendError {
         /// What was expected.
         reason: String,
     },
+    /// Several invalid options, each one's error (Docker's Create reports them all at once).
+    #[error("{} invalid options: {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidOptions(Vec<BackendError>),
     /// A request or setting that cannot be carried out as given (a name too long for the
     /// backend, a malformed ID, a read-only blank volume, …).
     #[error("{what}")]
@@ -251,9 +254,10 @@ impl BackendError {
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            BackendError::UnknownOption { .. } | BackendError::InvalidOption { .. } | BackendError::Invalid { .. } => {
-                ErrorKind::Invalid
-            }
+            BackendError::UnknownOption { .. }
+            | BackendError::InvalidOption { .. }
+            | BackendError::InvalidOptions(_)
+            | BackendError::Invalid { .. } => ErrorKind::Invalid,
             BackendError::NotFound { .. } => ErrorKind::NotFound,
             BackendError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             BackendError::InUse { .. } => ErrorKind::InUse,
@@ -267,6 +271,15 @@ impl BackendError {
             BackendError::Io { .. } | BackendError::Step { .. } => ErrorKind::Os,
             BackendError::Cancelled { .. } => ErrorKind::Cancelled,
             BackendError::Unavailable(_) => ErrorKind::Unavailable,
+        }
+    }
+
+    /// `None` for no problems, the one problem, or [`BackendError::InvalidOptions`] of them.
+    pub fn all(mut problems: Vec<BackendError>) -> Option<BackendError> {
+        match problems.len() {
+            0 => None,
+            1 => problems.pop(),
+            _ => Some(BackendError::InvalidOptions(problems)),
         }
     }
 

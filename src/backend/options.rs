@@ -56,34 +56,39 @@ impl OptionSpec {
     }
 }
 
-/// Validates `raw` against `specs`.
+/// Validates `raw` against `specs`, reporting every invalid option at once.
 ///
 /// # Errors
 /// [`BackendError::UnknownOption`] naming the key and listing the accepted ones, or
-/// [`BackendError::InvalidOption`] naming the key, the value and what was expected.
+/// [`BackendError::InvalidOption`] naming the key, the value and what was expected; several of
+/// them in one [`BackendError::InvalidOptions`].
 pub fn normalize(specs: &[OptionSpec], raw: &BTreeMap<String, String>) -> Result<Options, BackendError> {
     let mut out = Options::new();
+    let mut problems = Vec::new();
     for (key, value) in raw {
         let Some(spec) = specs.iter().find(|s| s.matches(key)) else {
-            return Err(BackendError::UnknownOption {
+            problems.push(BackendError::UnknownOption {
                 key: key.clone(),
                 accepted: specs.iter().map(|s| s.key).collect::<Vec<_>>().join(", "),
             });
+            continue;
         };
-        let canonical = canonical_value(spec.kind, value.trim()).map_err(|reason| BackendError::InvalidOption {
-            key: key.clone(),
-            value: value.clone(),
-            reason,
-        })?;
-        if out.insert(spec.key.to_owned(), canonical).is_some() {
-            return Err(BackendError::InvalidOption {
-                key: key.clone(),
-                value: value.clone(),
-                reason: format!("option {} is given more than once", spec.key),
-            });
+        match canonical_value(spec.kind, value.trim()) {
+            Err(reason) => {
+                problems.push(BackendError::InvalidOption { key: key.clone(), value: value.clone(), reason });
+            }
+            Ok(canonical) => {
+                if out.insert(spec.key.to_owned(), canonical).is_some() {
+                    problems.push(BackendError::InvalidOption {
+                        key: key.clone(),
+                        value: value.clone(),
+                        reason: format!("option {} is given more than once", spec.key),
+                    });
+                }
+            }
         }
     }
-    Ok(out)
+    BackendError::all(problems).map_or(Ok(out), Err)
 }
 
 fn canonical_value(kind: Kind, value: &str) -> Result<String, String> {

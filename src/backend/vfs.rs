@@ -34,6 +34,22 @@ const SPECS: &[OptionSpec] = &[
     OptionSpec::new("mode", Kind::Mode),
 ];
 
+/// The options of the block and EBS backends: accepted and recorded as given, so that Compose
+/// files and scripts written for them work on `vfs` too, and shown as ignored in the Status.
+const IGNORED: &[OptionSpec] = &[
+    OptionSpec::aliased("fsType", &["newFsType", "fstype"], Kind::Text),
+    OptionSpec::new("mkfsOptions", Kind::Text),
+    OptionSpec::new("mountOptions", Kind::Text),
+    OptionSpec::aliased("volumeType", &["type", "volumetype"], Kind::Text),
+    OptionSpec::new("iops", Kind::Text),
+    OptionSpec::new("throughput", Kind::Text),
+    OptionSpec::new("encrypted", Kind::Text),
+    OptionSpec::aliased("kmsKeyID", &["encryptionKey"], Kind::Text),
+    OptionSpec::aliased("availabilityZone", &["az"], Kind::Text),
+    OptionSpec::aliased("snapshotID", &["snapshotId"], Kind::Text),
+    OptionSpec::new("tags", Kind::Text),
+];
+
 /// The mode of `vfs.root` and of a volume directory that sets no `mode`.
 const DEFAULT_MODE: u32 = 0o755;
 
@@ -111,7 +127,8 @@ impl Controller for Vfs {
     }
 
     fn parse_options(&self, raw: &BTreeMap<String, String>) -> Result<Options, BackendError> {
-        options::normalize(SPECS, raw)
+        let specs: Vec<OptionSpec> = SPECS.iter().chain(IGNORED).copied().collect();
+        options::normalize(&specs, raw)
     }
 
     async fn local_node(&self) -> Result<NodeId, BackendError> {
@@ -165,8 +182,25 @@ impl Controller for Vfs {
         Ok(Page::of(names, page))
     }
 
-    fn status(&self, name: &VolumeName, _opts: &Options) -> BTreeMap<String, serde_json::Value> {
-        BTreeMap::from([("path".to_owned(), self.dir(name).to_string_lossy().into_owned().into())])
+    /// `path`, and `ignored` when the volume was created with options only block and EBS
+    /// volumes act on (`size` among them: a directory has no size of its own).
+    fn status(&self, name: &VolumeName, opts: &Options) -> BTreeMap<String, serde_json::Value> {
+        let mut status = BTreeMap::from([("path".to_owned(), self.dir(name).to_string_lossy().into_owned().into())]);
+        let ignored: Vec<&str> = std::iter::once("size")
+            .chain(IGNORED.iter().map(|s| s.key))
+            .filter(|key| opts.contains_key(*key))
+            .collect();
+        if !ignored.is_empty() {
+            status.insert(
+                "ignored".to_owned(),
+                format!(
+                    "{}: recorded, but a vfs volume is a directory on the host's file system, with no size, file system or cloud settings of its own",
+                    ignored.join(", ")
+                )
+                .into(),
+            );
+        }
+        status
     }
 }
 
@@ -263,6 +297,50 @@ mod tests {
         };
         let os = Arc::new(LinuxOs::new());
         backend(&service, &crate::backend::tests::environment(os.clone(), os))
+    }
+
+    fn raw(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn block_and_ebs_options_are_recorded_and_shown_as_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = vfs(&tmp.path().join("vfs"));
+        let opts = b
+            .controller
+            .parse_options(&raw(&[("size", "10"), ("fsType", "xfs"), ("volumetype", "gp3"), ("mode", "0700")]))
+            .unwrap();
+        assert_eq!(opts.get("fsType").map(String::as_str), Some("xfs"));
+        assert_eq!(opts.get("volumeType").map(String::as_str), Some("gp3"));
+        let status = b.controller.status(&name("v"), &opts);
+        let ignored = status["ignored"].as_str().unwrap();
+        assert!(ignored.starts_with("size, fsType, volumeType: recorded"), "{ignored}");
+        assert!(!ignored.contains("mode"), "{ignored}");
+        assert!(!b.controller.status(&name("v"), &Options::new()).contains_key("ignored"));
+        // Every option of the block and EBS backends is one of them.
+        let known: Vec<&str> = SPECS.iter().chain(IGNORED).map(|s| s.key).collect();
+        let others = crate::backend::block::options::BLOCK_SPECS.iter();
+        #[cfg(feature = "ebs")]
+        let others = others.chain(crate::backend::ebs::options::EBS_SPECS);
+        for spec in others {
+            assert!(known.contains(&spec.key), "vfs does not accept {}", spec.key);
+        }
+    }
+
+    #[test]
+    fn every_invalid_option_is_named_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = vfs(&tmp.path().join("vfs"));
+        let err = b
+            .controller
+            .parse_options(&raw(&[("size", "big"), ("colour", "red"), ("mode", "rwx")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("3 invalid options: "), "{err}");
+        for part in ["unknown option \"colour\"", "option mode=\"rwx\"", "option size=\"big\""] {
+            assert!(err.contains(part), "{part} in {err}");
+        }
     }
 
     #[tokio::test]

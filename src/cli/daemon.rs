@@ -138,7 +138,8 @@ pub async fn run(config: Config, mut inherited: Inherited, shutdown: impl Future
         sockets.push((socket, crate::protocol::router(handle)));
     }
     if !inherited.is_empty() {
-        warn!(sockets = ?inherited.paths(), "systemd passed sockets no module is configured for; closing them");
+        let sockets: Vec<String> = inherited.paths().iter().map(|p| p.display().to_string()).collect();
+        warn!(sockets = %sockets.join(", "), "systemd passed sockets no module is configured for; closing them");
     }
     drop(inherited);
     let mut tcp = Vec::new();

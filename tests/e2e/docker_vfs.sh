@@ -155,6 +155,18 @@ assert_fails docker volume create -d "$DRIVER" -o bogus=1 "$V3"
 assert_contains "$ERR" "bogus" "docker volume create error"
 assert_fails docker volume inspect "$V3"
 check "no directory for the refused $V3" test ! -e "$VFS_ROOT/$V3"
+assert_fails docker volume create -d "$DRIVER" -o bogus=1 -o mode=rwx -o size=big "$V3"
+assert_contains "$ERR" "3 invalid options" "every invalid option at once"
+assert_contains "$ERR" "bogus" "docker volume create error"
+assert_contains "$ERR" "rwx" "docker volume create error"
+
+step "options written for block and EBS backends (the README's Compose example) are recorded and shown as ignored"
+assert_ok docker volume create -d "$DRIVER" -o size=10 -o fsType=xfs -o volumeType=gp3 "$V3"
+assert_ok docker volume inspect --format '{{index .Status.options "fsType"}} {{index .Status "ignored"}}' "$V3"
+assert_contains "$OUT" "xfs size, fsType, volumeType: recorded" "inspect"
+assert_ok docker run --rm -v "$V3:/data" "$IMG" sh -c 'echo ok > /data/f && cat /data/f'
+assert_eq "$OUT" "ok" "the volume works"
+assert_ok docker volume rm "$V3"
 
 # ---------------------------------------------------------------------------------------------
 step "kill -9 of the daemon while a container holds a volume"

@@ -451,8 +451,9 @@ fn prepare_root_path(os: &dyn BlockOs, plan: &Plan) -> Result<(), BackendError> 
         .ensure_dir_beneath(&plan.mount_dir, &plan.root_path, plan.dir_spec)
         .map_err(step_error("create data directory", &dir))?
     {
-        tracing::info!(path = %dir.display(), mode = format!("{:04o}", plan.dir_spec.mode), uid = ?plan.dir_spec.uid,
-            gid = ?plan.dir_spec.gid, "created data directory");
+        let owner = |id: Option<u32>| id.map_or_else(|| "unchanged".to_owned(), |id| id.to_string());
+        tracing::info!(path = %dir.display(), mode = format!("{:04o}", plan.dir_spec.mode), uid = %owner(plan.dir_spec.uid),
+            gid = %owner(plan.dir_spec.gid), "created data directory");
     }
     Ok(())
 }

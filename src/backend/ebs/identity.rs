@@ -168,7 +168,9 @@ impl Imds {
         };
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
-            .map_err(|_| format!("no answer from {} within {REQUEST_TIMEOUT:?}", self.endpoint))?
+            .map_err(|_| {
+                format!("no answer from {} within {}", self.endpoint, crate::human::duration(REQUEST_TIMEOUT))
+            })?
             .map_err(|e| format!("{}: {e}", self.endpoint))
     }
 

@@ -425,7 +425,8 @@ pub(super) fn find(image: &Path) -> Result<Option<PathBuf>, OsError> {
         }
     }
     if found.len() > 1 {
-        tracing::warn!(image = %image.display(), devices = ?found, "image is attached to several loop devices");
+        let devices: Vec<String> = found.iter().map(|n| format!("/dev/loop{n}")).collect();
+        tracing::warn!(image = %image.display(), devices = %devices.join(", "), "image is attached to several loop devices");
     }
     Ok(found.first().map(|n| PathBuf::from(format!("/dev/loop{n}"))))
 }
