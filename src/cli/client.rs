@@ -106,10 +106,32 @@ pub async fn call(
         }
         None => Vec::new(),
     };
-    match tokio::time::timeout(timeout, exchange(addr, method, payload)).await {
+    let request = Request { verb: hyper::Method::POST, path: format!("/{method}"), method, payload };
+    match tokio::time::timeout(timeout, exchange(addr, request)).await {
         Ok(result) => result,
         Err(_) => Err(CallError::Timeout { method: method.to_string(), timeout }),
     }
+}
+
+/// GETs `path` (Docker's Engine API, say `/plugins`) and decodes the reply of a 200 as JSON.
+///
+/// # Errors
+/// As [`call`]; [`CallError::Http`] for a reply that is not JSON.
+pub async fn get_json(addr: &Addr, path: &str, timeout: Duration) -> Result<serde_json::Value, CallError> {
+    let request = Request { verb: hyper::Method::GET, path: path.to_owned(), method: path, payload: Vec::new() };
+    let bytes = match tokio::time::timeout(timeout, exchange(addr, request)).await {
+        Ok(result) => result?,
+        Err(_) => return Err(CallError::Timeout { method: path.to_string(), timeout }),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| http_err(path, format!("malformed reply: {e}")))
+}
+
+/// One request: the HTTP verb and path, the name errors use, the body.
+struct Request<'a> {
+    verb: hyper::Method,
+    path: String,
+    method: &'a str,
+    payload: Vec<u8>,
 }
 
 /// [`call`], then decodes the reply as JSON; a 200 reply with a non-empty `Err` is an error too
@@ -139,33 +161,36 @@ fn http_err(method: &str, e: impl fmt::Display) -> CallError {
     CallError::Http { method: method.to_string(), message: e.to_string() }
 }
 
-async fn exchange(addr: &Addr, method: &str, payload: Vec<u8>) -> Result<Bytes, CallError> {
+async fn exchange(addr: &Addr, request: Request<'_>) -> Result<Bytes, CallError> {
     let connect_err = |source| CallError::Connect { addr: addr.to_string(), source };
     match addr {
         Addr::Unix(path) => {
             let stream = tokio::net::UnixStream::connect(path).await.map_err(connect_err)?;
-            send(stream, method, payload).await
+            send(stream, request).await
         }
         Addr::Tcp(host) => {
             let stream = tokio::net::TcpStream::connect(host).await.map_err(connect_err)?;
-            send(stream, method, payload).await
+            send(stream, request).await
         }
     }
 }
 
-async fn send<S>(stream: S, method: &str, payload: Vec<u8>) -> Result<Bytes, CallError>
+async fn send<S>(stream: S, request: Request<'_>) -> Result<Bytes, CallError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let method = request.method;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| http_err(method, e))?;
     let driver = tokio::spawn(async move {
         let _ = connection.await;
     });
-    let request = hyper::Request::post(format!("/{method}"))
+    let request = hyper::Request::builder()
+        .method(request.verb)
+        .uri(request.path)
         .header(hyper::header::HOST, "plugin.moby.localhost")
         .header(hyper::header::ACCEPT, ACCEPT)
-        .body(Full::new(Bytes::from(payload)))
+        .body(Full::new(Bytes::from(request.payload)))
         .map_err(|e| http_err(method, e))?;
     let reply = sender.send_request(request).await.map_err(|e| http_err(method, e));
     let result = match reply {

@@ -18,6 +18,7 @@ mod output;
 mod config_cmd;
 mod daemon;
 pub mod dvdcli;
+mod managed;
 pub mod marathon;
 mod snapshot;
 pub mod systemd;
@@ -49,6 +50,10 @@ pub struct Cli {
     /// Log level (trace, debug, info, warn, error); overrides the config and REXRAY_LOGLEVEL.
     #[arg(short = 'l', long = "logLevel", global = true, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Act through the daemon inside the managed Docker plugin NAME (found through Docker's API,
+    /// with the plugin's own settings), never on this host's local state.
+    #[arg(long = "plugin", global = true, value_name = "NAME", conflicts_with = "config")]
+    plugin: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -356,6 +361,16 @@ fn env_map() -> BTreeMap<String, String> {
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<crate::config::Config> {
+    if let Some(name) = &cli.plugin {
+        let env = env_map();
+        let found = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("start the async runtime")?
+            .block_on(managed::find(name, &env))?;
+        volume::require_daemon(&found.name);
+        return found.config();
+    }
     crate::config::load(cli.config.as_deref(), &env_map()).context("configuration")
 }
 

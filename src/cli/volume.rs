@@ -145,6 +145,15 @@ pub fn pick_service<'a>(config: &'a Config, name: Option<&str>) -> anyhow::Resul
     }
 }
 
+/// Set by `--plugin NAME`: commands act through that plugin's daemon or not at all.
+static REQUIRED_DAEMON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes every volume and snapshot command go through the daemon of managed plugin `name`:
+/// when it does not answer, they fail instead of acting on this host's local state.
+pub fn require_daemon(name: &str) {
+    let _ = REQUIRED_DAEMON.set(name.to_owned());
+}
+
 /// What the daemon's admin socket says, if a daemon answers there.
 ///
 /// # Errors
@@ -188,7 +197,14 @@ impl Target {
     /// service could not be opened.
     pub async fn open(config: &Config, service: Option<&str>) -> anyhow::Result<Self> {
         let svc = pick_service(config, service)?;
-        if let Some(info) = daemon_info(config).await? {
+        let info = daemon_info(config).await?;
+        if let (None, Some(plugin)) = (&info, REQUIRED_DAEMON.get()) {
+            bail!(
+                "the daemon of plugin {plugin} does not answer on its admin socket ({}); see `docker plugin inspect {plugin}` and its log",
+                super::daemon::admin_socket(config).display()
+            );
+        }
+        if let Some(info) = info {
             if !info.services.iter().any(|s| s.name == svc.name) {
                 bail!(
                     "the running daemon (pid {}) has no service {:?} (it serves: {}); was it started with another config?",

@@ -63,8 +63,24 @@ assert_contains "$OUT" 'rexray_volumes{service="loop"} 1' "/metrics"
 assert_ok curl -sS --max-time 5 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/health"
 assert_eq "$OUT" 200 "/health status"
 
+step "the CLI reaches the plugin's daemon with --plugin, through a path short enough to connect to"
+ADMIN=$PID_DIR/rootfs/var/run/rexray/rexray-admin.sock
+check "the daemon's admin socket is in the plugin's rootfs" test -S "$ADMIN"
+check "its full path (${#ADMIN} bytes) is longer than a socket address may be" test "${#ADMIN}" -gt 107
+assert_ok env REXRAY_HOME="$E2E_TMP/cli-home" "$REXRAY_BIN" --plugin "$P" volume ls -q
+assert_eq "$OUT" "$V" "the plugin's volumes"
+assert_ok env REXRAY_HOME="$E2E_TMP/cli-home" "$REXRAY_BIN" --plugin "$P:latest" volume ls -f json
+assert_contains "$OUT" '"backend":"loop"' "the plugin's service, from its own settings"
+assert_ok env REXRAY_HOME="$E2E_TMP/cli-home" "$REXRAY_BIN" --plugin "$P" service status
+assert_contains "$OUT" "running" "service status through the plugin"
+assert_fails "$REXRAY_BIN" --plugin rexray-e2e-no-such-plugin volume ls
+assert_contains "$ERR" "Docker has no plugin rexray-e2e-no-such-plugin:latest" "an unknown plugin"
+check "no local state was made instead" test ! -e "$E2E_TMP/cli-home/var/lib/rexray/state"
+
 step "docker plugin disable -f + enable, then read back from another container"
 assert_ok docker plugin disable -f "$P"
+assert_fails "$REXRAY_BIN" --plugin "$P" volume ls
+assert_contains "$ERR" "is disabled" "--plugin on a disabled plugin"
 plugin_enable "$P"
 assert_ok docker run --rm -v "$V:/data" "$E2E_IMAGE" cat /data/f
 assert_eq "$OUT" plugin-data "data read after the plugin restarted"
