@@ -19,7 +19,8 @@
 //!   [`config`] (`rexray.yml` in both REX-Ray formats plus environment overrides, to typed
 //!   config), [`metrics`] (Prometheus registry and recording functions), [`name`] (volume
 //!   names), [`crashpoint`] (where tests crash operations), [`deadline`] (the caller's deadline
-//!   carried with a request's work), [`human`] (values worded for messages), [`telemetry`]
+//!   carried with a request's work), [`human`] (values worded for messages), [`progress`] (what long operations wait for),
+//!   [`telemetry`]
 //!   (logging setup).
 
 pub mod backend;
@@ -31,6 +32,7 @@ pub mod human;
 pub mod metrics;
 pub mod name;
 pub mod os;
+pub mod progress;
 pub mod protocol;
 pub mod server;
 pub mod service;

@@ -402,8 +402,12 @@ fn volume_commands_without_a_daemon() {
     setup.rexray(&["volume", "remove", "v2", "v3", "v4"]).assert().success();
     assert_eq!(setup.stdout(&["volume", "ls", "-q"]), "");
 
-    // Options the backend does not know are its error; unsupported features are refused.
-    setup.rexray(&["volume", "create", "--iops", "100", "x"]).assert().code(1).stderr(predicate::str::contains("iops"));
+    // Options the backend does not know are its error; block and EBS options are recorded and
+    // said to be ignored; unsupported features are refused.
+    setup.rexray(&["volume", "create", "-o", "colour=red", "x"]).assert().code(1).stderr(predicate::str::contains("colour"));
+    let made = setup.json(&["volume", "create", "--iops", "100", "-f", "json", "x"]);
+    assert!(made[0]["Status"]["ignored"].as_str().is_some_and(|i| i.starts_with("iops: recorded")), "{made}");
+    setup.rexray(&["volume", "rm", "x"]).assert().success();
     setup
         .rexray(&["volume", "create", "--snapshotID", "snap-1", "x"])
         .assert()

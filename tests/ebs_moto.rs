@@ -425,7 +425,6 @@ async fn sdk_snapshot_calls_on_moto() {
 /// in-process first, then through a running daemon's admin socket.
 #[test]
 fn snapshot_commands_on_moto_in_process_and_through_the_daemon() {
-    use assert_cmd::Command;
     use serde_json::Value;
 
     let Some(moto) = Moto::for_test("snapshot_commands_on_moto_in_process_and_through_the_daemon") else { return };
@@ -444,17 +443,7 @@ fn snapshot_commands_on_moto_in_process_and_through_the_daemon() {
     )
     .unwrap();
     let home = dir.path().join("home");
-    let rexray = |args: &[&str]| {
-        let mut cmd = Command::new(common::BIN);
-        cmd.args(args)
-            .arg("-c")
-            .arg(&config)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("REXRAY_HOME", &home)
-            .timeout(std::time::Duration::from_secs(120));
-        cmd
-    };
+    let rexray = |args: &[&str]| cli(&config, &home, args);
     let json = |args: &[&str]| -> Value {
         let out = rexray(args).assert().success().get_output().stdout.clone();
         serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out)))
@@ -535,8 +524,6 @@ fn snapshot_commands_on_moto_in_process_and_through_the_daemon() {
 /// SDK's own trace output included: with the keys in the config, and from the environment.
 #[test]
 fn no_credential_reaches_the_log_even_at_trace_level() {
-    use assert_cmd::Command;
-
     let Some(moto) = Moto::for_test("no_credential_reaches_the_log_even_at_trace_level") else { return };
     let (region, az) = ("sa-east-1", "sa-east-1a");
     let instance = moto.run_instance(region, az);
@@ -584,7 +571,7 @@ fn no_credential_reaches_the_log_even_at_trace_level() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         let rexray = |args: &[&str]| {
-            let mut cmd = Command::new(common::BIN);
+            let mut cmd = assert_cmd::Command::new(common::BIN);
             cmd.args(args)
                 .arg("-c")
                 .arg(&config)
@@ -607,4 +594,72 @@ fn no_credential_reaches_the_log_even_at_trace_level() {
             assert!(at.is_none(), "{variant}: {secret} is in the log: …{}…", at.unwrap_or_default());
         }
     }
+}
+
+/// Long CLI operations say on stderr what they wait for, in process and through the daemon;
+/// `volume ls` shows the EC2 volume ID and zone.
+#[test]
+fn cli_progress_and_ebs_columns_on_moto() {
+    let Some(moto) = Moto::for_test("cli_progress_and_ebs_columns_on_moto") else { return };
+    let (region, az) = ("ap-southeast-2", "ap-southeast-2a");
+    let instance = moto.run_instance(region, az);
+    let dir = tempfile::tempdir().unwrap();
+    // No device ever appears in this links directory: the mount waits for it until statusTimeout.
+    let links = dir.path().join("links");
+    std::fs::create_dir_all(&links).unwrap();
+    let config = dir.path().join("rexray.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "rexray:\n  modules:\n    default-docker:\n      host: unix://{0}/plugins/ebs.sock\nlibstorage:\n  service: ebs\n\
+             ebs:\n  endpoint: {1}\n  region: {region}\n  accessKey: test\n  secretKey: test\n  instanceID: {instance}\n  availabilityZone: {az}\n  tag: progress\n  deviceLinksDir: {2}\n  statusTimeout: 5s\n",
+            dir.path().display(),
+            moto.endpoint,
+            links.display()
+        ),
+    )
+    .unwrap();
+    let home = dir.path().join("home");
+    let rexray = |args: &[&str]| cli(&config, &home, args);
+    rexray(&["volume", "create", "--size", "1", "slow"]).assert().success();
+    let table = String::from_utf8(rexray(&["volume", "ls"]).assert().success().get_output().stdout.clone()).unwrap();
+    let mut lines = table.lines();
+    assert!(
+        lines.next().unwrap().starts_with("NAME  ") && table.contains(" ID ") && table.contains(" ZONE "),
+        "{table}"
+    );
+    let row = lines.next().unwrap();
+    assert!(row.starts_with("slow ") && row.contains(" vol-") && row.contains(az) && row.contains("1 GiB"), "{table}");
+
+    let check = |stderr: &str| {
+        assert!(
+            stderr.contains("mount slow: waiting for the device of volume slow (vol-")
+                && stderr.contains("to appear: none of ")
+                && stderr.contains("/dev/xvdf, /dev/sdf exists ("),
+            "{stderr}"
+        );
+        assert!(stderr.contains("no device appeared for volume slow"), "{stderr}");
+    };
+    // In process.
+    let out = rexray(&["volume", "mount", "slow"]).assert().failure();
+    check(&String::from_utf8_lossy(&out.get_output().stderr));
+    // Through the daemon.
+    let socket = dir.path().join("plugins/ebs.sock");
+    let admin = home.join("var/run/rexray/rexray-admin.sock");
+    let _daemon = common::start_daemon(&config, &home, &dir.path().join("daemon.log"), &[socket, admin]);
+    let out = rexray(&["volume", "mount", "slow"]).assert().failure();
+    check(&String::from_utf8_lossy(&out.get_output().stderr));
+}
+
+/// `rexray ARGS… -c CONFIG` with a clean environment and REXRAY_HOME at `home`.
+fn cli(config: &Path, home: &Path, args: &[&str]) -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::new(common::BIN);
+    cmd.args(args)
+        .arg("-c")
+        .arg(config)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("REXRAY_HOME", home)
+        .timeout(std::time::Duration::from_secs(120));
+    cmd
 }

@@ -23,6 +23,7 @@ pub mod marathon;
 mod snapshot;
 pub mod systemd;
 mod volume;
+mod waiting;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

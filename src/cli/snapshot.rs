@@ -151,6 +151,10 @@ impl Target {
     }
 
     async fn snapshot_create(&self, req: &CreateRequest) -> anyhow::Result<Snapshot> {
+        super::waiting::shown(&self.board(), &req.volume, self.snapshot_create_now(req)).await
+    }
+
+    async fn snapshot_create_now(&self, req: &CreateRequest) -> anyhow::Result<Snapshot> {
         match self {
             Target::Local(s) => {
                 s.snapshot_create(&req.volume, &req.new_snapshot()).await.map(Snapshot::from).map_err(Self::local_err)
@@ -171,6 +175,10 @@ impl Target {
     }
 
     async fn snapshot_copy(&self, req: &CopyRequest) -> anyhow::Result<Snapshot> {
+        super::waiting::shown(&self.board(), &req.id, self.snapshot_copy_now(req)).await
+    }
+
+    async fn snapshot_copy_now(&self, req: &CopyRequest) -> anyhow::Result<Snapshot> {
         match self {
             Target::Local(s) => {
                 s.snapshot_copy(&req.id, &req.snapshot_copy()).await.map(Snapshot::from).map_err(Self::local_err)
@@ -182,6 +190,10 @@ impl Target {
     }
 
     async fn snapshot_wait(&self, snapshot: &Snapshot, timeout: Duration) -> anyhow::Result<Snapshot> {
+        super::waiting::shown(&self.board(), &snapshot.id, self.snapshot_wait_now(snapshot, timeout)).await
+    }
+
+    async fn snapshot_wait_now(&self, snapshot: &Snapshot, timeout: Duration) -> anyhow::Result<Snapshot> {
         match self {
             Target::Local(s) => s
                 .snapshot_wait(&snapshot.id, Some(&snapshot.region), timeout)

@@ -106,7 +106,15 @@ impl View {
         self.mountpoint.is_some()
     }
 
+    /// A Status value as text, `-` when absent.
+    fn text(&self, key: &str) -> String {
+        self.status.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).unwrap_or("-").to_owned()
+    }
+
     fn size(&self) -> String {
+        if let Some(gib) = self.status.get("sizeGiB").and_then(Value::as_u64) {
+            return format!("{gib} GiB");
+        }
         self.status
             .get("options")
             .and_then(|o| o.get("size"))
@@ -287,11 +295,23 @@ impl Target {
         }
     }
 
+    /// Where the operations of this target show their progress.
+    pub(super) fn board(&self) -> super::waiting::Board {
+        match self {
+            Target::Daemon { addr, .. } => super::waiting::Board::Daemon(addr.clone()),
+            Target::Local(_) => super::waiting::Board::Here,
+        }
+    }
+
     /// Creates a volume (idempotent).
     ///
     /// # Errors
     /// Invalid name or options, or the backend's failure.
     pub async fn create(&self, name: &str, opts: &BTreeMap<String, String>) -> anyhow::Result<()> {
+        super::waiting::shown(&self.board(), name, self.create_now(name, opts)).await
+    }
+
+    async fn create_now(&self, name: &str, opts: &BTreeMap<String, String>) -> anyhow::Result<()> {
         match self {
             Target::Local(s) => s.create(name, opts).await.map_err(|e| anyhow!(e.chain())),
             Target::Daemon { .. } => {
@@ -305,6 +325,10 @@ impl Target {
     /// # Errors
     /// In use, or the backend's failure.
     pub async fn remove(&self, name: &str) -> anyhow::Result<()> {
+        super::waiting::shown(&self.board(), name, self.remove_now(name)).await
+    }
+
+    async fn remove_now(&self, name: &str) -> anyhow::Result<()> {
         match self {
             Target::Local(s) => s.remove(name).await.map_err(|e| anyhow!(e.chain())),
             Target::Daemon { .. } => self.call("VolumeDriver.Remove", json!({ "Name": name }), SLOW).await.map(drop),
@@ -316,6 +340,10 @@ impl Target {
     /// # Errors
     /// The backend's failure.
     pub async fn mount(&self, name: &str, holder: &str) -> anyhow::Result<String> {
+        super::waiting::shown(&self.board(), name, self.mount_now(name, holder)).await
+    }
+
+    async fn mount_now(&self, name: &str, holder: &str) -> anyhow::Result<String> {
         match self {
             Target::Local(s) => {
                 s.mount(name, Some(holder)).await.map(|p| p.display().to_string()).map_err(|e| anyhow!(e.chain()))
@@ -332,6 +360,10 @@ impl Target {
     /// # Errors
     /// The backend's failure.
     pub async fn unmount(&self, name: &str, holder: &str) -> anyhow::Result<()> {
+        super::waiting::shown(&self.board(), name, self.unmount_now(name, holder)).await
+    }
+
+    async fn unmount_now(&self, name: &str, holder: &str) -> anyhow::Result<()> {
         match self {
             Target::Local(s) => s.unmount(name, Some(holder)).await.map_err(|e| anyhow!(e.chain())),
             Target::Daemon { .. } => {
@@ -400,19 +432,29 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// The volume table (`ls`, `create`).
 pub fn volume_table(views: &[View], with_path: bool) -> String {
-    let mut headers = vec!["NAME", "STATUS", "SIZE", "HOLDERS"];
+    // EBS volumes: their EC2 volume ID and zone, as REX-Ray's table had the ID.
+    let cloud = views.iter().any(|v| v.status.contains_key("volumeID"));
+    let mut headers = vec!["NAME"];
+    if cloud {
+        headers.extend(["ID", "ZONE"]);
+    }
+    headers.extend(["STATUS", "SIZE", "HOLDERS"]);
     if with_path {
         headers.push("PATH");
     }
     let rows: Vec<Vec<String>> = views
         .iter()
         .map(|v| {
-            let mut row = vec![
-                v.name.clone(),
+            let mut row = vec![v.name.clone()];
+            if cloud {
+                row.push(v.text("volumeID"));
+                row.push(v.text("availabilityZone"));
+            }
+            row.extend([
                 if v.attached() { "attached".into() } else { "available".into() },
                 v.size(),
                 v.holders().to_string(),
-            ];
+            ]);
             if with_path {
                 row.push(v.mountpoint.clone().unwrap_or_else(|| "-".into()));
             }

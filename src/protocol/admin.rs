@@ -4,6 +4,7 @@
 //! locks and mount accounting stay right. It adds nothing new on the wire:
 //!
 //! - `POST /Admin.Info` → `{"Version", "Pid", "Config", "Services": [{"Name", "Backend"}]}`;
+//! - `POST /Admin.Progress` → what the running operations wait for ([`crate::progress::Note`]s);
 //! - `POST /services/<name>/VolumeDriver.*` → the Docker VolumeDriver endpoints of the service
 //!   `<name>` (the same router as a plugin socket, see [`super::router`]);
 //! - `POST /services/<name>/Snapshot.*` → its snapshots ([`super::snapshots`]).
@@ -86,6 +87,9 @@ pub fn router(services: Vec<AdminService>, config: Option<String>) -> Handler {
             let path = parts.uri.path();
             if path == "/Admin.Info" {
                 return json_reply(StatusCode::OK, info);
+            }
+            if path == "/Admin.Progress" {
+                return json_reply(StatusCode::OK, &crate::progress::notes());
             }
             let Some((service, endpoint)) = path.strip_prefix("/services/").and_then(|rest| rest.split_once('/'))
             else {

@@ -28,7 +28,7 @@ impl VolumeService {
         debug!(volume = %excerpt(raw_name), ?opts, "create");
         let name = Self::validate(OP, raw_name)?;
         let opts = opts.clone();
-        self.detached(OP, move |s| async move {
+        self.detached(OP, raw_name, move |s| async move {
             let _guard = s.lock(OP, &name).await?;
             if let Some(existing) = s.settle(OP, &name).await? {
                 if !opts.is_empty() {
@@ -88,7 +88,7 @@ impl VolumeService {
         const OP: &str = "remove";
         debug!(volume = %excerpt(raw_name), "remove");
         let name = Self::validate(OP, raw_name)?;
-        self.detached(OP, move |s| async move {
+        self.detached(OP, raw_name, move |s| async move {
             let _guard = s.lock(OP, &name).await?;
             let Some(mut record) = s.settle(OP, &name).await? else {
                 return s.remove_unrecorded(&name).await;
@@ -170,7 +170,7 @@ impl VolumeService {
         debug!(volume = %excerpt(raw_name), id = %excerpt(id.unwrap_or("")), "mount");
         let name = Self::validate(OP, raw_name)?;
         let holder = Holder::from_request(id);
-        self.detached(OP, move |s| async move {
+        self.detached(OP, raw_name, move |s| async move {
             let _guard = s.lock(OP, &name).await?;
             let record = match s.settle(OP, &name).await? {
                 Some(r) => r,
@@ -250,7 +250,7 @@ impl VolumeService {
         debug!(volume = %excerpt(raw_name), id = %excerpt(id.unwrap_or("")), "unmount");
         let name = Self::validate(OP, raw_name)?;
         let holder = Holder::from_request(id);
-        self.detached(OP, move |s| async move {
+        self.detached(OP, raw_name, move |s| async move {
             let _guard = s.lock(OP, &name).await?;
             let Some(mut record) = s.settle(OP, &name).await? else {
                 debug!(volume = %name, "unmount of an unknown volume");

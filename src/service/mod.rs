@@ -305,8 +305,9 @@ impl VolumeService {
     }
 
     /// Runs `op` on its own task, so that it (and its rollback) finishes even when the caller
-    /// goes away, inside the service's crash scope named `name` and the request's deadline.
-    async fn detached<T, F, Fut>(self: &Arc<Self>, name: &'static str, op: F) -> Result<T, ServiceError>
+    /// goes away, inside the service's crash scope named `name` and the request's deadline, and
+    /// on the progress board as `name` of `subject`.
+    async fn detached<T, F, Fut>(self: &Arc<Self>, name: &'static str, subject: &str, op: F) -> Result<T, ServiceError>
     where
         T: Send + 'static,
         F: FnOnce(Arc<Self>) -> Fut + Send + 'static,
@@ -314,10 +315,11 @@ impl VolumeService {
     {
         use tracing::Instrument;
         let service = Arc::clone(self);
+        let progress = crate::progress::begin(name, subject);
         let task = tokio::spawn(
             crate::deadline::carry(async move {
                 let run = op(Arc::clone(&service));
-                crate::crashpoint::scope(&service.crash, name, run).await
+                progress.scope(crate::crashpoint::scope(&service.crash, name, run)).await
             })
             .in_current_span(),
         );

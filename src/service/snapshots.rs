@@ -49,11 +49,16 @@ impl VolumeService {
         debug!(volume = raw_volume, ?req, "snapshot create");
         let ops = self.snapshot_ops(OP, raw_volume)?;
         let name = Self::validate(OP, raw_volume)?;
-        let _guard = self.locks.lock(name.as_str()).await;
-        if self.record(&name).is_none() && !self.backend.controller.knows(&name).await {
-            return Err(ServiceError::new(OP, raw_volume, Cause::NotFound));
-        }
-        ops.create_snapshot(&name, req).await.map_err(self.snapshot_err(OP, raw_volume))
+        let progress = crate::progress::begin(OP, raw_volume);
+        progress
+            .scope(async {
+                let _guard = self.locks.lock(name.as_str()).await;
+                if self.record(&name).is_none() && !self.backend.controller.knows(&name).await {
+                    return Err(ServiceError::new(OP, raw_volume, Cause::NotFound));
+                }
+                ops.create_snapshot(&name, req).await.map_err(self.snapshot_err(OP, raw_volume))
+            })
+            .await
     }
 
     /// Deletes snapshot `id`.
@@ -73,7 +78,9 @@ impl VolumeService {
     pub async fn snapshot_copy(&self, id: &str, req: &SnapshotCopy) -> Result<SnapshotInfo, ServiceError> {
         const OP: &str = "copy snapshot";
         debug!(snapshot = id, ?req, "snapshot copy");
-        self.snapshot_ops(OP, id)?.copy_snapshot(id, req).await.map_err(self.snapshot_err(OP, id))
+        let ops = self.snapshot_ops(OP, id)?;
+        let progress = crate::progress::begin(OP, id);
+        progress.scope(ops.copy_snapshot(id, req)).await.map_err(self.snapshot_err(OP, id))
     }
 
     /// Waits, at most `timeout`, until snapshot `id` (in `region`, default the service's) is
@@ -88,6 +95,8 @@ impl VolumeService {
         timeout: Duration,
     ) -> Result<SnapshotInfo, ServiceError> {
         const OP: &str = "wait for snapshot";
-        self.snapshot_ops(OP, id)?.wait_snapshot(id, region, timeout).await.map_err(self.snapshot_err(OP, id))
+        let ops = self.snapshot_ops(OP, id)?;
+        let progress = crate::progress::begin(OP, id);
+        progress.scope(ops.wait_snapshot(id, region, timeout)).await.map_err(self.snapshot_err(OP, id))
     }
 }

@@ -84,6 +84,7 @@ impl Core {
         instance: &str,
         device: &str,
     ) -> Result<(), BackendError> {
+        crate::progress::waiting_for(format!("volume {name} ({id}) to attach to instance {instance} as {device}"));
         let waited = self
             .poll_volume(api, id, |v| match v.and_then(|v| v.attachment_to(instance)) {
                 Some(a) if a.state == AttachState::Attached => Poll::Ready(()),
@@ -159,6 +160,7 @@ impl Core {
         id: &str,
         instance: &str,
     ) -> Result<(), BackendError> {
+        crate::progress::waiting_for(format!("volume {name} ({id}) to detach from instance {instance}"));
         let result = self
             .poll_volume(api, id, |v| match v.and_then(|v| v.attachment_to(instance)) {
                 None => Poll::Ready(()),
@@ -272,6 +274,10 @@ impl Core {
         instance: &str,
         device: &str,
     ) -> Result<(), BackendError> {
+        crate::progress::waiting_for(format!(
+            "volume {name} ({}) to attach to instance {instance} as {device}",
+            vol.id
+        ));
         let waited = self
             .poll_volume(api, &vol.id, |v| match v.and_then(|v| v.attachment_to(instance)) {
                 Some(a) if a.state == AttachState::Attached => Poll::Ready(v.cloned()),

@@ -43,6 +43,7 @@ impl Core {
         name: &VolumeName,
         id: &str,
     ) -> Result<Volume, CreateWait> {
+        crate::progress::waiting_for(format!("the new EBS volume {name} ({id}) to be available"));
         let result = self
             .status_wait()
             .run(|| async {

@@ -52,7 +52,8 @@ impl EbsDevices {
         match found {
             Found::Device { device, via } => Ok(Poll::Ready((device, via))),
             Found::Missing(paths) => {
-                Ok(Poll::Pending(paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")))
+                let paths = paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+                Ok(Poll::Pending(format!("none of {paths} exists")))
             }
             Found::WrongSerial { device, serial } => Err(BackendError::ForeignDevice {
                 what: format!(
@@ -74,6 +75,7 @@ impl DeviceSource for EbsDevices {
             )));
         };
         let schedule = StatusWait { max_attempts: 200, initial_delay: DEVICE_POLL, timeout: self.timeout };
+        crate::progress::waiting_for(format!("the device of volume {name} ({id}), attached as {requested}, to appear"));
         let result = schedule.run(|| self.look(name, id, requested)).await;
         match result {
             Ok((device, via)) => {
@@ -85,7 +87,7 @@ impl DeviceSource for EbsDevices {
                 what: format!("volume {name} ({id}), attached as {requested},"),
                 elapsed,
                 hint: format!(
-                    "on Nitro instances udev makes the nvme-Amazon_Elastic_Block_Store link: is {} the host's /dev/disk/by-id (bind-mount /dev into the plugin's container)?{cut} (looked at {last})",
+                    "on Nitro instances udev makes the nvme-Amazon_Elastic_Block_Store link: is {} the host's /dev/disk/by-id (bind-mount /dev into the plugin's container)?{cut} ({last})",
                     self.links_dir.display()
                 ),
             }),

@@ -363,6 +363,7 @@ impl Snapshots for EbsController {
         let region = region.unwrap_or(&ident.region).to_owned();
         let api = core.api_for(&region).await?;
         let schedule = StatusWait { max_attempts: u32::MAX, initial_delay: FIRST_POLL, timeout: timeout.min(MAX_WAIT) };
+        crate::progress::waiting_for(format!("snapshot {id} in {region} to complete"));
         let result = schedule
             .run(|| async {
                 match core.describe_snapshot(api.as_ref(), id).await {

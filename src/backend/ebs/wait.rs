@@ -94,7 +94,10 @@ impl StatusWait {
             attempts += 1;
             match f().await.map_err(WaitError::Failed)? {
                 Poll::Ready(v) => return Ok(v),
-                Poll::Pending(seen) => last = seen,
+                Poll::Pending(seen) => {
+                    crate::progress::seen(seen.clone());
+                    last = seen;
+                }
             }
         }
         let cut = crate::deadline::cut_note(self.timeout, allowed);
@@ -194,6 +197,7 @@ impl RetryPolicy {
                         tracing::warn!(op, error = %e, retries = retry - 1, "EC2 call still failing at the end of its time budget");
                         return Err(e);
                     }
+                    crate::progress::seen(format!("EC2 {op}: {e}; retry {retry} of {}", self.max_retries));
                     tracing::debug!(op, error = %e, retry, sleep_ms = u64::try_from(sleep.as_millis()).unwrap_or(u64::MAX), "retrying EC2 call");
                     tokio::time::sleep(sleep).await;
                 }
