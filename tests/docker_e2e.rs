@@ -8,6 +8,10 @@
 //! - `compose.sh`: Debian's docker-compose with `driver: rexray`, data across `down` / `up`;
 //! - `dockerfile.sh`: the `Dockerfile` built offline from a debootstrap base, used as a rootfs.
 //!
+//! Each runs on Debian 12's Docker Engine 20.10 and (`…_on_docker26`) on Debian 13's 26.1, the
+//! engine users run today (`E2E_ENGINE`, see `tests/e2e/lib.sh`); the Dockerfile build only on
+//! 20.10.
+//!
 //! They need root and start (or reuse) a Docker Engine, so they run only when `CI` is set or
 //! `REXRAY_E2E=1`; otherwise each test prints why it is skipped and passes. The script's output
 //! is streamed, not captured, and its last line is `e2e: N passed, M failed`. The plugin and the
@@ -37,8 +41,32 @@ fn skip_reason() -> Option<String> {
     }
 }
 
-/// Runs `bash tests/e2e/<script>` with the freshly built daemon and asserts it exits 0.
+/// The Docker Engines the scripts run against (see `E2E_ENGINE` in `tests/e2e/lib.sh`).
+#[derive(Debug, Clone, Copy)]
+enum Engine {
+    /// Debian 12's docker.io 20.10 (API 1.41).
+    Debian12,
+    /// Debian 13's docker.io 26.1 (API 1.45), unpacked and run beside it.
+    Debian13,
+}
+
+impl Engine {
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Debian12 => "20.10",
+            Engine::Debian13 => "26",
+        }
+    }
+}
+
+/// Runs `bash tests/e2e/<script>` with the freshly built daemon against the default engine.
 fn run_script(script: &str) {
+    run_on(script, Engine::Debian12);
+}
+
+/// Runs `bash tests/e2e/<script>` with the freshly built daemon against `engine` and asserts it
+/// exits 0.
+fn run_on(script: &str, engine: Engine) {
     if let Some(reason) = skip_reason() {
         // Written to the real stderr, not through the test harness's captured `println!`, so
         // that `cargo test` shows why nothing ran.
@@ -50,9 +78,10 @@ fn run_script(script: &str) {
         .arg(root.join("tests/e2e").join(script))
         .current_dir(root)
         .env("REXRAY_BIN", env!("CARGO_BIN_EXE_rexray"))
+        .env("E2E_ENGINE", engine.name())
         .status()
         .unwrap_or_else(|e| panic!("cannot run bash tests/e2e/{script}: {e}"));
-    assert!(status.success(), "tests/e2e/{script}: {status}");
+    assert!(status.success(), "tests/e2e/{script} on Docker {}: {status}", engine.name());
 }
 
 #[test]
@@ -83,4 +112,29 @@ fn compose() {
 #[test]
 fn dockerfile() {
     run_script("dockerfile.sh");
+}
+
+#[test]
+fn docker_vfs_on_docker26() {
+    run_on("docker_vfs.sh", Engine::Debian13);
+}
+
+#[test]
+fn docker_loop_on_docker26() {
+    run_on("docker_loop.sh", Engine::Debian13);
+}
+
+#[test]
+fn managed_plugin_on_docker26() {
+    run_on("plugin.sh", Engine::Debian13);
+}
+
+#[test]
+fn swarm_on_docker26() {
+    run_on("swarm.sh", Engine::Debian13);
+}
+
+#[test]
+fn compose_on_docker26() {
+    run_on("compose.sh", Engine::Debian13);
 }

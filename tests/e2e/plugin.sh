@@ -40,7 +40,7 @@ step "configure (loop service, metrics on 127.0.0.1:$PORT) and enable"
 assert_ok docker plugin set "$P" LIBSTORAGE_SERVICE=loop REXRAY_LOGLEVEL=info REXRAY_METRICS_LISTEN=127.0.0.1:$PORT
 plugin_enable "$P"
 e2e_preclean
-PID_DIR=/var/lib/docker/plugins/$(plugin_id "$P")
+PID_DIR=$(docker info --format "{{.DockerRootDir}}")/plugins/$(plugin_id "$P")
 # Docker 20.10's `docker info` lists only legacy volume plugins; Swarm reads managed ones from
 # the plugin list (swarm.sh checks the node's description).
 assert_ok docker plugin ls --format '{{.Name}} {{.Enabled}}'
