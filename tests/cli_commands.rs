@@ -404,7 +404,11 @@ fn volume_commands_without_a_daemon() {
 
     // Options the backend does not know are its error; block and EBS options are recorded and
     // said to be ignored; unsupported features are refused.
-    setup.rexray(&["volume", "create", "-o", "colour=red", "x"]).assert().code(1).stderr(predicate::str::contains("colour"));
+    setup
+        .rexray(&["volume", "create", "-o", "colour=red", "x"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("colour"));
     let made = setup.json(&["volume", "create", "--iops", "100", "-f", "json", "x"]);
     assert!(made[0]["Status"]["ignored"].as_str().is_some_and(|i| i.starts_with("iops: recorded")), "{made}");
     setup.rexray(&["volume", "rm", "x"]).assert().success();

@@ -6,11 +6,12 @@
 //!   containers across `docker plugin disable -f` + `enable`, `docker plugin set`, metrics;
 //! - `swarm.sh`: a single-node Swarm service on a rexray volume, through a rolling update;
 //! - `compose.sh`: Debian's docker-compose with `driver: rexray`, data across `down` / `up`;
-//! - `dockerfile.sh`: the `Dockerfile` built offline from a debootstrap base, used as a rootfs.
+//! - `dockerfile.sh`: the `Dockerfile` built offline from a debootstrap base, used as a rootfs;
+//! - `moby_behaviours.sh`: what moby's own volume-driver integration tests check (exact call
+//!   counts, anonymous volumes, `--volumes-from`, failed mounts, engine restarts).
 //!
-//! Each runs on Debian 12's Docker Engine 20.10 and (`…_on_docker26`) on Debian 13's 26.1, the
-//! engine users run today (`E2E_ENGINE`, see `tests/e2e/lib.sh`); the Dockerfile build only on
-//! 20.10.
+//! Each but the Dockerfile build runs on Debian 12's Docker Engine 20.10 and (`…_on_docker26`)
+//! on Debian 13's 26.1, the engine users run today (`E2E_ENGINE`, see `tests/e2e/lib.sh`).
 //!
 //! They need root and start (or reuse) a Docker Engine, so they run only when `CI` is set or
 //! `REXRAY_E2E=1`; otherwise each test prints why it is skipped and passes. The script's output
@@ -112,6 +113,16 @@ fn compose() {
 #[test]
 fn dockerfile() {
     run_script("dockerfile.sh");
+}
+
+#[test]
+fn moby_behaviours() {
+    run_script("moby_behaviours.sh");
+}
+
+#[test]
+fn moby_behaviours_on_docker26() {
+    run_on("moby_behaviours.sh", Engine::Debian13);
 }
 
 #[test]

@@ -334,6 +334,18 @@ ensure_docker() {
     say "docker: engine $(docker version --format '{{.Server.Version}}' 2>/dev/null) answers"
 }
 
+# restart_dockerd: stops and starts again the engine this run started (Docker's caches and its
+# plugin handles are gone after it). Fails the step when this run did not start the engine.
+restart_dockerd() {
+    if [[ -z $E2E_DOCKERD_PID ]]; then
+        fail "restart_dockerd: this run did not start the Docker Engine, so it does not restart it"
+        return 1
+    fi
+    _stop_dockerd
+    mv -f "$E2E_TMP/dockerd.log" "$E2E_TMP/dockerd.log.1" 2>/dev/null
+    ensure_docker
+}
+
 _stop_dockerd() {
     [[ -n $E2E_DOCKERD_PID ]] || return 0
     kill -TERM "$E2E_DOCKERD_PID" 2>/dev/null
