@@ -10,8 +10,8 @@ BENCH_BUILD_EBS=1). Without one it writes {"skipped": …} and exits 0.
 
 Set-up, all on 127.0.0.1:
   moto_server  ←  counting proxy (this process: counts each request's `Action`)  ←  the daemon
-  moto_server  ←  a test "hypervisor" thread (not counted): every 100 ms it asks moto which
-                  volumes are attached to our instance and backs each with a loop device over
+  moto_server  ←  the test "hypervisor", tools/ebs_test_host.py (not counted): every 100 ms it
+                  asks moto which volumes are attached to our instance and backs each with a loop device over
                   <dir>/<volume-id>.img, linked as <links>/nvme-Amazon_Elastic_Block_Store_vol…,
                   so Mount finds a real block device; on detach it removes both.
 For `docker volume ls` over 5,000 volumes: one is created through the daemon, the other 4,999 are
@@ -122,66 +122,34 @@ def make_proxy(upstream_port, counts):
 
 
 # ------------------------------------------------------------------------------------------------
-# The test hypervisor
+# The test hypervisor: tools/ebs_test_host.py, the README's device host for moto
 
 
-class Hypervisor(threading.Thread):
-    def __init__(self, ec2, instance_id, workdir, links):
-        super().__init__(daemon=True)
-        self.ec2, self.iid, self.dir, self.links = ec2, instance_id, workdir, links
-        self.attached = {}  # volume id -> loop device
-        self.stop_event = threading.Event()
+class Hypervisor:
+    def __init__(self, endpoint, instance_id, workdir, links):
+        self.args = [sys.executable, os.path.join(ROOT, "tools/ebs_test_host.py"), "--endpoint", endpoint,
+                     "--region", REGION, "serve", "--images", workdir, "--instance", f"{instance_id}={links}"]
+        self.proc = None
         self.errors = []
 
-    def link(self, vol_id):
-        return os.path.join(self.links, "nvme-Amazon_Elastic_Block_Store_" + vol_id.replace("-", ""))
+    def start(self):
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "serving":
+            raise RuntimeError("tools/ebs_test_host.py did not start: " + self.proc.stderr.read()[-500:])
+        threading.Thread(target=self._read_errors, daemon=True).start()
+        threading.Thread(target=lambda: self.proc.stdout.read(), daemon=True).start()
 
-    def run(self):
-        deadline = time.monotonic() + 3600
-        while not self.stop_event.wait(0.1) and time.monotonic() < deadline:
-            try:
-                self.tick()
-            except Exception as e:  # noqa: BLE001
-                self.errors.append(str(e))
-
-    def tick(self):
-        resp = self.ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [self.iid]}])
-        want = {}
-        for v in resp["Volumes"]:
-            for a in v.get("Attachments", []):
-                if a.get("InstanceId") == self.iid and a.get("State") in ("attaching", "attached") \
-                        and a.get("Device") != "/dev/sda1":
-                    want[v["VolumeId"]] = v["Size"]
-        for vid, size in want.items():
-            if vid in self.attached:
-                continue
-            img = os.path.join(self.dir, vid + ".img")
-            if not os.path.exists(img):
-                with open(img, "wb") as f:
-                    f.truncate(size << 30)
-            dev = subprocess.run(["losetup", "--find", "--show", img], capture_output=True, text=True,
-                                 check=True).stdout.strip()
-            os.symlink(dev, self.link(vid))
-            self.attached[vid] = dev
-        for vid in [v for v in self.attached if v not in want]:
-            self.release(vid)
-
-    def release(self, vid):
-        dev = self.attached.pop(vid)
-        try:
-            os.remove(self.link(vid))
-        except OSError:
-            pass
-        with open("/proc/self/mountinfo") as f:
-            if any(f" {dev} " in line for line in f):
-                subprocess.run(["umount", "-l", dev], capture_output=True)
-        subprocess.run(["losetup", "-d", dev], capture_output=True)
+    def _read_errors(self):
+        for line in self.proc.stderr:
+            self.errors.append(line.strip())
 
     def shutdown(self):
-        self.stop_event.set()
-        self.join(timeout=5)
-        for vid in list(self.attached):
-            self.release(vid)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.errors.append("did not stop within 30 s of SIGTERM")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -327,7 +295,7 @@ def run(args):
         iid = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1,
                                 Placement={"AvailabilityZone": AZ})["Instances"][0]["InstanceId"]
         out["instance"] = iid
-        hv = Hypervisor(ec2, iid, os.path.join(tmp, "hv"), os.path.join(tmp, "links"))
+        hv = Hypervisor(f"http://127.0.0.1:{moto_port}", iid, os.path.join(tmp, "hv"), os.path.join(tmp, "links"))
         hv.start()
         docker = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else shutil.which("docker")
         try:

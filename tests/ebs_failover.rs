@@ -284,3 +284,27 @@ fn docker_failover_with_real_devices() {
     assert!(status.success(), "tests/e2e/ebs_docker.sh: {status}; hypervisor errors: {:?}", hv.errors.lock().unwrap());
     assert!(leaked.is_empty(), "loop devices left behind: {leaked:?}");
 }
+
+/// The README's "Try EBS without AWS", steps 2–5 as written (`tests/e2e/try_ebs.sh`), on
+/// Docker; runs when `CI` or `REXRAY_E2E=1` is set, like the other real-Docker tests.
+#[test]
+fn readme_try_ebs_steps() {
+    let test = "readme_try_ebs_steps";
+    let asked = std::env::var("REXRAY_E2E").is_ok_and(|v| v == "1");
+    if !(in_ci() || asked) {
+        eprintln!("skipping {test}: set REXRAY_E2E=1 (or CI) to run the README's EBS steps on Docker");
+        return;
+    }
+    if !require(test, prerequisites()) {
+        return;
+    }
+    let Some(moto) = Moto::for_test(test) else { return };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let status = std::process::Command::new("bash")
+        .arg(root.join("tests/e2e/try_ebs.sh"))
+        .env("REXRAY_BIN", env!("CARGO_BIN_EXE_rexray"))
+        .env("TRY_EBS_ENDPOINT", &moto.endpoint)
+        .status()
+        .expect("run bash tests/e2e/try_ebs.sh");
+    assert!(status.success(), "tests/e2e/try_ebs.sh: {status}");
+}

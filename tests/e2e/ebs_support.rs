@@ -1,6 +1,6 @@
 //! Shared parts of the EBS tests with real parts (included with `#[path]` by `tests/ebs_*.rs`):
 //! the moto EC2 emulator, a raw EC2 query client for what the backend never calls
-//! (RunInstances), the test "hypervisor" that backs attached volumes with loop devices, and a
+//! (RunInstances), the test "hypervisor" (`tools/ebs_test_host.py`) that backs attached volumes with loop devices, and a
 //! VolumeDriver client for the daemon's socket.
 //!
 //! Prerequisites are checked by [`require`]: a missing one skips the test with a printed reason,
@@ -13,12 +13,11 @@ use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rexray::backend::ebs::api::{AttachState, Ec2Api, Volume, VolumeQuery};
+use rexray::backend::ebs::api::{Ec2Api, Volume, VolumeQuery};
 use rexray::backend::ebs::cloud::{AwsEc2, Connection};
 
 /// Whether CI is set (then missing prerequisites fail instead of skipping).
@@ -327,125 +326,97 @@ fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// Mount points whose source is `device`, per /proc/self/mountinfo.
-fn mounts_of(device: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let sep = fields.iter().position(|f| *f == "-")?;
-            let source = fields.get(sep + 2)?;
-            (Path::new(source) == device).then(|| fields[4].replace("\\040", " "))
-        })
-        .collect()
-}
-
 /// Volumes named with this prefix never get a device from the [`Hypervisor`].
 pub const NO_DEVICE_PREFIX: &str = "rxe2e-nodevice";
 
-/// The test "hypervisor": watches the emulator every 100 ms and, for each volume attached
-/// (`attached`) to a known instance, backs it with a loop device over `<sim>/<volume-id>.img`
-/// linked as `<links>/nvme-Amazon_Elastic_Block_Store_vol<hex>` in that instance's link
-/// directory. When the attachment goes away it lazily unmounts whatever still mounts the
-/// device (a dead host's mounts), removes the link and releases the loop device. Volumes whose
-/// Name tag starts with [`NO_DEVICE_PREFIX`] are never plugged: their device never appears, as
-/// on a host whose udev does not make the links.
+/// The test "hypervisor": `tools/ebs_test_host.py serve`, the device host the README's "Try EBS
+/// without AWS" uses. Every 100 ms it asks the emulator which volumes are attached to the
+/// instances it serves and backs each with a loop device over `<sim>/<volume-id>.img`, linked as
+/// `<links>/nvme-Amazon_Elastic_Block_Store_vol<hex>` in that instance's link directory; when the
+/// attachment goes away it lazily unmounts whatever still mounts the device (a dead host's
+/// mounts), removes the link and releases the loop device. Volumes whose Name tag starts with
+/// [`NO_DEVICE_PREFIX`] are never plugged: their device never appears, as on a host whose udev
+/// does not make the links. Stopped (SIGTERM) on [`Hypervisor::stop`] or drop, it unplugs all.
 #[derive(Debug)]
 pub struct Hypervisor {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    /// Errors it met (reported by the test).
+    child: Option<Child>,
+    readers: Vec<JoinHandle<()>>,
+    /// Errors it reported (checked by the test).
     pub errors: Arc<Mutex<Vec<String>>>,
 }
 
-#[derive(Debug)]
-struct Plugged {
-    device: PathBuf,
-    link: PathBuf,
+/// The device host tool in this repository.
+pub fn device_host_tool() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/ebs_test_host.py")
 }
 
 impl Hypervisor {
-    /// Starts watching `region` of `moto` for `instances` (instance ID → link directory).
+    /// Starts serving `instances` (instance ID → link directory) of `region` of the emulator at
+    /// `endpoint`, with the image files under `sim`; returns once it serves.
     pub fn start(endpoint: &str, region: &str, sim: &Path, instances: BTreeMap<String, PathBuf>) -> Hypervisor {
-        let stop = Arc::new(AtomicBool::new(false));
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let (stop2, errors2, sim, endpoint, region) =
-            (stop.clone(), errors.clone(), sim.to_path_buf(), endpoint.to_owned(), region.to_owned());
-        std::fs::create_dir_all(&sim).expect("sim dir");
-        for dir in instances.values() {
-            std::fs::create_dir_all(dir).expect("links dir");
+        let mut cmd = Command::new("python3");
+        cmd.arg(device_host_tool())
+            .args(["--endpoint", endpoint, "--region", region, "serve", "--images"])
+            .arg(sim)
+            .args(["--never-plug", NO_DEVICE_PREFIX]);
+        for (instance, links) in &instances {
+            cmd.arg("--instance").arg(format!("{instance}={}", links.display()));
         }
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            let api = rt.block_on(AwsEc2::connect(&Connection {
-                region,
-                endpoint: Some(endpoint),
-                static_credentials: Some(("test".into(), "test".into())),
-            }));
-            let mut plugged: BTreeMap<(String, String), Plugged> = BTreeMap::new();
-            let note = |e: String| {
-                eprintln!("hypervisor: {e}");
-                errors2.lock().unwrap().push(e);
-            };
-            while !stop2.load(Ordering::SeqCst) {
-                match rt.block_on(api.describe_volumes(&VolumeQuery::default())) {
-                    Ok(page) => {
-                        let mut want: BTreeMap<(String, String), Volume> = BTreeMap::new();
-                        for v in page.volumes {
-                            for a in &v.attachments {
-                                // Skip the root volume RunInstances made for each instance.
-                                let root = a.device == "/dev/sda1" || a.device == "/dev/xvda";
-                                let no_device = v.name_tag().is_some_and(|n| n.starts_with(NO_DEVICE_PREFIX));
-                                if !root
-                                    && !no_device
-                                    && a.state == AttachState::Attached
-                                    && instances.contains_key(&a.instance_id)
-                                {
-                                    want.insert((v.id.clone(), a.instance_id.clone()), v.clone());
-                                }
-                            }
-                        }
-                        let gone: Vec<(String, String)> =
-                            plugged.keys().filter(|k| !want.contains_key(*k)).cloned().collect();
-                        for key in gone {
-                            let p = plugged.remove(&key).expect("present");
-                            if let Err(e) = unplug(&p) {
-                                note(format!("unplug {} from {}: {e}", key.0, key.1));
-                            } else {
-                                eprintln!("hypervisor: unplugged {} from {} ({})", key.0, key.1, p.device.display());
-                            }
-                        }
-                        for (key, v) in want {
-                            if plugged.contains_key(&key) {
-                                continue;
-                            }
-                            match plug(&sim, &instances[&key.1], &v) {
-                                Ok(p) => {
-                                    eprintln!("hypervisor: plugged {} into {} as {}", key.0, key.1, p.device.display());
-                                    plugged.insert(key, p);
-                                }
-                                Err(e) => note(format!("plug {} into {}: {e}", key.0, key.1)),
-                            }
-                        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start python3 tools/ebs_test_host.py");
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let errors2 = errors.clone();
+        let readers = vec![
+            std::thread::spawn(move || {
+                for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+                    if line == "serving" {
+                        let _ = ready_tx.send(());
                     }
-                    Err(e) => note(format!("DescribeVolumes: {e}")),
+                    eprintln!("hypervisor: {line}");
                 }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            for (key, p) in std::mem::take(&mut plugged) {
-                if let Err(e) = unplug(&p) {
-                    note(format!("unplug {} from {} at stop: {e}", key.0, key.1));
+            }),
+            std::thread::spawn(move || {
+                for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+                    eprintln!("hypervisor: {line}");
+                    errors2.lock().unwrap().push(line);
                 }
-            }
-        });
-        Hypervisor { stop, thread: Some(thread), errors }
+            }),
+        ];
+        let ready = ready_rx.recv_timeout(Duration::from_secs(20)).is_ok();
+        let mut hv = Hypervisor { child: Some(child), readers, errors };
+        if !ready {
+            hv.stop();
+            panic!("tools/ebs_test_host.py did not start serving: {:?}", hv.errors.lock().unwrap());
+        }
+        hv
     }
 
-    /// Stops watching and unplugs everything.
+    /// Stops serving (SIGTERM, then SIGKILL after 30 s) once it has unplugged everything.
     pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let Some(mut child) = self.child.take() else { return };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if matches!(child.try_wait(), Ok(None)) {
+            self.errors.lock().unwrap().push("did not stop within 30 s of SIGTERM".into());
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
         }
     }
 }
@@ -454,27 +425,6 @@ impl Drop for Hypervisor {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn plug(sim: &Path, links: &Path, v: &Volume) -> Result<Plugged, String> {
-    let image = sim.join(format!("{}.img", v.id));
-    if !image.exists() {
-        let f = std::fs::File::create(&image).map_err(|e| format!("create {}: {e}", image.display()))?;
-        f.set_len(v.size_gib.max(1) << 30).map_err(|e| e.to_string())?;
-    }
-    let device = PathBuf::from(run("losetup", &["--find", "--show", &image.display().to_string()])?);
-    let link = links.join(format!("nvme-Amazon_Elastic_Block_Store_{}", v.id.replace('-', "")));
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&device, &link).map_err(|e| format!("link {}: {e}", link.display()))?;
-    Ok(Plugged { device, link })
-}
-
-fn unplug(p: &Plugged) -> Result<(), String> {
-    for target in mounts_of(&p.device) {
-        run("umount", &["-l", &target])?;
-    }
-    let _ = std::fs::remove_file(&p.link);
-    run("losetup", &["-d", &p.device.display().to_string()]).map(|_| ())
 }
 
 /// The volumes of `region` whose Name tag is `name`.
