@@ -18,6 +18,8 @@
 //! | `rexray_backend_operation_duration_seconds` | `backend`, `operation` | histogram |
 //! | `rexray_ec2_api_calls_total` | `action`, `outcome` | EC2 API calls: `ok`, `error`, `throttled` |
 //! | `rexray_ec2_api_call_duration_seconds` | `action` | histogram (calls recorded with [`ec2_call_timed`]) |
+//! | `rexray_ec2_volume_state_polls_total` | – | volume-state polls of waits (attach, detach, create), answered by batched DescribeVolumes calls |
+//! | `rexray_ec2_volume_state_rounds_total` | – | the batched DescribeVolumes calls that answered them |
 //!
 //! The recording functions ([`record_request`], [`service_volumes`], [`ec2_call`], …) write to
 //! one process-wide registry, so any layer can record without plumbing.
@@ -113,6 +115,8 @@ struct Metrics {
     backend_seconds: Histograms<BackendTimeLabels>,
     ec2_calls: Family<Ec2Labels, Counter>,
     ec2_seconds: Histograms<ActionLabels>,
+    state_polls: Counter,
+    state_rounds: Counter,
 }
 
 impl Metrics {
@@ -130,6 +134,8 @@ impl Metrics {
             backend_seconds: Family::new_with_constructor(histogram),
             ec2_calls: Family::default(),
             ec2_seconds: Family::new_with_constructor(histogram),
+            state_polls: Counter::default(),
+            state_rounds: Counter::default(),
         };
         registry.register(
             "rexray_build",
@@ -165,6 +171,16 @@ impl Metrics {
             "rexray_ec2_api_call_duration_seconds",
             "EC2 API call latency by action",
             m.ec2_seconds.clone(),
+        );
+        registry.register(
+            "rexray_ec2_volume_state_polls",
+            "Volume-state polls of waits (attach, detach, create)",
+            m.state_polls.clone(),
+        );
+        registry.register(
+            "rexray_ec2_volume_state_rounds",
+            "Batched DescribeVolumes calls answering the volume-state polls",
+            m.state_rounds.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -257,6 +273,13 @@ pub fn ec2_call(action: &str, outcome: Ec2Outcome) {
 pub fn ec2_call_timed(action: &str, outcome: Ec2Outcome, elapsed: Duration) {
     ec2_call(action, outcome);
     metrics().ec2_seconds.get_or_create(&ActionLabels { action: action.to_owned() }).observe(elapsed.as_secs_f64());
+}
+
+/// Records one batched DescribeVolumes round answering `polls` volume-state polls.
+pub fn ec2_state_round(polls: usize) {
+    let m = metrics();
+    m.state_rounds.inc();
+    m.state_polls.inc_by(u64::try_from(polls).unwrap_or(u64::MAX));
 }
 
 /// Every metric in the OpenMetrics text format.

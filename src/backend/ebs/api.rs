@@ -411,6 +411,11 @@ impl CloudError {
         Self { kind: CloudErrorKind::Transient, code: String::new(), message: what.into() }
     }
 
+    /// A failure EC2's answers showed (no error code), for example an attachment it dropped.
+    pub fn other(what: impl Into<String>) -> Self {
+        Self { kind: CloudErrorKind::Other, code: String::new(), message: what.into() }
+    }
+
     /// Whether a retry may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self.kind, CloudErrorKind::Throttled | CloudErrorKind::Transient)

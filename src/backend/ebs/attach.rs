@@ -39,7 +39,7 @@ impl Core {
             self.adopt(api, name, vol.clone()).await?;
         }
         if vol.state == VolumeState::Creating {
-            vol = match self.wait_created(api, name, &vol.id).await {
+            vol = match self.wait_created(name, &vol.id).await {
                 Ok(v) => v,
                 Err(CreateWait::Vanished(state)) => {
                     return Err(Self::vanished(name, &vol.id, &state, vol.kms_key_id.as_deref()))
@@ -54,10 +54,10 @@ impl Core {
             match mine.state {
                 AttachState::Attached => return Ok(context(&vol, &mine.device)),
                 AttachState::Attaching => {
-                    self.wait_attached(api, name, &vol.id, target, &mine.device).await?;
+                    self.wait_attached(name, &vol.id, target, &mine.device).await?;
                     return Ok(context(&vol, &mine.device));
                 }
-                _ => self.wait_detached(api, name, &vol.id, target).await?,
+                _ => self.wait_detached(name, &vol.id, target, &mine.device).await?,
             }
         }
         let others: Vec<String> =
@@ -68,7 +68,7 @@ impl Core {
             }
             for other in &others {
                 tracing::warn!(volume = %name, id = %vol.id, instance = %other, "preempt: force-detaching the volume from the other instance");
-                self.detach_from(api, name, &vol.id, other, true).await?;
+                self.detach_from(api, name, (&vol.id, ""), other, true).await?;
             }
         }
         let device = self.attach_new(api, &ident, name, &vol, target).await?;
@@ -78,18 +78,19 @@ impl Core {
     /// Waits for an attachment of `id` to `instance` that is under way.
     async fn wait_attached(
         &self,
-        api: &dyn Ec2Api,
         name: &VolumeName,
         id: &str,
         instance: &str,
         device: &str,
     ) -> Result<(), BackendError> {
         crate::progress::waiting_for(format!("volume {name} ({id}) to attach to instance {instance} as {device}"));
+        let mut seen_attaching = true;
         let waited = self
-            .poll_volume(api, id, |v| match v.and_then(|v| v.attachment_to(instance)) {
-                Some(a) if a.state == AttachState::Attached => Poll::Ready(()),
-                Some(a) => Poll::Pending(a.state.as_str().to_owned()),
-                None => Poll::Pending("not attached".into()),
+            .poll_volume(id, self.local_signal(instance, id, device, true), |v| {
+                match attach_progress(v, instance, &mut seen_attaching) {
+                    Poll::Ready(done) => Poll::Ready(done.map(|_| ())),
+                    Poll::Pending(seen) => Poll::Pending(seen),
+                }
             })
             .await;
         match waited {
@@ -112,11 +113,11 @@ impl Core {
             tracing::warn!(volume = %name, "volume not found in EC2; nothing to detach");
             return Ok(());
         };
-        if vol.attachment_to(&node.0).is_none() {
+        let Some(device) = vol.attachment_to(&node.0).map(|a| a.device.clone()) else {
             tracing::debug!(volume = %name, id = %vol.id, "not attached there");
             return Ok(());
-        }
-        self.detach_from(api, name, &vol.id, &node.0, false).await?;
+        };
+        self.detach_from(api, name, (&vol.id, &device), &node.0, false).await?;
         tracing::info!(volume = %name, id = %vol.id, instance = %node, "detached EBS volume");
         self.forget_attachment(name, vol, &node.0);
         Ok(())
@@ -155,16 +156,18 @@ impl Core {
     /// Waits until `instance` holds no live attachment of volume `id`.
     pub(super) async fn wait_detached(
         &self,
-        api: &dyn Ec2Api,
         name: &VolumeName,
         id: &str,
         instance: &str,
+        device: &str,
     ) -> Result<(), BackendError> {
         crate::progress::waiting_for(format!("volume {name} ({id}) to detach from instance {instance}"));
         let result = self
-            .poll_volume(api, id, |v| match v.and_then(|v| v.attachment_to(instance)) {
-                None => Poll::Ready(()),
-                Some(a) => Poll::Pending(a.state.as_str().to_owned()),
+            .poll_volume(id, self.local_signal(instance, id, device, false), |v| {
+                match v.and_then(|v| v.attachment_to(instance)) {
+                    None => Poll::Ready(Ok(())),
+                    Some(a) => Poll::Pending(a.state.as_str().to_owned()),
+                }
             })
             .await;
         match result {
@@ -182,13 +185,13 @@ impl Core {
         }
     }
 
-    /// Detaches volume `id` from `instance` (forced if asked) and waits; already detached is
-    /// fine.
+    /// Detaches volume `id`, attached to `instance` as `device` (empty when not known), forced if
+    /// asked, and waits; already detached is fine.
     pub(super) async fn detach_from(
         &self,
         api: &dyn Ec2Api,
         name: &VolumeName,
-        id: &str,
+        (id, device): (&str, &str),
         instance: &str,
         force: bool,
     ) -> Result<(), BackendError> {
@@ -200,7 +203,7 @@ impl Core {
             Err(e) => return Err(cloud_failed("detach", name, Some(id), &e)),
         }
         crate::crashpoint::hit("DetachVolume sent");
-        self.wait_detached(api, name, id, instance).await
+        self.wait_detached(name, id, instance, device).await
     }
 
     /// Attaches `vol` to `instance` at a fresh device name and waits until it is attached;
@@ -278,11 +281,10 @@ impl Core {
             "volume {name} ({}) to attach to instance {instance} as {device}",
             vol.id
         ));
+        let mut seen_attaching = false;
         let waited = self
-            .poll_volume(api, &vol.id, |v| match v.and_then(|v| v.attachment_to(instance)) {
-                Some(a) if a.state == AttachState::Attached => Poll::Ready(v.cloned()),
-                Some(a) => Poll::Pending(a.state.as_str().to_owned()),
-                None => Poll::Pending("not attached".to_owned()),
+            .poll_volume(&vol.id, self.local_signal(instance, &vol.id, device, true), |v| {
+                attach_progress(v, instance, &mut seen_attaching)
             })
             .await;
         match waited {
@@ -293,14 +295,16 @@ impl Core {
                 Ok(())
             }
             Err(WaitError::TimedOut { last, attempts, elapsed, cut }) => {
-                let undo = match crate::deadline::rollback(self.detach_from(api, name, &vol.id, instance, false)).await
-                {
-                    Ok(()) => {
-                        self.forget_attachment(name, vol.clone(), instance);
-                        "detached it again".to_owned()
-                    }
-                    Err(e) => format!("and detaching it failed too: {e}"),
-                };
+                let undo =
+                    match crate::deadline::rollback(self.detach_from(api, name, (&vol.id, device), instance, false))
+                        .await
+                    {
+                        Ok(()) => {
+                            self.forget_attachment(name, vol.clone(), instance);
+                            "detached it again".to_owned()
+                        }
+                        Err(e) => format!("and detaching it failed too: {e}"),
+                    };
                 Err(BackendError::Timeout {
                     op: format!("volume {name} ({})", vol.id),
                     elapsed,
@@ -312,5 +316,26 @@ impl Core {
             }
             Err(WaitError::Failed(e)) => Err(cloud_failed("wait for the attach of", name, Some(&vol.id), &e)),
         }
+    }
+}
+
+/// One look at an attachment to `instance` being made: ready once `attached`; failed once it
+/// was seen `attaching` and then is gone (EC2 dropped it); pending otherwise (just after
+/// AttachVolume, EC2 may not show the attachment yet).
+fn attach_progress(
+    v: Option<&Volume>,
+    instance: &str,
+    seen_attaching: &mut bool,
+) -> Poll<Result<Option<Volume>, String>> {
+    match v.and_then(|v| v.attachment_to(instance)) {
+        Some(a) if a.state == AttachState::Attached => Poll::Ready(Ok(v.cloned())),
+        Some(a) => {
+            *seen_attaching |= a.state == AttachState::Attaching;
+            Poll::Pending(a.state.as_str().to_owned())
+        }
+        None if *seen_attaching => Poll::Ready(Err(format!(
+            "EC2 dropped the attachment to instance {instance}: it was attaching and is no longer attached"
+        ))),
+        None => Poll::Pending("not attached".to_owned()),
     }
 }

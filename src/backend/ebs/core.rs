@@ -1,25 +1,37 @@
 //! What every EBS operation shares: the settings, the connection (identity and EC2 client,
-//! made on first use), lookups by name, the cache, device names and the retry policy.
+//! made on first use), lookups by name, the cache, device names, the retry policy and the
+//! batched volume-state polls.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use super::api::{self, CloudError, CloudErrorKind, Ec2Api, Volume, VolumeQuery};
+use super::api::{self, CloudError, Ec2Api, Volume, VolumeQuery};
 use super::cache::VolumeCache;
 use super::devices::DeviceAllocator;
 use super::errors::cloud_failed;
 use super::identity::{self, Identity};
 use super::naming::{filter_literal, Naming, OWNER_TAG, OWNER_VALUE};
+use super::node::EbsDevices;
 use super::options::EbsDefaults;
 use super::settings::EbsSettings;
 use super::wait::{Poll, RetryPolicy, StatusWait, WaitError};
+use super::watch::VolumeWatch;
 use super::{cloud, CloudParts};
 use crate::backend::BackendError;
 use crate::name::VolumeName;
 
 /// Volumes per DescribeVolumes page when listing (EC2's maximum with filters).
 const LIST_PAGE: u32 = 500;
+
+/// What a wait for this host watches: the device of `volume_id`, attached as `device`, is
+/// `present` (attach) or gone (detach).
+#[derive(Debug, Clone)]
+pub(super) struct LocalSignal {
+    pub(super) volume_id: String,
+    pub(super) device: String,
+    pub(super) present: bool,
+}
 
 /// Everything the EBS operations share.
 pub(super) struct Core {
@@ -39,7 +51,12 @@ pub(super) struct Core {
     /// Device names.
     pub(super) devices: DeviceAllocator,
     /// Retries of throttled and transient calls.
-    pub(super) retry: RetryPolicy,
+    pub(super) retry: Arc<RetryPolicy>,
+    /// Volume-state polls, batched across concurrent waits.
+    watch: VolumeWatch,
+    /// This host's devices: a wait for an attach to (or a detach from) this instance watches
+    /// for the device to appear (or go) and then asks EC2 once.
+    local: Option<Arc<EbsDevices>>,
     /// Client-token suffix per Name tag (bumped after a mismatch or a vanished volume).
     token_suffix: Mutex<BTreeMap<String, u32>>,
     /// EC2 clients of other regions (snapshot copies), by region.
@@ -57,11 +74,19 @@ impl fmt::Debug for Core {
 }
 
 impl Core {
-    pub(super) fn new(settings: EbsSettings, preempt: bool, defaults: EbsDefaults, cloud: Arc<CloudParts>) -> Self {
+    pub(super) fn new(
+        settings: EbsSettings,
+        preempt: bool,
+        defaults: EbsDefaults,
+        cloud: Arc<CloudParts>,
+        local: Option<Arc<EbsDevices>>,
+    ) -> Self {
         Self {
             naming: Naming::new(&settings),
             devices: DeviceAllocator::new(settings.use_large_device_range),
-            retry: RetryPolicy::new(settings.max_retries),
+            retry: Arc::new(RetryPolicy::new(settings.max_retries)),
+            watch: VolumeWatch::default(),
+            local,
             settings,
             preempt,
             defaults,
@@ -76,8 +101,8 @@ impl Core {
     /// The polling schedule of the status waits (`ebs.status*`).
     pub(super) fn status_wait(&self) -> StatusWait {
         StatusWait {
-            max_attempts: self.settings.status_max_attempts,
             initial_delay: self.settings.status_initial_delay,
+            max_delay: super::wait::MAX_POLL_DELAY,
             timeout: self.settings.status_timeout,
         }
     }
@@ -204,23 +229,53 @@ impl Core {
         *self.token_suffix.lock().expect("token map poisoned").entry(name_tag.to_owned()).or_insert(0) += 1;
     }
 
-    /// Polls volume `id` until `check` says ready.
+    /// What a wait for volume `id` (attached as `device`) to attach to (`present`) or detach
+    /// from `instance` watches on this host: only when `instance` is this host's.
+    pub(super) fn local_signal(&self, instance: &str, id: &str, device: &str, present: bool) -> Option<LocalSignal> {
+        let here = self.connected.get().is_some_and(|(ident, _)| ident.instance_id == instance);
+        (here && self.local.is_some()).then(|| LocalSignal {
+            volume_id: id.to_owned(),
+            device: device.to_owned(),
+            present,
+        })
+    }
+
+    /// Volume `id` as the next batched poll round sees it (`None`: EC2 does not know it).
+    pub(super) async fn describe_polled(&self, id: &str) -> Result<Option<Volume>, CloudError> {
+        let Some((_, api)) = self.connected.get() else {
+            return Err(CloudError::transient("no EC2 client yet"));
+        };
+        self.watch.describe(api, &self.retry, id).await
+    }
+
+    /// Polls volume `id` (batched with other waits) until `check` says ready, or says it
+    /// failed (`Ready(Err(why))`). With `local`, the host is watched between polls.
     pub(super) async fn poll_volume<T>(
         &self,
-        api: &dyn Ec2Api,
         id: &str,
-        check: impl Fn(Option<&Volume>) -> Poll<T>,
+        local: Option<LocalSignal>,
+        mut check: impl FnMut(Option<&Volume>) -> Poll<Result<T, String>>,
     ) -> Result<T, WaitError<CloudError>> {
-        self.status_wait()
-            .run(|| async {
-                let query = VolumeQuery::by_id(id);
-                match self.retry.run("DescribeVolumes", || api.describe_volumes(&query)).await {
-                    Ok(page) => Ok(check(page.volumes.first())),
-                    Err(e) if e.kind == CloudErrorKind::NotFound => Ok(check(None)),
-                    Err(e) => Err(e),
-                }
-            })
-            .await
+        let signal = local.and_then(|l| self.local.clone().map(|devices| (devices, l)));
+        let look = signal.map(|(devices, l)| {
+            move || {
+                let (devices, l) = (Arc::clone(&devices), l.clone());
+                async move { devices.present(&l.volume_id, &l.device).await == l.present }
+            }
+        });
+        let check = Mutex::new(&mut check);
+        let polled = self
+            .status_wait()
+            .run_signalled(
+                || async {
+                    let seen = self.describe_polled(id).await?;
+                    let mut check = check.lock().expect("check poisoned");
+                    Ok((*check)(seen.as_ref()))
+                },
+                look,
+            )
+            .await?;
+        polled.map_err(|why| WaitError::Failed(CloudError::other(why)))
     }
 
     /// Refreshes the cache with one paginated DescribeVolumes on the ownership tag.

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::api::{CloudErrorKind, CreateVolumeRequest, Ec2Api, Volume, VolumeQuery};
+use super::api::{CloudErrorKind, CreateVolumeRequest, Ec2Api, Volume};
 use super::core::Core;
 use super::errors::cloud_failed;
 use super::naming::{OWNER_TAG, OWNER_VALUE};
@@ -37,24 +37,16 @@ pub(super) enum CreateWait {
 
 impl Core {
     /// Waits until a new volume is usable.
-    pub(super) async fn wait_created(
-        &self,
-        api: &dyn Ec2Api,
-        name: &VolumeName,
-        id: &str,
-    ) -> Result<Volume, CreateWait> {
+    pub(super) async fn wait_created(&self, name: &VolumeName, id: &str) -> Result<Volume, CreateWait> {
         crate::progress::waiting_for(format!("the new EBS volume {name} ({id}) to be available"));
         let result = self
             .status_wait()
             .run(|| async {
-                let query = VolumeQuery::by_id(id);
-                match self.retry.run("DescribeVolumes", || api.describe_volumes(&query)).await {
-                    Ok(page) => match page.volumes.into_iter().next() {
-                        Some(v) if v.state.is_ready() => Ok(Poll::Ready(v)),
-                        Some(v) if v.state.is_gone() => Err(CreateWait::Vanished(v.state.as_str().to_owned())),
-                        Some(v) => Ok(Poll::Pending(v.state.as_str().to_owned())),
-                        None => Err(CreateWait::Vanished("not found".to_owned())),
-                    },
+                match self.describe_polled(id).await {
+                    Ok(Some(v)) if v.state.is_ready() => Ok(Poll::Ready(v)),
+                    Ok(Some(v)) if v.state.is_gone() => Err(CreateWait::Vanished(v.state.as_str().to_owned())),
+                    Ok(Some(v)) => Ok(Poll::Pending(v.state.as_str().to_owned())),
+                    Ok(None) => Err(CreateWait::Vanished("not found".to_owned())),
                     Err(e) if e.kind == CloudErrorKind::NotFound => Err(CreateWait::Vanished("not found".to_owned())),
                     Err(e) => Err(CreateWait::Failed(cloud_failed("wait for new", name, Some(id), &e))),
                 }
@@ -165,7 +157,7 @@ impl Core {
         match self.retry.run("CreateVolume", || api.create_volume(req)).await {
             Ok(created) => {
                 crate::crashpoint::hit("CreateVolume sent");
-                match self.wait_created(api, name, &created.id).await {
+                match self.wait_created(name, &created.id).await {
                     Ok(volume) => {
                         tracing::info!(volume = %name, id = %volume.id, az = %volume.availability_zone, size_gib = volume.size_gib, kind = %volume.volume_type, "created EBS volume");
                         self.cache.put(name.as_str(), vec![volume]);

@@ -2,7 +2,8 @@
 //! [`FakeDeviceHost`] (the NVMe links an instance would see).
 //!
 //! Unlike moto, the fake behaves like EC2 where the backend's logic depends on it: volumes stay
-//! `creating` and attachments `attaching`/`detaching` for a set number of polls (or forever),
+//! `creating` and attachments `attaching`/`detaching` for a set number of polls (or forever) or
+//! for a set time on tokio's clock (an attachment can also fail after that time),
 //! AttachVolume refuses an attached volume (`VolumeInUse`), a volume in another AZ
 //! (`InvalidVolume.ZoneMismatch`) and a device name in use; CreateVolume honours the client
 //! token (`IdempotentParameterMismatch`); a KMS key can be marked bad so its volumes vanish right
@@ -14,6 +15,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 
@@ -127,6 +131,19 @@ struct FakeVolume {
     detaching: BTreeMap<String, u32>,
     /// Vanishes at the first describe (bad KMS key).
     vanish: bool,
+    /// Transitions due at a time (per instance).
+    timed: BTreeMap<String, (Instant, Timed)>,
+}
+
+/// A transition at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timed {
+    /// `attaching` → `attached`.
+    Attach,
+    /// `attaching` → gone (EC2 gave up on the attachment).
+    FailAttach,
+    /// `detaching` → gone.
+    Detach,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +182,11 @@ struct World {
     failing_snapshots: bool,
     /// Every call fails as if the endpoint refused connections.
     unreachable: bool,
+    /// New attachments complete (or, with `attach_fails`, fail) after this long.
+    attach_time: Option<Duration>,
+    attach_fails: bool,
+    /// Detaches complete after this long.
+    detach_time: Option<Duration>,
     /// Other regions' fakes, for CopySnapshot's SourceRegion.
     peers: BTreeMap<String, Arc<FakeEc2>>,
 }
@@ -242,7 +264,44 @@ impl FakeEc2 {
     }
 
     fn world(&self) -> MutexGuard<'_, World> {
-        self.world.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        let mut w = self.world.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Self::settle(&mut w);
+        w
+    }
+
+    /// Applies the timed transitions that are due.
+    fn settle(w: &mut World) {
+        let now = Instant::now();
+        let mut freed = Vec::new();
+        for fv in w.volumes.values_mut() {
+            let due: Vec<(String, Timed)> =
+                fv.timed.iter().filter(|(_, (at, _))| *at <= now).map(|(i, (_, t))| (i.clone(), *t)).collect();
+            for (inst, change) in due {
+                fv.timed.remove(&inst);
+                match change {
+                    Timed::Attach => {
+                        for a in fv.volume.attachments.iter_mut().filter(|a| a.instance_id == inst) {
+                            a.state = AttachState::Attached;
+                        }
+                    }
+                    Timed::FailAttach | Timed::Detach => {
+                        if change == Timed::FailAttach {
+                            let device = fv.volume.attachment_to(&inst).map(|a| a.device.clone());
+                            freed.extend(device.map(|d| (inst.clone(), d)));
+                        }
+                        fv.volume.attachments.retain(|a| a.instance_id != inst);
+                        if fv.volume.attachments.is_empty() {
+                            fv.volume.state = VolumeState::Available;
+                        }
+                    }
+                }
+            }
+        }
+        for (inst, device) in freed {
+            if let Some(i) = w.instances.get_mut(&inst) {
+                i.devices.remove(&device);
+            }
+        }
     }
 
     /// Records the call, then applies an injected throttle or failure.
@@ -294,8 +353,14 @@ impl FakeEc2 {
             attachments: Vec::new(),
             create_time: Some("2026-11-01T00:00:00Z".into()),
         };
-        let fv =
-            FakeVolume { volume, creating: 0, attaching: BTreeMap::new(), detaching: BTreeMap::new(), vanish: false };
+        let fv = FakeVolume {
+            volume,
+            creating: 0,
+            attaching: BTreeMap::new(),
+            detaching: BTreeMap::new(),
+            vanish: false,
+            timed: BTreeMap::new(),
+        };
         w.volumes.insert(id.clone(), fv);
         id
     }
@@ -328,6 +393,19 @@ impl FakeEc2 {
     /// Detaches stay `detaching` for `n` describes of their volume.
     pub fn set_detach_polls(&self, n: u32) {
         self.world().detach_polls = n;
+    }
+
+    /// New attachments stay `attaching` for `d` on tokio's clock, then are `attached` (or, with
+    /// `fails`, gone again); `None` goes back to counting polls.
+    pub fn set_attach_time(&self, d: Option<Duration>, fails: bool) {
+        let mut w = self.world();
+        w.attach_time = d;
+        w.attach_fails = fails;
+    }
+
+    /// Detaches stay `detaching` for `d` on tokio's clock; `None` goes back to counting polls.
+    pub fn set_detach_time(&self, d: Option<Duration>) {
+        self.world().detach_time = d;
     }
 
     /// New attachments never leave `attaching`.
@@ -610,7 +688,14 @@ impl Ec2Api for FakeEc2 {
         w.tokens.insert(req.client_token.clone(), (params, answer.clone()));
         w.volumes.insert(
             id,
-            FakeVolume { volume, creating, attaching: BTreeMap::new(), detaching: BTreeMap::new(), vanish },
+            FakeVolume {
+                volume,
+                creating,
+                attaching: BTreeMap::new(),
+                detaching: BTreeMap::new(),
+                vanish,
+                timed: BTreeMap::new(),
+            },
         );
         Ok(answer)
     }
@@ -653,6 +738,8 @@ impl Ec2Api for FakeEc2 {
             err("InvalidInstanceID.NotFound", format!("The instance ID '{instance_id}' does not exist"))
         })?;
         let (polls, stuck) = (w.attach_polls, w.stuck_attaching);
+        let timed =
+            w.attach_time.map(|d| (Instant::now() + d, if w.attach_fails { Timed::FailAttach } else { Timed::Attach }));
         let fv = w
             .volumes
             .get_mut(volume_id)
@@ -675,14 +762,16 @@ impl Ec2Api for FakeEc2 {
                 format!("Invalid value '{device}' for unixDevice. Attachment point {device} is already in use"),
             ));
         }
-        let state = if polls > 0 || stuck { AttachState::Attaching } else { AttachState::Attached };
+        let state = if polls > 0 || stuck || timed.is_some() { AttachState::Attaching } else { AttachState::Attached };
         fv.volume.attachments.push(VolumeAttachment {
             instance_id: instance_id.to_owned(),
             device: device.to_owned(),
             state: state.clone(),
         });
         fv.volume.state = VolumeState::InUse;
-        if state == AttachState::Attaching {
+        if let Some(timed) = timed.filter(|_| !stuck) {
+            fv.timed.insert(instance_id.to_owned(), timed);
+        } else if state == AttachState::Attaching {
             fv.attaching.insert(instance_id.to_owned(), polls.max(1));
         }
         w.instances.get_mut(instance_id).expect("checked").devices.insert(device.to_owned());
@@ -696,6 +785,7 @@ impl Ec2Api for FakeEc2 {
             force,
         })?;
         let polls = w.detach_polls;
+        let detach_time = w.detach_time;
         let fv = w
             .volumes
             .get_mut(volume_id)
@@ -704,7 +794,14 @@ impl Ec2Api for FakeEc2 {
             return Err(err("IncorrectState", format!("Volume '{volume_id}' is in the 'available' state.")));
         }
         fv.attaching.remove(instance_id);
-        if polls > 0 {
+        fv.timed.remove(instance_id);
+        if let Some(d) = detach_time {
+            for a in fv.volume.attachments.iter_mut().filter(|a| a.instance_id == instance_id) {
+                a.state = AttachState::Detaching;
+            }
+            fv.timed.insert(instance_id.to_owned(), (Instant::now() + d, Timed::Detach));
+            Self::remove_attachment(&mut w, volume_id, instance_id);
+        } else if polls > 0 {
             for a in fv.volume.attachments.iter_mut().filter(|a| a.instance_id == instance_id) {
                 a.state = AttachState::Detaching;
             }
@@ -855,7 +952,7 @@ impl Ec2Api for FakeEc2 {
 
 /// The devices one fake instance sees: a volume attached (state `attached`) to it shows up as
 /// `<links>/nvme-Amazon_Elastic_Block_Store_vol<hex>` → `/dev/nvme<N>n1`, with the volume's
-/// serial, after `link_delay` looks (udev lag).
+/// serial, after `link_delay` looks (udev lag), until its detach completes.
 #[derive(Debug)]
 pub struct FakeDeviceHost {
     ec2: Arc<FakeEc2>,
@@ -900,8 +997,10 @@ impl DeviceHost for FakeDeviceHost {
         let hex = name.strip_prefix("nvme-Amazon_Elastic_Block_Store_vol")?;
         let id = format!("vol-{hex}");
         let volume = self.ec2.volume(&id)?;
-        let attached =
-            volume.attachments.iter().any(|a| a.instance_id == self.instance && a.state == AttachState::Attached);
+        // The device is there from the end of the attach to the end of the detach.
+        let attached = volume.attachments.iter().any(|a| {
+            a.instance_id == self.instance && matches!(a.state, AttachState::Attached | AttachState::Detaching)
+        });
         if !attached {
             return None;
         }

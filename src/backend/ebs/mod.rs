@@ -57,6 +57,7 @@ pub mod options;
 pub mod settings;
 pub mod snapshots;
 pub mod wait;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -157,8 +158,8 @@ impl EbsController {
             BlockDefaults { size_gib: integration.default_size_gib, fs_type: integration.default_fs_type.clone() };
         let layout = MountLayout::from_integration(integration)?;
         let devices = Arc::new(node::EbsDevices::new(Arc::clone(&env.devices), &settings));
-        let node = Arc::new(BlockNode::new(Arc::clone(&env.os), devices, layout, block_defaults));
-        let core = Arc::new(Core::new(settings, integration.preempt, defaults, cloud));
+        let node = Arc::new(BlockNode::new(Arc::clone(&env.os), Arc::clone(&devices) as _, layout, block_defaults));
+        let core = Arc::new(Core::new(settings, integration.preempt, defaults, cloud, Some(Arc::clone(&devices))));
         Ok(Self { core, node })
     }
 
@@ -360,3 +361,5 @@ impl Controller for EbsController {
 mod snapshot_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod timing_tests;

@@ -15,8 +15,12 @@ use crate::backend::{BackendError, PublishContext};
 use crate::name::VolumeName;
 use crate::os::DeviceHost;
 
-/// How often the host is looked at while a device is expected.
-const DEVICE_POLL: Duration = Duration::from_millis(100);
+/// The first delay between two looks at the host while a device is expected (then doubled, up
+/// to [`DEVICE_POLL_CAP`]): the controller usually saw the device already.
+const DEVICE_POLL: Duration = Duration::from_millis(20);
+
+/// The longest delay between two looks at the host for a device.
+const DEVICE_POLL_CAP: Duration = Duration::from_millis(100);
 
 /// Finds EBS volumes' devices (see the module documentation).
 #[derive(Debug, Clone)]
@@ -37,6 +41,17 @@ impl EbsDevices {
 }
 
 impl EbsDevices {
+    /// Whether volume `id`'s device, attached as `requested`, is on this host now (one look).
+    pub async fn present(&self, id: &str, requested: &str) -> bool {
+        let (host, links, vol_id, requested) =
+            (Arc::clone(&self.host), self.links_dir.clone(), id.to_owned(), requested.to_owned());
+        tokio::task::spawn_blocking(move || {
+            matches!(find_device(host.as_ref(), &links, &vol_id, &requested), Found::Device { .. })
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// One look for volume `id`'s device, attached as `requested`.
     async fn look(
         &self,
@@ -74,7 +89,7 @@ impl DeviceSource for EbsDevices {
                 "the publish context of volume {name} names no EBS volume ID and device name"
             )));
         };
-        let schedule = StatusWait { max_attempts: 200, initial_delay: DEVICE_POLL, timeout: self.timeout };
+        let schedule = StatusWait { initial_delay: DEVICE_POLL, max_delay: DEVICE_POLL_CAP, timeout: self.timeout };
         crate::progress::waiting_for(format!("the device of volume {name} ({id}), attached as {requested}, to appear"));
         let result = schedule.run(|| self.look(name, id, requested)).await;
         match result {

@@ -8,7 +8,7 @@
 //! | `ebs.maxRetries` | `EBS_MAXRETRIES` | 10 | retries of a throttled or failed EC2 call |
 //! | `ebs.kmsKeyID` | `EBS_KMSKEYID` | AWS's default key | KMS key for volumes created with `encrypted=true` |
 //! | `ebs.tag` | `EBS_TAG` | none | namespace: volume `v` is named `<tag>/v` in EC2 |
-//! | `ebs.statusMaxAttempts` | `EBS_STATUSMAXATTEMPTS` | 10 | polls while waiting for a state change |
+//! | `ebs.statusMaxAttempts` | `EBS_STATUSMAXATTEMPTS` | 10 | accepted for REX-Ray's configs; no longer limits a wait (time does) |
 //! | `ebs.statusInitialDelay` | `EBS_STATUSINITIALDELAY` | 100ms | first delay between polls, doubled per poll |
 //! | `ebs.statusTimeout` | `EBS_STATUSTIMEOUT` | 2m | hard deadline of every wait |
 //! | `ebs.useLargeDeviceRange` | `EBS_USELARGEDEVICERANGE` | false | `/dev/xvd[b-c][a-z]` instead of `/dev/xvd[f-p]` |
@@ -47,7 +47,8 @@ pub struct EbsSettings {
     pub kms_key_id: Option<String>,
     /// Name namespace (`<tag>/<name>`).
     pub tag: Option<String>,
-    /// Polls per wait.
+    /// REX-Ray's poll count per wait: read and checked for its configs, but no longer a limit
+    /// (every wait is bounded by time: `status_timeout` and the caller's deadline).
     pub status_max_attempts: u32,
     /// First delay between polls (doubled each poll).
     pub status_initial_delay: Duration,

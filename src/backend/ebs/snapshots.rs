@@ -44,6 +44,9 @@ pub const COPIED_FROM_TAG: &str = "rexray-rs/copiedFrom";
 const SNAPSHOT_PAGE: u32 = 1000;
 /// The first delay between two polls of a snapshot.
 const FIRST_POLL: Duration = Duration::from_secs(1);
+
+/// The longest delay between two polls of a snapshot (they take minutes).
+const SNAPSHOT_POLL_CAP: Duration = Duration::from_secs(15);
 /// The longest wait a caller may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// EC2's limit on tag values and descriptions.
@@ -362,7 +365,8 @@ impl Snapshots for EbsController {
         let (ident, _) = core.connect().await?;
         let region = region.unwrap_or(&ident.region).to_owned();
         let api = core.api_for(&region).await?;
-        let schedule = StatusWait { max_attempts: u32::MAX, initial_delay: FIRST_POLL, timeout: timeout.min(MAX_WAIT) };
+        let schedule =
+            StatusWait { initial_delay: FIRST_POLL, max_delay: SNAPSHOT_POLL_CAP, timeout: timeout.min(MAX_WAIT) };
         crate::progress::waiting_for(format!("snapshot {id} in {region} to complete"));
         let result = schedule
             .run(|| async {

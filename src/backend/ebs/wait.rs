@@ -1,8 +1,12 @@
 //! Bounded waits and retries, all on tokio's clock (so tests run them with `time::pause()`).
 //!
-//! - [`StatusWait`]: REX-Ray's `ebs.statusMaxAttempts` / `statusInitialDelay` / `statusTimeout`:
-//!   poll at once, then after `initial`, `2×initial`, `4×initial`, … (each delay capped at
-//!   [`MAX_POLL_DELAY`]) until the condition holds, the attempts run out or the deadline passes.
+//! - [`StatusWait`]: polls at once, then after `initial`, `2×initial`, `4×initial`, … (each delay
+//!   capped at `max_delay`) until the condition holds or the time is up: `ebs.statusTimeout`, cut
+//!   to the caller's deadline. Waits are bounded by time, never by a count of polls, so a slow
+//!   but healthy attach (30–60 s on real EBS) succeeds. [`StatusWait::run_signalled`] adds a
+//!   cheap local look (is the device on this host yet?) every [`LOCAL_LOOK`]: the moment it says
+//!   the change happened, EC2 is asked to confirm, so the change is noticed within milliseconds
+//!   instead of at the next poll of a doubling schedule.
 //! - [`RetryPolicy`]: retries throttled (`RequestLimitExceeded`) and transient EC2 failures with
 //!   exponential backoff and full jitter, within `ebs.maxRetries` and a time budget that keeps a
 //!   call inside Docker's 1–2 minute limits.
@@ -16,17 +20,29 @@ use tokio::time::Instant;
 
 use super::api::{CloudError, CloudErrorKind};
 
-/// The longest delay between two status polls.
-pub const MAX_POLL_DELAY: Duration = Duration::from_secs(15);
+/// The longest delay between two EC2 polls of a volume's state (they are batched across
+/// volumes, so a short cap costs few calls).
+pub const MAX_POLL_DELAY: Duration = Duration::from_secs(5);
+
+/// How often a local signal is looked at.
+pub const LOCAL_LOOK: Duration = Duration::from_millis(20);
+
+/// The delay between two EC2 polls for [`CONFIRM_WINDOW`] after the local signal said the
+/// change happened (EC2's view can lag the host's by a moment).
+pub const CONFIRM_POLL: Duration = Duration::from_millis(50);
+
+/// How long EC2 is asked every [`CONFIRM_POLL`] after the local signal; then the schedule goes
+/// on (a device link left from an earlier attachment must not cost a call every 50 ms).
+pub const CONFIRM_WINDOW: Duration = Duration::from_secs(2);
 
 /// The polling schedule of a wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatusWait {
-    /// Polls in all (at least 1).
-    pub max_attempts: u32,
     /// Delay before the second poll; doubled for each later one.
     pub initial_delay: Duration,
-    /// Hard deadline from the first poll.
+    /// The longest delay between two polls.
+    pub max_delay: Duration,
+    /// Hard deadline from the first poll (cut to the caller's).
     pub timeout: Duration,
 }
 
@@ -42,7 +58,7 @@ pub enum Poll<T> {
 /// Why a wait ended without the condition.
 #[derive(Debug)]
 pub enum WaitError<E> {
-    /// Attempts or time ran out; carries what the last poll saw, the polls and the time spent.
+    /// Time ran out; carries what the last poll saw, the polls and the time spent.
     TimedOut {
         /// What the last poll saw.
         last: String,
@@ -64,40 +80,71 @@ impl StatusWait {
             return Duration::ZERO;
         }
         let factor = 1u32.checked_shl(n - 1).unwrap_or(u32::MAX);
-        self.initial_delay.checked_mul(factor).unwrap_or(MAX_POLL_DELAY).min(MAX_POLL_DELAY)
+        self.initial_delay.checked_mul(factor).unwrap_or(self.max_delay).min(self.max_delay)
     }
 
     /// Polls `f` on this schedule, within the request's deadline ([`crate::deadline::cap`]).
     ///
     /// # Errors
     /// [`WaitError::Failed`] with `f`'s error, or [`WaitError::TimedOut`].
-    pub async fn run<T, E, F, Fut>(&self, mut f: F) -> Result<T, WaitError<E>>
+    pub async fn run<T, E, F, Fut>(&self, f: F) -> Result<T, WaitError<E>>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<Poll<T>, E>>,
     {
+        self.run_signalled(f, None::<fn() -> std::future::Ready<bool>>).await
+    }
+
+    /// As [`Self::run`], and between polls looks at `signal` every [`LOCAL_LOOK`]: once it says
+    /// yes, `f` runs at once, then every [`CONFIRM_POLL`] for [`CONFIRM_WINDOW`], then on the
+    /// schedule again, until it is ready.
+    ///
+    /// # Errors
+    /// As [`Self::run`].
+    pub async fn run_signalled<T, E, F, Fut, S, SFut>(&self, mut f: F, mut signal: Option<S>) -> Result<T, WaitError<E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Poll<T>, E>>,
+        S: FnMut() -> SFut,
+        SFut: Future<Output = bool>,
+    {
         let start = Instant::now();
         let allowed = crate::deadline::cap(self.timeout);
         let deadline = start + allowed;
-        let mut last = String::from("nothing yet");
+        let mut last: String;
         let mut attempts = 0;
-        while attempts < self.max_attempts.max(1) {
-            let delay = self.delay_before(attempts);
-            if attempts > 0 {
+        let mut signalled_at: Option<Instant> = None;
+        let mut next = start;
+        loop {
+            if Instant::now() >= next {
+                attempts += 1;
+                match f().await.map_err(WaitError::Failed)? {
+                    Poll::Ready(v) => return Ok(v),
+                    Poll::Pending(seen) => {
+                        crate::progress::seen(seen.clone());
+                        last = seen;
+                    }
+                }
                 let now = Instant::now();
                 if now >= deadline {
                     break;
                 }
+                let delay = match signalled_at {
+                    Some(at) if now < at + CONFIRM_WINDOW => CONFIRM_POLL,
+                    _ => self.delay_before(attempts),
+                };
                 // The last poll happens at the deadline, not after it.
-                tokio::time::sleep_until((now + delay).min(deadline)).await;
+                next = (now + delay).min(deadline);
             }
-            attempts += 1;
-            match f().await.map_err(WaitError::Failed)? {
-                Poll::Ready(v) => return Ok(v),
-                Poll::Pending(seen) => {
-                    crate::progress::seen(seen.clone());
-                    last = seen;
+            match signal.as_mut() {
+                Some(look) if signalled_at.is_none() => {
+                    tokio::time::sleep_until((Instant::now() + LOCAL_LOOK).min(next)).await;
+                    if look().await {
+                        signalled_at = Some(Instant::now());
+                        next = Instant::now();
+                    }
                 }
+                _ => tokio::time::sleep_until(next).await,
             }
         }
         let cut = crate::deadline::cut_note(self.timeout, allowed);
@@ -251,19 +298,19 @@ mod tests {
     use crate::backend::ebs::api::CloudErrorKind;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    fn wait(max_attempts: u32, initial_ms: u64, timeout_s: u64) -> StatusWait {
+    fn wait(initial_ms: u64, timeout_s: u64) -> StatusWait {
         StatusWait {
-            max_attempts,
             initial_delay: Duration::from_millis(initial_ms),
+            max_delay: MAX_POLL_DELAY,
             timeout: Duration::from_secs(timeout_s),
         }
     }
 
     #[test]
     fn delays_double_and_are_capped() {
-        let w = wait(10, 100, 120);
+        let w = wait(100, 120);
         let d: Vec<u128> = (0..10).map(|n| w.delay_before(n).as_millis()).collect();
-        assert_eq!(d, [0, 100, 200, 400, 800, 1600, 3200, 6400, 12800, 15000]);
+        assert_eq!(d, [0, 100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
         assert_eq!(w.delay_before(60), MAX_POLL_DELAY);
     }
 
@@ -271,7 +318,7 @@ mod tests {
     async fn ready_after_n_polls_takes_the_sum_of_the_delays() {
         let polls = AtomicU32::new(0);
         let start = Instant::now();
-        let got = wait(10, 100, 120)
+        let got = wait(100, 120)
             .run(|| async {
                 let n = polls.fetch_add(1, Ordering::SeqCst) + 1;
                 Ok::<_, ()>(if n == 4 { Poll::Ready(n) } else { Poll::Pending(format!("poll {n}")) })
@@ -283,24 +330,89 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn attempts_run_out() {
+    async fn a_slow_change_is_waited_for_by_time_not_by_a_count_of_polls() {
+        // REX-Ray's 10 polls from 100 ms gave up after 40.5 s; a 55 s attach must succeed.
         let start = Instant::now();
-        let err = wait(3, 100, 120).run(|| async { Ok::<Poll<()>, ()>(Poll::Pending("attaching".into())) }).await;
+        let got = wait(100, 120)
+            .run(|| async {
+                let t = start.elapsed();
+                Ok::<_, ()>(if t >= Duration::from_secs(55) {
+                    Poll::Ready(t)
+                } else {
+                    Poll::Pending("attaching".into())
+                })
+            })
+            .await
+            .unwrap();
+        // Polls 5 s apart by then: …, 51.3 s, 56.3 s.
+        assert!(got >= Duration::from_secs(55) && got <= Duration::from_secs(60), "{got:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_runs_out() {
+        let start = Instant::now();
+        let err = wait(100, 10).run(|| async { Ok::<Poll<()>, ()>(Poll::Pending("attaching".into())) }).await;
         match err {
-            Err(WaitError::TimedOut { last, attempts, elapsed, .. }) => {
-                assert_eq!((last.as_str(), attempts), ("attaching", 3));
-                assert_eq!(elapsed, Duration::from_millis(300));
+            Err(WaitError::TimedOut { last, elapsed, .. }) => {
+                assert_eq!(last, "attaching");
+                assert_eq!(elapsed, Duration::from_secs(10));
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(start.elapsed(), Duration::from_millis(300));
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_local_signal_gets_the_change_confirmed_at_once() {
+        // The change happens at 2.03 s; the doubling schedule alone would notice at 3.1 s.
+        let start = Instant::now();
+        let at = Duration::from_millis(2030);
+        let polls = AtomicU32::new(0);
+        let got = wait(100, 120)
+            .run_signalled(
+                || async {
+                    polls.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, ()>(if start.elapsed() >= at {
+                        Poll::Ready(start.elapsed())
+                    } else {
+                        Poll::Pending("attaching".into())
+                    })
+                },
+                Some(|| async { start.elapsed() >= at }),
+            )
+            .await
+            .unwrap();
+        assert!(got >= at && got <= at + LOCAL_LOOK, "{got:?}");
+        // 0, 0.1, 0.3, 0.7, 1.5 s, then the confirmation.
+        assert_eq!(polls.load(Ordering::SeqCst), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_the_signal_ec2_is_asked_often_until_it_agrees() {
+        // The host sees the device at 1 s; EC2 says `attached` only at 1.2 s.
+        let start = Instant::now();
+        let got = wait(1000, 120)
+            .run_signalled(
+                || async {
+                    let t = start.elapsed();
+                    Ok::<_, ()>(if t >= Duration::from_millis(1200) {
+                        Poll::Ready(t)
+                    } else {
+                        Poll::Pending("attaching".into())
+                    })
+                },
+                Some(|| async { start.elapsed() >= Duration::from_secs(1) }),
+            )
+            .await
+            .unwrap();
+        assert!(got <= Duration::from_millis(1200) + CONFIRM_POLL, "{got:?}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_deadline_cuts_the_schedule() {
-        // 10 attempts from 1 s would take 1+2+4+8+15+15+… s; the 10 s deadline stops it.
+        // Polls from 1 s take 1+2+4+5+5+… s; the 10 s deadline stops them.
         let start = Instant::now();
-        let err = wait(10, 1000, 10).run(|| async { Ok::<Poll<()>, ()>(Poll::Pending("x".into())) }).await;
+        let err = wait(1000, 10).run(|| async { Ok::<Poll<()>, ()>(Poll::Pending("x".into())) }).await;
         let Err(WaitError::TimedOut { attempts, .. }) = err else { panic!() };
         assert_eq!(start.elapsed(), Duration::from_secs(10));
         // Polls at 0, 1, 3, 7 and at the deadline (10).
@@ -309,7 +421,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failing_poll_ends_the_wait() {
-        let err = wait(10, 100, 10).run(|| async { Err::<Poll<()>, _>("boom") }).await;
+        let err = wait(100, 10).run(|| async { Err::<Poll<()>, _>("boom") }).await;
         assert!(matches!(err, Err(WaitError::Failed("boom"))));
     }
 
