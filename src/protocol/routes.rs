@@ -83,6 +83,13 @@ impl Endpoint {
         }
     }
 
+    /// Whether the call changes a volume (its request span is then at `info`, so the info and
+    /// warning lines of the operation carry it; the reads' spans are at `debug`, where their
+    /// own lines are, and cost nothing at the default level).
+    pub fn changes_state(self) -> bool {
+        matches!(self, Endpoint::Create | Endpoint::Remove | Endpoint::Mount | Endpoint::Unmount)
+    }
+
     /// How long Docker waits for this call (Create and Mount 2 min, the rest 1 min; moby's
     /// plugin client since 18.02, and dvdcli's Mesos isolator gives a Mount 2 min too), and the
     /// part of it kept for rolling back a failed step: the reply leaves well before the caller
@@ -140,6 +147,21 @@ pub fn router(service: ServiceSource) -> Handler {
     })
 }
 
+/// The span of one request at `level` (a span's level is fixed where it is written).
+macro_rules! request_span {
+    ($level:ident, $endpoint:expr) => {
+        tracing::span!(
+            tracing::Level::$level,
+            "request",
+            front = "docker",
+            op = $endpoint.label(),
+            req = next_request_id(),
+            volume = tracing::field::Empty,
+            caller = tracing::field::Empty,
+        )
+    };
+}
+
 /// The number of the next request (for log lines).
 fn next_request_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -157,14 +179,7 @@ pub async fn answer(service: &ServiceSource, method: &Method, path: &str, body: 
         crate::metrics::record_request(endpoint.label(), crate::metrics::BAD_REQUEST, start.elapsed());
         return json_reply(StatusCode::METHOD_NOT_ALLOWED, &ErrorBody { err: format!("{path} takes POST") });
     }
-    let span = tracing::info_span!(
-        "request",
-        front = "docker",
-        op = endpoint.label(),
-        req = next_request_id(),
-        volume = tracing::field::Empty,
-        caller = tracing::field::Empty,
-    );
+    let span = if endpoint.changes_state() { request_span!(INFO, endpoint) } else { request_span!(DEBUG, endpoint) };
     let result = call(service, endpoint, body).instrument(span.clone()).await;
     let _entered = span.enter();
     let (reply, outcome) = match result {
@@ -191,6 +206,9 @@ pub(super) fn ok(body: &impl serde::Serialize) -> Outcome {
 /// Notes the volume (and caller) a call is about in its span.
 fn note(volume: &str, caller: Option<&str>) {
     let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
     span.record("volume", excerpt(volume));
     if let Some(caller) = caller {
         span.record("caller", excerpt(caller));
