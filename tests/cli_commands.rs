@@ -411,6 +411,17 @@ fn volume_commands_without_a_daemon() {
         .stderr(predicate::str::contains("colour"));
     let made = setup.json(&["volume", "create", "--iops", "100", "-f", "json", "x"]);
     assert!(made[0]["Status"]["ignored"].as_str().is_some_and(|i| i.starts_with("iops: recorded")), "{made}");
+    // vfs volumes have no size to grow; a size that is no size is refused by the parser.
+    setup
+        .rexray(&["volume", "resize", "x", "5GiB"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("cannot be resized: vfs volumes have no size of their own"));
+    setup
+        .rexray(&["volume", "resize", "x", "lots"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("whole number of GiB"));
     setup.rexray(&["volume", "rm", "x"]).assert().success();
     setup
         .rexray(&["volume", "create", "--snapshotID", "snap-1", "x"])

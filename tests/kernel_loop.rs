@@ -39,6 +39,17 @@ macro_rules! require {
     };
 }
 
+/// Whether this process has CAP_SYS_RESOURCE (online ext4 growth needs it; some sandboxes and
+/// containers drop it).
+fn has_cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 24) != 0)
+}
+
 fn has_tool(name: &str) -> bool {
     ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].iter().any(|d| Path::new(d).join(name).exists())
 }
@@ -265,6 +276,70 @@ async fn grows(fs: &str) {
     assert!(after > 2 * GIB, "{fs} grew from {before} to {after} bytes");
     assert_eq!(b.status(&v, &o)["sizeGiB"], 3);
     b.deactivate(&v, &o).await.unwrap();
+}
+
+/// Online resize: the volume stays mounted, a file stays open and is written across it.
+async fn grows_online(fs: &str) {
+    use std::io::Write;
+    let w = World::new();
+    let b = w.backend();
+    let v = name("online");
+    let o = opts(&b, &[("size", "1"), ("fsType", fs)]);
+    b.create(&v, &o).await.unwrap();
+    let path = b.activate(&v, &o).await.unwrap();
+    let before = fs_bytes(&path);
+    let mut open = std::fs::File::create(path.join("log")).unwrap();
+    open.write_all(b"before\n").unwrap();
+
+    // Shrinking is refused, with both sizes.
+    let err = b.0.controller.expand(&v, &o, 0).await.unwrap_err().to_string();
+    assert!(err.contains("never shrink"), "{err}");
+    assert_eq!(b.0.controller.expand(&v, &o, 3).await.unwrap(), 3);
+    assert_eq!(std::fs::metadata(w.image("online")).unwrap().len(), 3 * GIB);
+    let grown = b.0.node.expand_fs(&v, &o, &b.0.node.staging_path(&v)).await;
+    if fs == "ext4" && !has_cap_sys_resource() {
+        // Online ext4 growth needs CAP_SYS_RESOURCE: refused with a message that says so; the
+        // file system grows at the next mount instead.
+        let err = grown.unwrap_err().to_string();
+        assert!(err.contains("CAP_SYS_RESOURCE") && err.contains("next mount"), "{err}");
+        open.write_all(b"after\n").unwrap();
+        drop(open);
+        b.deactivate(&v, &o).await.unwrap();
+        let path = b.activate(&v, &o).await.unwrap();
+        assert!(fs_bytes(&path) > 2 * GIB, "grown at the next mount");
+        assert_eq!(std::fs::read_to_string(path.join("log")).unwrap(), "before\nafter\n");
+        b.deactivate(&v, &o).await.unwrap();
+        return;
+    }
+    grown.unwrap();
+    let after = fs_bytes(&path);
+    assert!(after > 2 * GIB, "{fs} grew online from {before} to {after} bytes");
+    assert!(mount_at(&w.mount_dir("online")).is_some(), "still mounted");
+    open.write_all(b"after\n").unwrap();
+    open.sync_all().unwrap();
+    drop(open);
+    assert_eq!(std::fs::read_to_string(path.join("log")).unwrap(), "before\nafter\n");
+    // Again: nothing to do, nothing fails.
+    assert_eq!(b.0.controller.expand(&v, &o, 3).await.unwrap(), 3);
+    b.0.node.expand_fs(&v, &o, &b.0.node.staging_path(&v)).await.unwrap();
+    b.deactivate(&v, &o).await.unwrap();
+    // The remount sees the grown file system and the data.
+    let path = b.activate(&v, &o).await.unwrap();
+    assert!(fs_bytes(&path) > 2 * GIB);
+    assert_eq!(std::fs::read_to_string(path.join("log")).unwrap(), "before\nafter\n");
+    b.deactivate(&v, &o).await.unwrap();
+}
+
+#[tokio::test]
+async fn ext4_grows_online_while_mounted() {
+    require!(root);
+    grows_online("ext4").await;
+}
+
+#[tokio::test]
+async fn xfs_grows_online_while_mounted() {
+    require!(xfs);
+    grows_online("xfs").await;
 }
 
 #[tokio::test]

@@ -5,8 +5,9 @@ On EC2, attaching a volume makes a block device appear on the instance, and udev
 /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol<hex>. An emulator attaches nothing, so this
 tool plays the hypervisor: it asks the emulator which volumes are attached to the instances it
 serves and backs each with a loop device over a sparse image file (<images>/<volume-id>.img,
-kept across detaches, so data follows the volume from one instance to another), linked into that
-instance's link directory under the name udev would give it. Point the daemon's
+kept across detaches, so data follows the volume from one instance to another; grown, with the
+loop device told so, when the volume is resized), linked into that instance's link directory
+under the name udev would give it. Point the daemon's
 `ebs.deviceLinksDir` at that directory. When a volume is detached, its device's mounts are
 lazily unmounted (a dead host's would be gone), the link removed and the loop device released.
 
@@ -128,6 +129,8 @@ class Host:
         for key, size in want.items():
             if key not in self.plugged:
                 self.plug(key, size)
+            elif size > self.plugged[key][2]:
+                self.grow(key, size)
 
     def plug(self, key, size):
         vol, instance = key
@@ -135,16 +138,28 @@ class Host:
         if not os.path.exists(image):
             with open(image, "wb") as f:
                 f.truncate(max(size, 1) << 30)
+        elif os.path.getsize(image) < size << 30:  # resized while detached
+            with open(image, "r+b") as f:
+                f.truncate(size << 30)
         device = run("losetup", "--find", "--show", image)
         link = os.path.join(self.instances[instance], LINK_PREFIX + vol.replace("-", ""))
         if os.path.lexists(link):
             os.remove(link)
         os.symlink(device, link)
-        self.plugged[key] = (device, link)
+        self.plugged[key] = (device, link, size)
         print(f"plugged {vol} into {instance} as {device}", flush=True)
 
+    def grow(self, key, size):
+        """A resized volume: its image grows and its loop device takes the new size."""
+        device, link, _ = self.plugged[key]
+        with open(os.path.join(self.images, key[0] + ".img"), "r+b") as f:
+            f.truncate(size << 30)
+        run("losetup", "--set-capacity", device)
+        self.plugged[key] = (device, link, size)
+        print(f"grew {key[0]} on {key[1]} to {size} GiB", flush=True)
+
     def unplug(self, key):
-        device, link = self.plugged.pop(key)
+        device, link, _ = self.plugged.pop(key)
         if os.path.lexists(link):
             os.remove(link)
         for target in mounts_of(device):

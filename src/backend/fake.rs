@@ -199,6 +199,15 @@ impl Controller for FakeBackend {
         Ok(())
     }
 
+    async fn expand(&self, name: &VolumeName, _opts: &Options, size_gib: u64) -> Result<u64, BackendError> {
+        self.record("expand", name)?;
+        self.pause().await;
+        if !self.state().volumes.contains(name.as_str()) {
+            return Err(BackendError::not_found(format!("fake volume {name} does not exist")));
+        }
+        Ok(size_gib)
+    }
+
     async fn publications(&self, _node: &NodeId) -> Result<BTreeMap<String, PublishContext>, BackendError> {
         let s = self.state();
         Ok(s.published.iter().map(|n| (n.clone(), PublishContext::new())).collect())
@@ -278,5 +287,13 @@ impl Node for FakeBackend {
 
     async fn stats(&self, _path: &Path) -> Result<VolumeStats, BackendError> {
         Ok(VolumeStats::default())
+    }
+
+    async fn expand_fs(&self, name: &VolumeName, _opts: &Options, _staging: &Path) -> Result<(), BackendError> {
+        self.record("grow_fs", name)?;
+        if !self.state().staged.contains(name.as_str()) {
+            return Err(BackendError::invalid(format!("fake volume {name} is not staged")));
+        }
+        Ok(())
     }
 }

@@ -96,6 +96,10 @@ impl Controller for MeasuredController {
         timed(self.kind(), "publications", self.inner.publications(node)).await
     }
 
+    async fn expand(&self, name: &VolumeName, opts: &Options, size_gib: u64) -> Result<u64, BackendError> {
+        timed(self.kind(), "expand", self.inner.expand(name, opts, size_gib)).await
+    }
+
     async fn list(&self, page: &PageRequest) -> Result<Page, BackendError> {
         self.inner.list(page).await
     }
@@ -169,6 +173,10 @@ impl Node for MeasuredNode {
 
     async fn stats(&self, path: &Path) -> Result<VolumeStats, BackendError> {
         self.inner.stats(path).await
+    }
+
+    async fn expand_fs(&self, name: &VolumeName, opts: &Options, staging: &Path) -> Result<(), BackendError> {
+        timed(self.kind, "node_expand", self.inner.expand_fs(name, opts, staging)).await
     }
 
     async fn forget(&self, name: &VolumeName) {

@@ -11,7 +11,9 @@
 //!   --direct-io=off` would and without auto-clear; an existing attachment is found by its
 //!   backing file (`/sys/block/loop*/loop/backing_file`, or the inode), so after a `kill -9` the
 //!   daemon picks its devices up again instead of attaching twice. It publishes to this host
-//!   only. Delete removes the image; it is refused while the image is attached.
+//!   only. Delete removes the image; it is refused while the image is attached. Expand grows
+//!   the image (within the free space) and, when it is attached, has the loop device take the
+//!   new size (`LOOP_SET_CAPACITY`), so the mounted file system can grow while in use.
 //! - **Node.** The shared [`BlockNode`]; the device from the context must be backed by the
 //!   volume's very image (same device and inode), so nothing but the volume's own image is ever
 //!   formatted or mounted.
@@ -144,6 +146,52 @@ impl LoopController {
     }
 }
 
+/// Grows `image` to `size` bytes on a blocking thread (see [`Controller::expand`]).
+fn grow_image(
+    os: &dyn BlockOs,
+    root: &Path,
+    image: &Path,
+    size: u64,
+    crash: &crate::crashpoint::Token,
+) -> Result<(), BackendError> {
+    let current = match os.entry(image).map_err(step_error("examine", image))? {
+        Entry::File { .. } => os.file_size(image).map_err(step_error("read the size of", image))?.unwrap_or(0),
+        Entry::Missing => return Err(BackendError::not_found(format!("the image {} does not exist", image.display()))),
+        Entry::Symlink => return Err(step_error("resize image", image)(crate::os::OsError::Symlink(image.into()))),
+        Entry::Directory | Entry::Other => {
+            return Err(BackendError::invalid(format!("{} is not a regular file", image.display())))
+        }
+    };
+    if size < current {
+        return Err(BackendError::invalid(format!(
+            "{} is {} GiB; volumes grow, never shrink (asked for {} GiB)",
+            image.display(),
+            current / GIB,
+            size / GIB
+        )));
+    }
+    let free = os.free_space(root).map_err(step_error("read free space of", root))?;
+    if size - current > free {
+        return Err(BackendError::NoSpace {
+            what: format!(
+                "not enough space to grow {} to {} GiB: it needs {} more bytes but {} has {free} bytes free",
+                image.display(),
+                size / GIB,
+                size - current,
+                root.display()
+            ),
+        });
+    }
+    if os.grow_file(image, size).map_err(step_error("resize image", image))? {
+        tracing::info!(image = %image.display(), bytes = size, "grew image");
+    }
+    crash.hit("image grown");
+    if let Some(device) = os.loop_find(image).map_err(step_error("find the loop device of", image))? {
+        os.loop_refresh_size(&device).map_err(step_error("refresh the size of", &device))?;
+    }
+    Ok(())
+}
+
 /// The error for a create that finds more than it should have.
 fn unrecorded(image: &Path) -> BackendError {
     BackendError::AlreadyExists {
@@ -236,6 +284,15 @@ impl Controller for LoopController {
             Ok(())
         })
         .await
+    }
+
+    async fn expand(&self, name: &VolumeName, _opts: &Options, size_gib: u64) -> Result<u64, BackendError> {
+        let (root, image) = (self.root.clone(), self.image_path(name));
+        let size =
+            size_gib.checked_mul(GIB).ok_or_else(|| BackendError::invalid(format!("{size_gib} GiB is too large")))?;
+        let crash = crate::crashpoint::token();
+        blocking(&self.os, "resize", move |os| grow_image(os, &root, &image, size, &crash)).await?;
+        Ok(size_gib)
     }
 
     async fn publish(&self, name: &VolumeName, _opts: &Options, node: &NodeId) -> Result<PublishContext, BackendError> {

@@ -187,6 +187,21 @@ pub trait Controller: Send + Sync + Debug {
     /// The failure.
     async fn unpublish(&self, name: &VolumeName, opts: &Options, node: &NodeId) -> Result<(), BackendError>;
 
+    /// Grows the volume to `size_gib` GiB and returns its size in GiB after (the storage may
+    /// round up). Idempotent: a volume that is that large already is success. Never shrinks. A
+    /// published volume grows while in use; its file system is grown by [`Node::expand_fs`].
+    ///
+    /// # Errors
+    /// [`BackendError::Invalid`] where volumes have no size of their own (vfs) or for a smaller
+    /// size, [`BackendError::NoSpace`], a timeout, or the failure.
+    async fn expand(&self, name: &VolumeName, opts: &Options, size_gib: u64) -> Result<u64, BackendError> {
+        let _ = (opts, size_gib);
+        Err(BackendError::invalid(format!(
+            "volume {name} cannot be resized: {} volumes have no size of their own",
+            self.kind()
+        )))
+    }
+
     /// Every volume of this backend's that is published to `node` right now, by name: one look
     /// at reality, to reconcile records with it.
     ///
@@ -281,6 +296,18 @@ pub trait Node: Send + Sync + Debug {
     /// # Errors
     /// The failing step.
     async fn unpublish(&self, name: &VolumeName, target: &Path) -> Result<(), BackendError>;
+
+    /// Grows the file system of the volume staged at `staging` to fill its device, after
+    /// [`Controller::expand`], while it stays mounted and in use. Idempotent: a file system that
+    /// fills its device already is left alone.
+    ///
+    /// # Errors
+    /// [`BackendError::Invalid`] where volumes have no file system of their own (vfs) or the
+    /// volume is not staged there, or the failing step.
+    async fn expand_fs(&self, name: &VolumeName, opts: &Options, staging: &Path) -> Result<(), BackendError> {
+        let _ = (opts, staging);
+        Err(BackendError::invalid(format!("volume {name} has no file system of its own to grow")))
+    }
 
     /// Space and inodes of the file system at `path`.
     ///

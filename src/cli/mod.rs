@@ -290,6 +290,16 @@ enum VolumeCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Grow a volume (block and EBS volumes), online: a mounted volume's file system grows while its containers keep running.
+    #[command(visible_aliases = ["grow", "expand"], after_help = "Examples:\n  rexray volume resize data1 100\n  rexray volume resize data1 100GiB")]
+    Resize {
+        /// The volume.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The new size, in GiB (`100`, `100G`, `100GiB`); volumes never shrink.
+        #[arg(value_name = "SIZE", value_parser = parse_gib)]
+        size: u64,
+    },
     /// Print the host path of mounted volumes.
     #[command(after_help = "Example:\n  rexray volume path data1")]
     Path {
@@ -714,6 +724,11 @@ async fn volume_command_unbounded(config: &crate::config::Config, args: &VolumeA
             }
             Ok(failures.code())
         }
+        VolumeCommand::Resize { name, size } => {
+            target.resize(name, *size).await?;
+            print_views(format, &[target.get(name).await?])?;
+            Ok(ExitCode::SUCCESS)
+        }
         VolumeCommand::Path { names } => {
             let mut out = Vec::new();
             for name in names {
@@ -754,6 +769,16 @@ async fn mount_each(target: &Target, names: &Names, fs_type: Option<&str>, forma
     }
     format.print_json(&out)?;
     Ok(failures.code())
+}
+
+/// A size in whole GiB: `100`, `100G`, `100GB` or `100GiB`.
+fn parse_gib(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = ["GiB", "GB", "G", "gib", "gb", "g"].iter().find_map(|u| t.strip_suffix(u)).unwrap_or(t).trim();
+    match digits.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("expected a whole number of GiB, at least 1 (such as 100 or 100GiB), not {s:?}")),
+    }
 }
 
 fn print_views(format: Format, views: &[volume::View]) -> anyhow::Result<()> {

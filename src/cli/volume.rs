@@ -372,6 +372,27 @@ impl Target {
         }
     }
 
+    /// Grows a volume to `size_gib` GiB (while it stays mounted); returns its size after.
+    ///
+    /// # Errors
+    /// A smaller size, a backend without sizes, or the backend's failure.
+    pub async fn resize(&self, name: &str, size_gib: u64) -> anyhow::Result<u64> {
+        super::waiting::shown(&self.board(), name, self.resize_now(name, size_gib)).await
+    }
+
+    async fn resize_now(&self, name: &str, size_gib: u64) -> anyhow::Result<u64> {
+        match self {
+            Target::Local(s) => {
+                let record = s.resize(name, size_gib).await.map_err(|e| anyhow!(e.chain()))?;
+                Ok(crate::backend::options::get_u64(&record.options, "size").unwrap_or(size_gib))
+            }
+            Target::Daemon { .. } => {
+                let reply = self.call("Volume.Resize", json!({ "Name": name, "SizeGiB": size_gib }), SLOW).await?;
+                reply.get("SizeGiB").and_then(Value::as_u64).context("the daemon returned no size")
+            }
+        }
+    }
+
     /// Releases every hold of `holder` (it counts repeated mounts, like Docker's IDs).
     ///
     /// # Errors

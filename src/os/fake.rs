@@ -134,6 +134,16 @@ pub enum Call {
         /// The loop device.
         device: PathBuf,
     },
+    /// [`BlockOs::device_size`].
+    DeviceSize {
+        /// The device.
+        device: PathBuf,
+    },
+    /// [`BlockOs::loop_refresh_size`].
+    LoopRefreshSize {
+        /// The loop device.
+        device: PathBuf,
+    },
     /// [`BlockOs::file_size`].
     FileSize {
         /// The file.
@@ -252,6 +262,10 @@ pub enum CallKind {
     LoopAttach,
     /// [`Call::LoopDetach`].
     LoopDetach,
+    /// [`Call::LoopRefreshSize`].
+    LoopRefreshSize,
+    /// [`Call::DeviceSize`].
+    DeviceSize,
     /// [`Call::FileSize`].
     FileSize,
     /// [`Call::CreateSparse`].
@@ -301,6 +315,8 @@ impl Call {
             Call::LoopFind { .. } => CallKind::LoopFind,
             Call::LoopAttach { .. } => CallKind::LoopAttach,
             Call::LoopDetach { .. } => CallKind::LoopDetach,
+            Call::LoopRefreshSize { .. } => CallKind::LoopRefreshSize,
+            Call::DeviceSize { .. } => CallKind::DeviceSize,
             Call::FileSize { .. } => CallKind::FileSize,
             Call::CreateSparse { .. } => CallKind::CreateSparse,
             Call::FreeSpace { .. } => CallKind::FreeSpace,
@@ -764,6 +780,25 @@ impl BlockOs for FakeOs {
                 subject: device.to_path_buf(),
                 source: io::Error::from_raw_os_error(6), // ENXIO
             }),
+        }
+    }
+
+    fn device_size(&self, device: &Path) -> Result<u64, OsError> {
+        let w = self.enter(Call::DeviceSize { device: device.to_path_buf() })?;
+        // A loop device is as large as its image; other fake devices as large as asked.
+        Ok(w.files.get(&w.medium(device)).copied().unwrap_or(u64::MAX))
+    }
+
+    fn loop_refresh_size(&self, device: &Path) -> Result<(), OsError> {
+        let w = self.enter(Call::LoopRefreshSize { device: device.to_path_buf() })?;
+        if w.loops.contains_key(device) {
+            Ok(())
+        } else {
+            Err(OsError::Ioctl {
+                request: "LOOP_SET_CAPACITY",
+                subject: device.to_path_buf(),
+                source: io::Error::from_raw_os_error(6), // ENXIO
+            })
         }
     }
 

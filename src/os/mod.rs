@@ -339,6 +339,19 @@ pub trait BlockOs: Send + Sync + Debug {
     /// The kernel refused.
     fn loop_detach(&self, device: &Path) -> Result<(), OsError>;
 
+    /// The size of block device `device` in bytes, as the kernel sees it now.
+    ///
+    /// # Errors
+    /// It could not be opened.
+    fn device_size(&self, device: &Path) -> Result<u64, OsError>;
+
+    /// Tells the kernel that the backing file of loop device `device` changed size
+    /// (`LOOP_SET_CAPACITY`), so the device grows while it is in use.
+    ///
+    /// # Errors
+    /// The device is not bound, or the kernel refused.
+    fn loop_refresh_size(&self, device: &Path) -> Result<(), OsError>;
+
     /// The size of the regular file `path` in bytes, or `None` when it does not exist.
     ///
     /// # Errors

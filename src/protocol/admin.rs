@@ -7,7 +7,9 @@
 //! - `POST /Admin.Progress` → what the running operations wait for ([`crate::progress::Note`]s);
 //! - `POST /services/<name>/VolumeDriver.*` → the Docker VolumeDriver endpoints of the service
 //!   `<name>` (the same router as a plugin socket, see [`super::router`]);
-//! - `POST /services/<name>/Snapshot.*` → its snapshots ([`super::snapshots`]).
+//! - `POST /services/<name>/Snapshot.*` → its snapshots ([`super::snapshots`]);
+//! - `POST /services/<name>/Volume.*` → volume operations Docker has no call for
+//!   ([`super::volume_ops`]: resize).
 
 use std::sync::Arc;
 
@@ -99,6 +101,9 @@ pub fn router(services: Vec<AdminService>, config: Option<String>) -> Handler {
                 return unknown(path);
             };
             if let Some(reply) = super::snapshots::answer(&service.handle, endpoint, &body).await {
+                return reply;
+            }
+            if let Some(reply) = super::volume_ops::answer(&service.handle, endpoint, &body).await {
                 return reply;
             }
             super::routes::answer(&service.handle, &parts.method, &format!("/{endpoint}"), &body).await

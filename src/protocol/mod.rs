@@ -15,6 +15,7 @@ pub mod error;
 pub mod routes;
 pub mod snapshots;
 pub mod telemetry;
+pub mod volume_ops;
 pub mod wire;
 
 #[cfg(all(test, feature = "ebs"))]

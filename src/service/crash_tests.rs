@@ -1,5 +1,5 @@
 //! Crash injection, in process, on every backend: each operation (create, mount, unmount,
-//! remove) is crashed after each of its steps in turn (a panic of the operation's task at the
+//! remove, and on the block backends resize) is crashed after each of its steps in turn (a panic of the operation's task at the
 //! N-th crash point, N = 1, 2, … until the operation completes), the service is dropped and
 //! opened again on the same state directory and the same simulated world (files, loop devices,
 //! mounts, EC2), and the invariants are checked:
@@ -11,7 +11,9 @@
 //! - once nothing holds the volume, nothing of it stays attached or mounted;
 //! - Remove is always possible afterwards, and leaves nothing behind;
 //! - Create never adopts silently: a volume that exists after a crashed create has the
-//!   options the create asked for.
+//!   options the create asked for;
+//! - a resize is all or nothing: the recorded size is the old or the new one, and the storage
+//!   has exactly the recorded size.
 //!
 //! The real-binary suite (`tests/crash_points.rs`) does the same with `kill -9`-like aborts
 //! against the kernel.
@@ -192,6 +194,8 @@ enum Op {
     Mount,
     Unmount,
     Remove,
+    /// From 3 to 5 GiB while mounted.
+    Resize,
 }
 
 impl Op {
@@ -201,6 +205,7 @@ impl Op {
             Op::Mount => "mount",
             Op::Unmount => "unmount",
             Op::Remove => "remove",
+            Op::Resize => "resize",
         }
     }
 }
@@ -219,7 +224,7 @@ async fn prepare(world: &World, op: Op) {
     s.mount(VOLUME, Some("writer")).await.unwrap();
     world.write_data();
     s.unmount(VOLUME, Some("writer")).await.unwrap();
-    if matches!(op, Op::Unmount) {
+    if matches!(op, Op::Unmount | Op::Resize) {
         s.mount(VOLUME, Some("a")).await.unwrap();
     }
 }
@@ -230,6 +235,7 @@ async fn run(s: &Arc<VolumeService>, op: Op) -> Result<(), crate::service::Servi
         Op::Mount => s.mount(VOLUME, Some("a")).await.map(drop),
         Op::Unmount => s.unmount(VOLUME, Some("a")).await,
         Op::Remove => s.remove(VOLUME).await,
+        Op::Resize => s.resize(VOLUME, 5).await.map(drop),
     }
 }
 
@@ -270,6 +276,11 @@ async fn check_after_restart(world: &World, op: Op, n: u32, formats_before: usiz
         } else {
             assert!(world.data_intact(), "{at}: data written before the crash is gone");
         }
+        if matches!(op, Op::Resize) {
+            let recorded = info.status.value()["options"]["size"].as_str().unwrap_or_default().to_owned();
+            assert!(recorded == "3" || recorded == "5", "{at}: recorded size {recorded}");
+            assert_eq!(world.size_gib().map(|g| g.to_string()), Some(recorded), "{at}: storage vs record");
+        }
         // Whoever held it lets go: nothing of it stays attached or mounted.
         for id in ["a", "writer"] {
             s.unmount(VOLUME, Some(id)).await.unwrap_or_else(|e| panic!("{at}: unmount: {}", e.chain()));
@@ -300,7 +311,8 @@ async fn check_after_restart(world: &World, op: Op, n: u32, formats_before: usiz
 
 /// Every crash point of every operation on `kind`.
 async fn every_step_of_every_operation(kind: Kind) {
-    for op in [Op::Create, Op::Mount, Op::Unmount, Op::Remove] {
+    let resize = (kind != Kind::Vfs).then_some(Op::Resize);
+    for op in [Op::Create, Op::Mount, Op::Unmount, Op::Remove].into_iter().chain(resize) {
         let mut crashed = 0;
         for n in 1.. {
             assert!(n < 40, "{kind:?} {op:?}: no end in sight");

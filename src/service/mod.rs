@@ -32,6 +32,7 @@ pub mod holder;
 mod lifecycle;
 pub mod locks;
 mod reconcile;
+mod resize;
 mod snapshots;
 pub mod state;
 pub mod status;

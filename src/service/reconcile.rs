@@ -127,6 +127,13 @@ impl VolumeService {
                 warn!(volume = %name, error = %e, "could not save reconciled state");
             }
         }
+        if matches!(record.pending, Some(Pending::Resizing { .. })) {
+            match self.settle_record(OP, &name, record.clone()).await {
+                Ok(Some(settled)) => record = settled,
+                Ok(None) => return None,
+                Err(e) => warn!(volume = %name, error = %e.chain(), "could not settle an interrupted resize"),
+            }
+        }
         if matches!(record.pending, Some(Pending::Creating | Pending::Removing)) {
             return match self.settle_record(OP, &name, record.clone()).await {
                 Ok(settled) => settled,
@@ -267,6 +274,16 @@ impl VolumeService {
                 self.finish_remove(op, name, record).await?;
                 Ok(self.record(name))
             }
+            Some(Pending::Resizing { .. }) => match self.finish_resize(op, name, record).await {
+                Ok(record) => {
+                    info!(volume = %name, "finished an interrupted resize");
+                    Ok(Some(record))
+                }
+                Err(e) => {
+                    warn!(volume = %name, error = %e.chain(), "could not finish an interrupted resize; the volume keeps its recorded size");
+                    Ok(self.record(name))
+                }
+            },
             Some(Pending::Activating | Pending::Deactivating) if record.holder_count() > 0 => {
                 let path = self.activate(name, &record.options).await.map_err(self.backend_err(op, name))?;
                 tracing::debug!(volume = %name, path = %path.display(), "finished an interrupted activation");

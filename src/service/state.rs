@@ -55,6 +55,12 @@ pub enum Pending {
     Deactivating,
     /// Being removed: finished.
     Removing,
+    /// Being grown to `size_gib` GiB: finished (growing is idempotent), or dropped when that
+    /// fails.
+    Resizing {
+        /// The size asked for.
+        size_gib: u64,
+    },
 }
 
 impl Pending {
@@ -65,6 +71,7 @@ impl Pending {
             Pending::Activating => "activating",
             Pending::Deactivating => "deactivating",
             Pending::Removing => "removing",
+            Pending::Resizing { .. } => "resizing",
         }
     }
 }

@@ -458,3 +458,64 @@ async fn a_volume_of_another_backend_is_not_touched() {
     let err = s.mount("v", Some("a")).await.unwrap_err().chain();
     assert!(err.contains("belongs to backend loop"), "{err}");
 }
+
+#[tokio::test]
+async fn resize_grows_a_mounted_volume_records_the_size_and_never_shrinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    s.create("v1", &BTreeMap::from([("size".into(), "2".into())])).await.unwrap();
+    // Not mounted: only the storage grows (the file system grows at the next mount).
+    s.resize("v1", 3).await.unwrap();
+    assert_eq!(fake.count("expand"), 1);
+    assert_eq!(fake.count("grow_fs"), 0);
+    s.mount("v1", Some("c1")).await.unwrap();
+    let record = s.resize("v1", 5).await.unwrap();
+    assert_eq!(record.options["size"], "5");
+    assert_eq!(fake.count("grow_fs"), 1, "the mounted file system grows too");
+    let info = s.get("v1").await.unwrap();
+    assert_eq!(info.status.value()["options"]["size"], "5");
+    assert!(info.mountpoint.is_some(), "still mounted");
+    let err = s.resize("v1", 4).await.unwrap_err().chain();
+    assert!(err.contains("is 5 GiB") && err.contains("never shrink") && err.contains("4 GiB"), "{err}");
+    assert_eq!(fake.count("expand"), 2);
+    assert!(s.resize("nope", 9).await.unwrap_err().is_not_found());
+}
+
+#[tokio::test]
+async fn a_failed_resize_keeps_the_old_size_and_leaves_no_intent() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    s.create("v1", &BTreeMap::from([("size".into(), "2".into())])).await.unwrap();
+    fake.set_failing("expand", true);
+    let err = s.resize("v1", 3).await.unwrap_err().chain();
+    assert!(err.contains("resize \"v1\"") && err.contains("injected expand failure"), "{err}");
+    let info = s.get("v1").await.unwrap();
+    assert_eq!(info.status.value()["options"]["size"], "2");
+    assert!(!info.status.to_map().contains_key("pending"));
+    // The volume works as before.
+    fake.set_failing("expand", false);
+    s.mount("v1", Some("c1")).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_interrupted_resize_is_finished_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    {
+        let s = open(dir.path(), fake.clone(), settings()).await;
+        s.create("v1", &BTreeMap::from([("size".into(), "2".into())])).await.unwrap();
+        s.mount("v1", Some("c1")).await.unwrap();
+    }
+    let store = StateStore::open(dir.path()).unwrap();
+    let mut record = store.load().unwrap().into_iter().find(|r| r.name == "v1").unwrap();
+    record.pending = Some(Pending::Resizing { size_gib: 7 });
+    store.save(&record).unwrap();
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    let info = s.get("v1").await.unwrap();
+    assert_eq!(info.status.value()["options"]["size"], "7");
+    assert!(!info.status.to_map().contains_key("pending"));
+    assert_eq!(fake.count("expand"), 1);
+    assert_eq!(fake.count("grow_fs"), 1);
+}

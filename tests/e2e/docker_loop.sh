@@ -11,11 +11,17 @@ set -uo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-V1=rxe2e-loop1 V2=rxe2e-loop2 V3=rxe2e-loop3 V4=rxe2e-loop4 V5=rxe2e-loop5
+V1=rxe2e-loop1 V2=rxe2e-loop2 V3=rxe2e-loop3 V4=rxe2e-loop4 V5=rxe2e-loop5 V6=rxe2e-loop6
 C1=rxe2e-lc1 C2=rxe2e-lc2
 
 # loop_devices IMAGE: the loop devices backed by IMAGE (empty when none).
 loop_devices() { losetup -n -O NAME -j "$1" 2>/dev/null; }
+
+# rexray_cli ARGS…: the CLI against this run's daemon (through its admin socket).
+rexray_cli() { env REXRAY_HOME="$E2E_REXRAY_HOME" "$REXRAY_BIN" "$@" -c "$CONFIG"; }
+
+# has_cap_sys_resource: whether this shell (and the daemon it starts) has CAP_SYS_RESOURCE.
+has_cap_sys_resource() { (( 16#$(awk '/^CapEff/ {print $2}' /proc/self/status) & (1 << 24) )); }
 
 # df_kib VOLUME: the size in KiB of /data as a container sees it.
 df_kib() { docker run --rm -v "$1:/data" "$IMG" sh -c "df -k /data | tail -n 1" | awk '{print $2}'; }
@@ -59,6 +65,41 @@ loop_scenarios() {
     assert_eq "$OUT" "from-c1" "c2 still reads after c1 is gone"
     assert_ok docker rm -f "$C2"
     assert_eq "$(loop_devices "$LOOP_ROOT/$V1.img")" "" "loop devices after both containers"
+
+    step "rexray volume resize grows an xfs volume while a container keeps writing to it"
+    assert_ok docker volume create -d "$DRIVER" -o size=1 -o fsType=xfs "$V6"
+    assert_ok docker run -d --name "$C1" -v "$V6:/data" "$IMG" sh -c 'i=0; while true; do i=$((i+1)); echo $i >> /data/log; sleep 0.1; done'
+    retry 10 docker exec "$C1" test -s /data/log
+    assert_ok docker exec "$C1" sh -c 'df -k /data | tail -n 1'
+    before=$(awk '{print $2}' <<<"$OUT")
+    assert_ok rexray_cli volume resize "$V6" 2GiB
+    assert_contains "$OUT" "2 GiB" "the resize's table"
+    assert_eq "$(stat -c %s "$LOOP_ROOT/$V6.img")" "2147483648" "image size after the resize"
+    assert_ok docker exec "$C1" sh -c 'df -k /data | tail -n 1'
+    after=$(awk '{print $2}' <<<"$OUT")
+    check "df in the running container grew from $before to $after KiB" test "${after:-0}" -gt 1900000
+    assert_ok docker exec "$C1" sh -c 'a=$(tail -n 1 /data/log); sleep 0.5; b=$(tail -n 1 /data/log); test "$b" -gt "$a"'
+    assert_fails rexray_cli volume resize "$V6" 1
+    assert_contains "$ERR" "never shrink" "a smaller size"
+    assert_ok docker rm -f "$C1"
+    assert_ok vol_status "$V6"
+    assert_contains "$OUT" '"size":"2"' "Status after the resize"
+
+    step "an ext4 volume in use grows online with CAP_SYS_RESOURCE, else at its next mount (and says so)"
+    assert_ok docker run -d --name "$C1" -v "$V1:/data" "$IMG" sleep 300
+    if has_cap_sys_resource; then
+        assert_ok rexray_cli volume resize "$V1" 2
+        assert_ok docker exec "$C1" sh -c 'df -k /data | tail -n 1'
+    else
+        assert_fails rexray_cli volume resize "$V1" 2
+        assert_contains "$ERR" "CAP_SYS_RESOURCE" "why ext4 cannot grow while mounted"
+        assert_ok docker rm -f "$C1"
+        assert_ok docker run --rm -v "$V1:/data" "$IMG" sh -c 'df -k /data | tail -n 1'
+    fi
+    check "df after the resize ($(awk '{print $2}' <<<"$OUT") KiB)" test "$(awk '{print $2}' <<<"$OUT")" -gt 1900000
+    docker rm -f "$C1" >/dev/null 2>&1
+    assert_ok docker run --rm -v "$V1:/data" "$IMG" cat /data/f
+    assert_eq "$OUT" "persisted" "the data from before the resize"
 
     step "implicit create: a 16 GiB volume"
     assert_ok docker run --rm --volume-driver "$DRIVER" -v "$V2:/data" "$IMG" sh -c 'echo x > /data/y'
@@ -142,7 +183,7 @@ loop:
 EOF
 
 track_container "$C1" "$C2"
-track_volume "$V1" "$V2" "$V3" "$V4" "$V5"
+track_volume "$V1" "$V2" "$V3" "$V4" "$V5" "$V6"
 start_daemon "$DRIVER" "$CONFIG"
 e2e_preclean
 loop_scenarios

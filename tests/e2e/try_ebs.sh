@@ -15,6 +15,7 @@ e2e_init try_ebs
 ensure_docker
 ensure_image "$E2E_IMAGE"
 track_volume try1
+track_container try-app
 
 step "the README's steps, extracted"
 steps=$E2E_TMP/steps.sh
@@ -45,6 +46,9 @@ sed 's/^/    | /' "$out"
 assert_eq "$rc" 0 "the steps' exit status"
 assert_contains "$(cat "$out")" "hello" "the greeting read back"
 assert_match "$(cat "$out")" "try1 .*vol-[0-9a-f]+.*us-east-1a" "volume ls: the EC2 volume ID and zone"
+assert_match "$(cat "$out")" "try1 .*vol-[0-9a-f]+.*2 GiB" "volume resize: the new size"
+grown=$(awk '$NF == "/data" {print $2}' "$out" | tail -n 1)
+check "df in the running container after the resize: $grown KiB" test "${grown:-0}" -gt 1900000
 check "the daemon's socket is gone" test ! -e /run/docker/plugins/rexray-ebs.sock
 assert_eq "$(losetup -n -O NAME,BACK-FILE | grep -c "$E2E_TMP/var/rexray-try/images")" 0 "loop devices left"
 check "the device host logged no error" bash -c "! grep -q '^error' '$E2E_TMP/var/ebs_test_host.log'"

@@ -248,6 +248,29 @@ impl Node for BlockNode {
         blocking(&self.os, "unstage", move |os| unstage_local(os, &mount_dir)).await
     }
 
+    async fn expand_fs(&self, name: &VolumeName, opts: &Options, staging: &Path) -> Result<(), BackendError> {
+        let block = self.block_options(opts)?;
+        let (fs, want) = (block.fs_type, block.size_bytes());
+        let (mount_dir, volume) = (staging.to_path_buf(), name.clone());
+        let limit = crate::deadline::cap(DEVICE_GROWTH_WAIT);
+        blocking(&self.os, "grow", move |os| {
+            let Some(entry) = os.mounted_at(&mount_dir).map_err(step_error("read mounts for", &mount_dir))? else {
+                return Err(BackendError::invalid(format!(
+                    "volume {volume} is not mounted at {}, so its file system cannot be grown there",
+                    mount_dir.display()
+                )));
+            };
+            let device = entry.source;
+            wait_for_device_size(os, &volume, &device, want, limit)?;
+            if os.needs_grow(&device, fs).map_err(step_error("read the size of", &device))? {
+                os.grow(&device, fs, Some(&mount_dir)).map_err(|e| online_grow_error(&volume, &device, fs, e))?;
+                tracing::info!(volume = %volume, device = %device.display(), %fs, "grew the mounted file system");
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn is_staged(&self, _name: &VolumeName, staging: &Path) -> Result<bool, BackendError> {
         let mount_dir = staging.to_path_buf();
         blocking(&self.os, "is_staged", move |os| {
@@ -459,6 +482,51 @@ fn prepare_root_path(os: &dyn BlockOs, plan: &Plan) -> Result<(), BackendError> 
 }
 
 /// Unstaging on a blocking thread: sync and unmount if mounted.
+/// The error of an online grow; ext4's needs `CAP_SYS_RESOURCE`, which containers (and managed
+/// plugins) often lack: said so, with what happens instead.
+fn online_grow_error(volume: &VolumeName, device: &Path, fs: FsType, e: crate::os::OsError) -> BackendError {
+    let denied = matches!(&e, crate::os::OsError::Tool { stderr, .. } if stderr.contains("Permission denied"));
+    if fs == FsType::Ext4 && denied {
+        return BackendError::invalid(format!(
+            "volume {volume} grew, but its ext4 file system on {} cannot grow while mounted: online resize2fs needs \
+             CAP_SYS_RESOURCE, which this daemon lacks; it grows at the volume's next mount (or run the daemon with \
+             that capability, or use xfs)",
+            device.display()
+        ));
+    }
+    step_error("grow", device)(e)
+}
+
+/// How long a grown volume's device may take to show its new size on this host (EBS: the
+/// NVMe device follows the modification after a moment).
+const DEVICE_GROWTH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits (on this blocking thread, at most `limit`) until `device` is at least `want` bytes.
+fn wait_for_device_size(
+    os: &dyn BlockOs,
+    volume: &VolumeName,
+    device: &Path,
+    want: u64,
+    limit: std::time::Duration,
+) -> Result<(), BackendError> {
+    let start = std::time::Instant::now();
+    loop {
+        let size = os.device_size(device).map_err(step_error("read the size of", device))?;
+        if size >= want {
+            return Ok(());
+        }
+        if start.elapsed() >= limit {
+            return Err(BackendError::Timeout {
+                op: format!("the device {} of volume {volume} to show its new size", device.display()),
+                elapsed: start.elapsed(),
+                last_seen: format!("{size} of {want} bytes"),
+                hint: "; the storage has grown, and the file system grows at the next resize or mount".into(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn unstage_local(os: &dyn BlockOs, mount_dir: &Path) -> Result<(), BackendError> {
     let Some(entry) = os.mounted_at(mount_dir).map_err(step_error("read mounts for", mount_dir))? else {
         tracing::debug!(mount = %mount_dir.display(), "not mounted");

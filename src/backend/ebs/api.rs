@@ -335,6 +335,81 @@ pub struct SnapshotPage {
     pub next_token: Option<String>,
 }
 
+/// ModifyVolume: a new size, type, IOPS or throughput (what is `None` stays).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ModifyVolumeRequest {
+    /// `vol-…`.
+    pub volume_id: String,
+    /// The new size in GiB.
+    pub size_gib: Option<u64>,
+    /// The new volume type.
+    pub volume_type: Option<String>,
+    /// The new provisioned IOPS.
+    pub iops: Option<u64>,
+    /// The new throughput in MiB/s (gp3).
+    pub throughput: Option<u64>,
+}
+
+/// Where a volume modification is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModificationState {
+    /// Under way; the old size and performance still apply.
+    Modifying,
+    /// The new size is usable; performance is still moving to the new figures.
+    Optimizing,
+    /// Done.
+    Completed,
+    /// EC2 gave up on it.
+    Failed,
+    /// A state this code does not know.
+    Other(String),
+}
+
+impl ModificationState {
+    /// EC2's word.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ModificationState::Modifying => "modifying",
+            ModificationState::Optimizing => "optimizing",
+            ModificationState::Completed => "completed",
+            ModificationState::Failed => "failed",
+            ModificationState::Other(s) => s,
+        }
+    }
+
+    /// From EC2's word.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "modifying" => ModificationState::Modifying,
+            "optimizing" => ModificationState::Optimizing,
+            "completed" => ModificationState::Completed,
+            "failed" => ModificationState::Failed,
+            other => ModificationState::Other(other.to_owned()),
+        }
+    }
+}
+
+/// A volume's modification, as ModifyVolume or DescribeVolumesModifications report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeModification {
+    /// `vol-…`.
+    pub volume_id: String,
+    /// Where it is.
+    pub state: ModificationState,
+    /// The size it goes to, in GiB.
+    pub target_size_gib: Option<u64>,
+    /// The type it goes to.
+    pub target_type: Option<String>,
+    /// The IOPS it goes to.
+    pub target_iops: Option<u64>,
+    /// The throughput it goes to.
+    pub target_throughput: Option<u64>,
+    /// Percent done.
+    pub progress: Option<u64>,
+    /// EC2's words on a failure.
+    pub status_message: Option<String>,
+}
+
 /// What the backend needs to know about an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
@@ -557,6 +632,20 @@ pub trait Ec2Api: Send + Sync + fmt::Debug {
     /// # Errors
     /// EC2's error.
     async fn copy_snapshot(&self, req: &CopySnapshotRequest) -> Result<String, CloudError>;
+
+    /// ModifyVolume; returns the modification it started.
+    ///
+    /// # Errors
+    /// EC2's error (`IncorrectModificationState` while another modification runs or within
+    /// six hours of the last one).
+    async fn modify_volume(&self, req: &ModifyVolumeRequest) -> Result<VolumeModification, CloudError>;
+
+    /// DescribeVolumesModifications of one volume: its latest modification, `None` if it has
+    /// never been modified.
+    ///
+    /// # Errors
+    /// EC2's error.
+    async fn describe_modification(&self, volume_id: &str) -> Result<Option<VolumeModification>, CloudError>;
 }
 
 #[cfg(test)]

@@ -20,8 +20,8 @@ use aws_sdk_ec2::Client;
 
 use super::api::{
     AttachState, CloudError, CloudErrorKind, CopySnapshotRequest, CreateSnapshotRequest, CreateVolumeRequest, Ec2Api,
-    Instance, Snapshot, SnapshotPage, SnapshotQuery, SnapshotState, Volume, VolumeAttachment, VolumePage, VolumeQuery,
-    VolumeState,
+    Instance, ModificationState, ModifyVolumeRequest, Snapshot, SnapshotPage, SnapshotQuery, SnapshotState, Volume,
+    VolumeAttachment, VolumeModification, VolumePage, VolumeQuery, VolumeState,
 };
 
 /// How to reach EC2.
@@ -362,5 +362,48 @@ impl Ec2Api for AwsEc2 {
             .filter(|id| !id.is_empty())
             .map(str::to_owned)
             .ok_or_else(|| CloudError::from_code("InvalidResponse", "CopySnapshot returned no snapshot ID", None))
+    }
+
+    async fn modify_volume(&self, req: &ModifyVolumeRequest) -> Result<VolumeModification, CloudError> {
+        let out = self
+            .client
+            .modify_volume()
+            .volume_id(&req.volume_id)
+            .set_size(req.size_gib.map(to_i32))
+            .set_volume_type(req.volume_type.as_deref().map(VolumeType::from))
+            .set_iops(req.iops.map(to_i32))
+            .set_throughput(req.throughput.map(to_i32))
+            .send()
+            .await
+            .map_err(cloud_error)?;
+        out.volume_modification()
+            .map(modification)
+            .ok_or_else(|| CloudError::from_code("InvalidResponse", "ModifyVolume returned no modification", None))
+    }
+
+    async fn describe_modification(&self, volume_id: &str) -> Result<Option<VolumeModification>, CloudError> {
+        let out = match self.client.describe_volumes_modifications().volume_ids(volume_id).send().await {
+            Ok(out) => out,
+            Err(e) if e.code() == Some("InvalidVolumeModification.NotFound") => return Ok(None),
+            Err(e) => return Err(cloud_error(e)),
+        };
+        Ok(out
+            .volumes_modifications()
+            .iter()
+            .max_by_key(|m| m.start_time().map(aws_sdk_ec2::primitives::DateTime::secs))
+            .map(modification))
+    }
+}
+
+fn modification(m: &aws_sdk_ec2::types::VolumeModification) -> VolumeModification {
+    VolumeModification {
+        volume_id: m.volume_id().unwrap_or("").to_owned(),
+        state: ModificationState::parse(m.modification_state().map_or("", |s| s.as_str())),
+        target_size_gib: to_u64(m.target_size()),
+        target_type: m.target_volume_type().map(|t| t.as_str().to_owned()),
+        target_iops: to_u64(m.target_iops()),
+        target_throughput: to_u64(m.target_throughput()),
+        progress: m.progress().and_then(|p| u64::try_from(p).ok()),
+        status_message: m.status_message().map(str::to_owned),
     }
 }

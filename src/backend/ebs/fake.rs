@@ -23,8 +23,8 @@ use async_trait::async_trait;
 
 use super::api::{
     AttachState, CloudError, CopySnapshotRequest, CreateSnapshotRequest, CreateVolumeRequest, Ec2Api, Instance,
-    Snapshot, SnapshotPage, SnapshotQuery, SnapshotState, Volume, VolumeAttachment, VolumePage, VolumeQuery,
-    VolumeState,
+    ModificationState, ModifyVolumeRequest, Snapshot, SnapshotPage, SnapshotQuery, SnapshotState, Volume,
+    VolumeAttachment, VolumeModification, VolumePage, VolumeQuery, VolumeState,
 };
 use crate::os::DeviceHost;
 
@@ -53,6 +53,10 @@ pub enum Op {
     DeleteSnapshot,
     /// CopySnapshot.
     CopySnapshot,
+    /// ModifyVolume.
+    ModifyVolume,
+    /// DescribeVolumesModifications.
+    DescribeModification,
 }
 
 /// One recorded call.
@@ -99,6 +103,10 @@ pub enum Ec2Call {
     DeleteSnapshot(String),
     /// CopySnapshot.
     CopySnapshot(CopySnapshotRequest),
+    /// ModifyVolume.
+    ModifyVolume(ModifyVolumeRequest),
+    /// DescribeVolumesModifications of one volume.
+    DescribeModification(String),
 }
 
 impl Ec2Call {
@@ -116,6 +124,8 @@ impl Ec2Call {
             Ec2Call::DescribeSnapshots(_) => Op::DescribeSnapshots,
             Ec2Call::DeleteSnapshot(_) => Op::DeleteSnapshot,
             Ec2Call::CopySnapshot(_) => Op::CopySnapshot,
+            Ec2Call::ModifyVolume(_) => Op::ModifyVolume,
+            Ec2Call::DescribeModification(_) => Op::DescribeModification,
         }
     }
 }
@@ -133,6 +143,8 @@ struct FakeVolume {
     vanish: bool,
     /// Transitions due at a time (per instance).
     timed: BTreeMap<String, (Instant, Timed)>,
+    /// The latest modification and the looks it still stays `modifying` for.
+    modification: Option<(VolumeModification, u32)>,
 }
 
 /// A transition at a time.
@@ -187,6 +199,8 @@ struct World {
     attach_fails: bool,
     /// Detaches complete after this long.
     detach_time: Option<Duration>,
+    /// Modifications stay `modifying` for this many DescribeVolumesModifications of them.
+    modify_polls: u32,
     /// Other regions' fakes, for CopySnapshot's SourceRegion.
     peers: BTreeMap<String, Arc<FakeEc2>>,
 }
@@ -360,6 +374,7 @@ impl FakeEc2 {
             detaching: BTreeMap::new(),
             vanish: false,
             timed: BTreeMap::new(),
+            modification: None,
         };
         w.volumes.insert(id.clone(), fv);
         id
@@ -406,6 +421,12 @@ impl FakeEc2 {
     /// Detaches stay `detaching` for `d` on tokio's clock; `None` goes back to counting polls.
     pub fn set_detach_time(&self, d: Option<Duration>) {
         self.world().detach_time = d;
+    }
+
+    /// Modifications stay `modifying` for `n` DescribeVolumesModifications of them (then
+    /// `optimizing` with the new size, then `completed`).
+    pub fn set_modify_polls(&self, n: u32) {
+        self.world().modify_polls = n;
     }
 
     /// New attachments never leave `attaching`.
@@ -612,6 +633,14 @@ impl FakeEc2 {
         }
     }
 
+    /// The volume as a modification leaves it (from `optimizing` on).
+    fn apply_modification(v: &mut Volume, m: &VolumeModification) {
+        v.size_gib = m.target_size_gib.unwrap_or(v.size_gib);
+        v.volume_type = m.target_type.clone().unwrap_or_else(|| v.volume_type.clone());
+        v.iops = m.target_iops.or(v.iops);
+        v.throughput = m.target_throughput.or(v.throughput);
+    }
+
     fn remove_attachment(w: &mut World, volume: &str, instance: &str) {
         let device = w
             .volumes
@@ -695,6 +724,7 @@ impl Ec2Api for FakeEc2 {
                 detaching: BTreeMap::new(),
                 vanish,
                 timed: BTreeMap::new(),
+                modification: None,
             },
         );
         Ok(answer)
@@ -947,6 +977,81 @@ impl Ec2Api for FakeEc2 {
         }
         let copy = Snapshot { description: req.description.clone(), tags: req.tags.clone(), ..source };
         Ok(Self::start_snapshot(&mut self.world(), copy).id)
+    }
+
+    async fn modify_volume(&self, req: &ModifyVolumeRequest) -> Result<VolumeModification, CloudError> {
+        let mut w = self.enter(Ec2Call::ModifyVolume(req.clone()))?;
+        let polls = w.modify_polls;
+        let id = &req.volume_id;
+        let fv = w
+            .volumes
+            .get_mut(id)
+            .ok_or_else(|| err("InvalidVolume.NotFound", format!("The volume '{id}' does not exist.")))?;
+        if let Some((m, _)) = &fv.modification {
+            if matches!(m.state, ModificationState::Modifying | ModificationState::Optimizing) {
+                return Err(err(
+                    "IncorrectModificationState",
+                    format!("Cannot modify volume {id} as it is already being modified"),
+                ));
+            }
+        }
+        let v = &fv.volume;
+        if req.size_gib.is_some_and(|s| s < v.size_gib) {
+            return Err(err(
+                "InvalidParameterValue",
+                format!("New size cannot be smaller than existing size for {id}"),
+            ));
+        }
+        let unchanged = req.size_gib.is_none_or(|s| s == v.size_gib)
+            && req.volume_type.as_ref().is_none_or(|t| *t == v.volume_type)
+            && req.iops.is_none_or(|i| Some(i) == v.iops)
+            && req.throughput.is_none_or(|t| Some(t) == v.throughput);
+        if unchanged {
+            return Err(err(
+                "InvalidParameterCombination",
+                format!("New configuration of volume {id} is the same as its current configuration"),
+            ));
+        }
+        let m = VolumeModification {
+            volume_id: id.clone(),
+            state: if polls == 0 { ModificationState::Optimizing } else { ModificationState::Modifying },
+            target_size_gib: Some(req.size_gib.unwrap_or(v.size_gib)),
+            target_type: Some(req.volume_type.clone().unwrap_or_else(|| v.volume_type.clone())),
+            target_iops: req.iops.or(v.iops),
+            target_throughput: req.throughput.or(v.throughput),
+            progress: Some(0),
+            status_message: None,
+        };
+        if polls == 0 {
+            Self::apply_modification(&mut fv.volume, &m);
+        }
+        fv.modification = Some((m.clone(), polls));
+        Ok(m)
+    }
+
+    async fn describe_modification(&self, volume_id: &str) -> Result<Option<VolumeModification>, CloudError> {
+        let mut w = self.enter(Ec2Call::DescribeModification(volume_id.to_owned()))?;
+        let fv = w
+            .volumes
+            .get_mut(volume_id)
+            .ok_or_else(|| err("InvalidVolume.NotFound", format!("The volume '{volume_id}' does not exist.")))?;
+        let Some((m, left)) = fv.modification.as_mut() else { return Ok(None) };
+        let seen = m.clone();
+        match m.state {
+            ModificationState::Modifying if *left > 1 => *left -= 1,
+            ModificationState::Modifying => {
+                m.state = ModificationState::Optimizing;
+                m.progress = Some(50);
+                let applied = m.clone();
+                Self::apply_modification(&mut fv.volume, &applied);
+            }
+            ModificationState::Optimizing => {
+                m.state = ModificationState::Completed;
+                m.progress = Some(100);
+            }
+            _ => {}
+        }
+        Ok(Some(seen))
     }
 }
 

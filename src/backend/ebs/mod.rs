@@ -54,6 +54,7 @@ pub mod identity;
 pub mod naming;
 pub mod node;
 pub mod options;
+mod resize;
 pub mod settings;
 pub mod snapshots;
 pub mod wait;
@@ -280,6 +281,10 @@ impl Controller for EbsController {
         self.core.publish_to(name, node).await
     }
 
+    async fn expand(&self, name: &VolumeName, _opts: &Options, size_gib: u64) -> Result<u64, BackendError> {
+        self.core.expand(name, size_gib).await
+    }
+
     async fn unpublish(&self, name: &VolumeName, _opts: &Options, node: &NodeId) -> Result<(), BackendError> {
         self.core.unpublish_from(name, node).await
     }
@@ -357,6 +362,8 @@ impl Controller for EbsController {
     }
 }
 
+#[cfg(test)]
+mod resize_tests;
 #[cfg(test)]
 mod snapshot_tests;
 #[cfg(test)]

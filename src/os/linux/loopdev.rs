@@ -51,6 +51,8 @@ pub(super) const LOOP_CONTROL: &str = "/dev/loop-control";
 const LOOP_SET_FD: Opcode = opcode::none(b'L', 0x00);
 /// `LOOP_CLR_FD`: marks the device for detaching; the kernel detaches it on the last close.
 const LOOP_CLR_FD: Opcode = opcode::none(b'L', 0x01);
+/// `LOOP_SET_CAPACITY`: re-reads the size of the bound file.
+const LOOP_SET_CAPACITY: Opcode = opcode::none(b'L', 0x07);
 /// `LOOP_SET_STATUS64`: sets a bound device's `struct loop_info64`. Pre-5.8 kernels.
 const LOOP_SET_STATUS64: Opcode = opcode::none(b'L', 0x04);
 /// `LOOP_GET_STATUS64`: reads a bound device's `struct loop_info64`.
@@ -298,6 +300,14 @@ pub(super) fn attach_image(image: &Path, how: BindWith) -> Result<PathBuf, OsErr
         "attach {}: other processes took each free loop device before it could be set up ({ATTACH_ATTEMPTS} tries)",
         image.display()
     )))
+}
+
+/// Makes loop device `device` take its backing file's new size (see
+/// [`BlockOs::loop_refresh_size`]).
+pub(super) fn refresh_size(device: &Path) -> Result<(), OsError> {
+    let loop_dev = File::open(device).map_err(sys(format!("open {}", device.display())))?;
+    // SAFETY: LOOP_SET_CAPACITY takes no argument and reads or writes no memory.
+    unsafe { ioctl(&loop_dev, NoArg::<LOOP_SET_CAPACITY>::new()) }.map_err(ioctl_error("LOOP_SET_CAPACITY", device))
 }
 
 /// Detaches the loop device `device` (see [`BlockOs::loop_detach`]).

@@ -291,6 +291,15 @@ impl BlockOs for LinuxOs {
         loopdev::detach_device(device)
     }
 
+    fn device_size(&self, device: &Path) -> Result<u64, OsError> {
+        let mut file = fs::File::open(device).map_err(sys(format!("open {}", device.display())))?;
+        file.seek(SeekFrom::End(0)).map_err(sys(format!("read the size of {}", device.display())))
+    }
+
+    fn loop_refresh_size(&self, device: &Path) -> Result<(), OsError> {
+        loopdev::refresh_size(device)
+    }
+
     fn file_size(&self, path: &Path) -> Result<Option<u64>, OsError> {
         files::file_size(path)
     }
