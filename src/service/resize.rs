@@ -1,5 +1,5 @@
 //! Growing a volume while it stays mounted and in use: the intent made durable, the
-//! controller's expand, the new size recorded, the node's online file-system grow. Killed at any
+//! controller's expand, the node's online file-system grow, the new size recorded. Killed at any
 //! step, the next start (or the next operation on the volume) finishes it. A resize the storage
 //! refuses leaves the old size; once the storage has grown the record says so, and a file system
 //! that cannot grow while mounted (ext4 without `CAP_SYS_RESOURCE`) grows at the next mount.
@@ -67,19 +67,23 @@ impl VolumeService {
             }
         };
         hit("volume expanded");
-        // The storage has the new size: so does the record, whatever happens to the file system.
         record.options.insert("size".into(), size.to_string());
+        // The intent stays until the mounted file system has grown too, so a crash before that
+        // is finished at the next start (both steps are idempotent).
+        let grown = if record.active {
+            let node = &self.backend.node;
+            let grown = node.expand_fs(name, &record.options, &node.staging_path(name)).await;
+            hit("file system grown");
+            grown
+        } else {
+            Ok(())
+        };
+        // The storage has the new size: so does the record, whatever happened to the file system.
         record.pending = None;
         self.commit(op, record.clone()).await?;
         hit("resize recorded");
         info!(volume = %name, size_gib = size, "resized");
-        if record.active {
-            let node = &self.backend.node;
-            node.expand_fs(name, &record.options, &node.staging_path(name))
-                .await
-                .map_err(self.backend_err(op, name))?;
-            hit("file system grown");
-        }
+        grown.map_err(self.backend_err(op, name))?;
         Ok(record)
     }
 }

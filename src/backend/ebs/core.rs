@@ -230,14 +230,11 @@ impl Core {
     }
 
     /// What a wait for volume `id` (attached as `device`) to attach to (`present`) or detach
-    /// from `instance` watches on this host: only when `instance` is this host's.
+    /// from `instance` watches on this host: only when `instance` is this host's (and
+    /// [`Self::poll_volume`] watches only where this core has the host's devices).
     pub(super) fn local_signal(&self, instance: &str, id: &str, device: &str, present: bool) -> Option<LocalSignal> {
         let here = self.connected.get().is_some_and(|(ident, _)| ident.instance_id == instance);
-        (here && self.local.is_some()).then(|| LocalSignal {
-            volume_id: id.to_owned(),
-            device: device.to_owned(),
-            present,
-        })
+        here.then(|| LocalSignal { volume_id: id.to_owned(), device: device.to_owned(), present })
     }
 
     /// Volume `id` as the next batched poll round sees it (`None`: EC2 does not know it).
@@ -263,6 +260,8 @@ impl Core {
                 async move { devices.present(&l.volume_id, &l.device).await == l.present }
             }
         });
+        // Each poll's future borrows `check` (it keeps state across polls); the lock is taken
+        // only after the await, never across it.
         let check = Mutex::new(&mut check);
         let polled = self
             .status_wait()

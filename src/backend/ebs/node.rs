@@ -41,15 +41,19 @@ impl EbsDevices {
 }
 
 impl EbsDevices {
-    /// Whether volume `id`'s device, attached as `requested`, is on this host now (one look).
-    pub async fn present(&self, id: &str, requested: &str) -> bool {
+    /// What one look at the host finds for volume `id`, attached as `requested` (on a blocking
+    /// thread: it reads links and sysfs).
+    async fn find(&self, id: &str, requested: &str) -> Found {
         let (host, links, vol_id, requested) =
             (Arc::clone(&self.host), self.links_dir.clone(), id.to_owned(), requested.to_owned());
-        tokio::task::spawn_blocking(move || {
-            matches!(find_device(host.as_ref(), &links, &vol_id, &requested), Found::Device { .. })
-        })
-        .await
-        .unwrap_or(false)
+        tokio::task::spawn_blocking(move || find_device(host.as_ref(), &links, &vol_id, &requested))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Whether volume `id`'s device, attached as `requested`, is on this host now (one look).
+    pub async fn present(&self, id: &str, requested: &str) -> bool {
+        matches!(self.find(id, requested).await, Found::Device { .. })
     }
 
     /// One look for volume `id`'s device, attached as `requested`.
@@ -59,12 +63,7 @@ impl EbsDevices {
         id: &str,
         requested: &str,
     ) -> Result<Poll<(PathBuf, PathBuf)>, BackendError> {
-        let (host, links, vol_id, requested) =
-            (Arc::clone(&self.host), self.links_dir.clone(), id.to_owned(), requested.to_owned());
-        let found = tokio::task::spawn_blocking(move || find_device(host.as_ref(), &links, &vol_id, &requested))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        match found {
+        match self.find(id, requested).await {
             Found::Device { device, via } => Ok(Poll::Ready((device, via))),
             Found::Missing(paths) => {
                 let paths = paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");

@@ -40,10 +40,10 @@ impl Core {
             .run("DescribeVolumesModifications", || api.describe_modification(&id))
             .await
             .map_err(|e| cloud_failed("resize", name, Some(&id), &e))?;
-        let ours = latest.as_ref().filter(|m| m.target_size_gib == Some(size_gib));
+        let ours = |m: &VolumeModification| m.target_size_gib == Some(size_gib);
         match latest.as_ref() {
-            Some(m) if ours.is_some() && usable(m) => return Ok(size_gib),
-            Some(m) if m.state == ModificationState::Modifying && ours.is_none() => {
+            Some(m) if ours(m) && usable(m) => return Ok(size_gib),
+            Some(m) if m.state == ModificationState::Modifying && !ours(m) => {
                 return Err(BackendError::InUse {
                     what: format!("volume {name} ({id})"),
                     holders: format!(

@@ -80,8 +80,7 @@ async fn run_rounds(rounds: Arc<Mutex<Rounds>>, api: Arc<dyn Ec2Api>, retry: Arc
                 r.running = false;
                 return;
             }
-            let ids: Vec<String> = r.pending.keys().take(MAX_IDS).cloned().collect();
-            ids.into_iter().map(|id| (id.clone(), r.pending.remove(&id).unwrap_or_default())).collect()
+            std::iter::from_fn(|| r.pending.pop_first()).take(MAX_IDS).collect()
         };
         let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
         crate::metrics::ec2_state_round(batch.iter().map(|(_, w)| w.len()).sum());
