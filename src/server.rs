@@ -386,36 +386,87 @@ async fn answer(shared: &Shared, request: Request<Incoming>) -> Reply {
     (shared.handler)(Request::from_parts(parts, body)).await
 }
 
+/// When a connection began waiting for its next request (it opened, or sent its last reply),
+/// or `None` while it answers one: the header deadline kept without a timer per request.
+#[derive(Debug)]
+struct Waiting(std::sync::Mutex<Option<tokio::time::Instant>>);
+
+impl Waiting {
+    fn new() -> Self {
+        Self(std::sync::Mutex::new(Some(tokio::time::Instant::now())))
+    }
+
+    fn set(&self, since: Option<tokio::time::Instant>) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = since;
+    }
+
+    fn since(&self) -> Option<tokio::time::Instant> {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Resolves once the connection has waited `limit` for a request's headers (a client
+    /// that stalls, trickles its headers, or keeps an idle connection open). It wakes only
+    /// when a deadline could have passed, not at every request.
+    async fn stalled(&self, limit: Duration) {
+        let mut check_at = tokio::time::Instant::now() + limit;
+        loop {
+            tokio::time::sleep_until(check_at).await;
+            check_at = match self.since() {
+                Some(since) if since.elapsed() >= limit => return,
+                Some(since) => since + limit,
+                // Answering (the body and the call have their own limits): look again later.
+                None => tokio::time::Instant::now() + limit,
+            };
+        }
+    }
+}
+
 /// Serves one connection until it closes, or, after `stop`, until its request in flight is
-/// answered.
+/// answered. A request's headers must arrive within [`Limits::header_timeout`] of the
+/// connection opening or the previous reply; else the connection is dropped.
 async fn serve_connection<IO>(io: IO, shared: Arc<Shared>, mut stop: watch::Receiver<bool>)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let waiting = Arc::new(Waiting::new());
     let service = {
-        let shared = Arc::clone(&shared);
+        let (shared, waiting) = (Arc::clone(&shared), Arc::clone(&waiting));
         service_fn(move |request| {
-            let shared = Arc::clone(&shared);
-            async move { Ok::<_, std::convert::Infallible>(answer(&shared, request).await) }
+            let (shared, waiting) = (Arc::clone(&shared), Arc::clone(&waiting));
+            async move {
+                waiting.set(None);
+                let reply = answer(&shared, request).await;
+                waiting.set(Some(tokio::time::Instant::now()));
+                Ok::<_, std::convert::Infallible>(reply)
+            }
         })
     };
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(shared.limits.header_timeout)
+        .header_read_timeout(None::<Duration>)
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
+    let limit = shared.limits.header_timeout;
     tokio::select! {
         result = conn.as_mut() => {
             if let Err(e) = result {
                 debug!(listener = %shared.name, error = %e, "connection ended with an error");
             }
         }
+        () = waiting.stalled(limit) => {
+            debug!(listener = %shared.name, timeout_ms = limit.as_millis(), "no request headers within the header timeout; closing the connection");
+        }
         () = async { drop(stop.wait_for(|s| *s).await) } => {
             // Idle connections close at once; a request in flight is answered first.
             conn.as_mut().graceful_shutdown();
-            if let Err(e) = conn.await {
-                debug!(listener = %shared.name, error = %e, "connection ended with an error during shutdown");
+            tokio::select! {
+                result = conn => {
+                    if let Err(e) = result {
+                        debug!(listener = %shared.name, error = %e, "connection ended with an error during shutdown");
+                    }
+                }
+                () = waiting.stalled(limit) => {}
             }
         }
     }

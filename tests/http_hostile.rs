@@ -165,6 +165,41 @@ async fn stalled_headers_and_bodies_are_dropped_after_their_timeouts() {
 }
 
 #[tokio::test]
+async fn headers_trickled_a_byte_at_a_time_are_cut_off_at_the_header_timeout() {
+    let s = start(limits(), Arc::new(FakeBackend::default())).await;
+    // One byte every 50 ms keeps the connection busy but never finishes the headers in the
+    // 400 ms allowed: the timeout runs from the start of the request, not from the last byte.
+    let mut trickle = UnixStream::connect(&s.socket).await.unwrap();
+    let started = std::time::Instant::now();
+    let request = head("VolumeDriver.List", 2);
+    let mut cut_off = false;
+    for byte in request.as_bytes() {
+        if trickle.write_all(&[*byte]).await.is_err() {
+            cut_off = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    let mut reader = BufReader::new(trickle);
+    assert!(cut_off || closed(&mut reader, Duration::from_secs(1)).await, "a trickling client is not held forever");
+    assert!(started.elapsed() < Duration::from_secs(3), "cut off after {:?}", started.elapsed());
+
+    // A client that keeps asking is served past the timeout; once idle that long, it is closed.
+    let mut busy = BufReader::new(UnixStream::connect(&s.socket).await.unwrap());
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1000) {
+        busy.get_mut().write_all(format!("{}{{}}", head("VolumeDriver.List", 2)).as_bytes()).await.unwrap();
+        assert_eq!(read_reply(&mut busy).await.map(|r| r.0), Some(200));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(closed(&mut busy, Duration::from_secs(3)).await, "an idle connection is closed after the header timeout");
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn connections_beyond_the_cap_are_refused_and_served_again_once_some_close() {
     let s = start(limits(), Arc::new(FakeBackend::default())).await;
     let mut held = Vec::new();

@@ -185,7 +185,9 @@ impl Controller for Vfs {
     /// `path`, and `ignored` when the volume was created with options only block and EBS
     /// volumes act on (`size` among them: a directory has no size of its own).
     fn status(&self, name: &VolumeName, opts: &Options) -> BTreeMap<String, serde_json::Value> {
-        let mut status = BTreeMap::from([("path".to_owned(), self.dir(name).to_string_lossy().into_owned().into())]);
+        let path =
+            self.dir(name).into_os_string().into_string().unwrap_or_else(|raw| raw.to_string_lossy().into_owned());
+        let mut status = BTreeMap::from([("path".to_owned(), path.into())]);
         let ignored: Vec<&str> = std::iter::once("size")
             .chain(IGNORED.iter().map(|s| s.key))
             .filter(|key| opts.contains_key(*key))

@@ -24,16 +24,30 @@ pub enum ProtocolError {
     Service(#[from] ServiceError),
 }
 
+/// The buffer a reply is encoded into starts this large.
+const REPLY_CAPACITY: usize = 512;
+
 /// Encodes a JSON reply with our media type.
 pub fn json_reply(status: StatusCode, body: &impl serde::Serialize) -> Reply {
-    let (status, bytes) = match serde_json::to_vec(body) {
-        Ok(bytes) => (status, Bytes::from(bytes)),
+    // Room for a Get's reply at once (serde_json's own start of 128 bytes grows twice for it).
+    let mut buf = Vec::with_capacity(REPLY_CAPACITY);
+    let (status, bytes) = match serde_json::to_writer(&mut buf, body) {
+        Ok(()) => (status, Bytes::from(buf)),
         Err(e) => {
             tracing::error!(error = %e, "could not encode a reply");
             (StatusCode::INTERNAL_SERVER_ERROR, Bytes::from_static(br#"{"Err":"could not encode reply"}"#))
         }
     };
-    let mut reply = Response::new(Full::new(bytes));
+    with_status(status, bytes)
+}
+
+/// A 200 reply of JSON already encoded.
+pub fn bytes_reply(json: Vec<u8>) -> Reply {
+    with_status(StatusCode::OK, Bytes::from(json))
+}
+
+fn with_status(status: StatusCode, json: Bytes) -> Reply {
+    let mut reply = Response::new(Full::new(json));
     *reply.status_mut() = status;
     reply.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(CONTENT_TYPE));
     reply

@@ -8,9 +8,11 @@
 //! - [`admin`]: the private admin socket (`rexray volume …` through the daemon);
 //! - [`snapshots`]: its snapshot endpoints;
 //! - [`telemetry`]: `/metrics` and `/health`;
-//! - [`error`]: the one place errors become replies; [`wire`]: the JSON bodies.
+//! - [`error`]: the one place errors become replies; [`wire`]: the JSON bodies; `encode`:
+//!   the Get reply written without serde's generic machinery.
 
 pub mod admin;
+mod encode;
 pub mod error;
 pub mod routes;
 pub mod snapshots;

@@ -10,10 +10,10 @@ use std::time::Instant;
 
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use tracing::Instrument;
 
-use super::error::{json_reply, ProtocolError};
+use super::error::{bytes_reply, json_reply, ProtocolError};
 use super::wire::*;
 use crate::name::excerpt;
 use crate::server::{Handler, Reply};
@@ -194,7 +194,7 @@ pub async fn answer(service: &ServiceSource, method: &Method, path: &str, body: 
 }
 
 /// Decodes a body as JSON whatever the headers say.
-pub(super) fn decode<T: DeserializeOwned>(endpoint: &'static str, body: &[u8]) -> Result<T, ProtocolError> {
+pub(super) fn decode<'a, T: Deserialize<'a>>(endpoint: &'static str, body: &'a [u8]) -> Result<T, ProtocolError> {
     serde_json::from_slice(body).map_err(|e| ProtocolError::Decode { endpoint, message: e.to_string() })
 }
 
@@ -235,7 +235,7 @@ async fn call(s: &ServiceSource, endpoint: Endpoint, body: &Bytes) -> Outcome {
             let req: MountRequest = decode(path, body)?;
             note(&req.name, req.id.as_deref());
             let mountpoint = s.get().await?.mount(&req.name, req.id.as_deref()).await?;
-            ok(&MountpointResponse { mountpoint: mountpoint.display().to_string() })
+            ok(&MountpointResponse { mountpoint: path_text(mountpoint) })
         }
         Endpoint::Unmount => {
             let req: MountRequest = decode(path, body)?;
@@ -246,19 +246,13 @@ async fn call(s: &ServiceSource, endpoint: Endpoint, body: &Bytes) -> Outcome {
         Endpoint::Path => {
             let req: NameRequest = decode(path, body)?;
             let mountpoint = s.get().await?.path(&req.name).await?;
-            ok(&MountpointResponse { mountpoint: mountpoint.map(|p| p.display().to_string()).unwrap_or_default() })
+            ok(&MountpointResponse { mountpoint: mountpoint.map(path_text).unwrap_or_default() })
         }
         Endpoint::Get => {
             let req: NameRequest = decode(path, body)?;
             let info = s.get().await?.get(&req.name).await?;
-            ok(&GetResponse {
-                volume: Volume {
-                    name: info.name,
-                    mountpoint: info.mountpoint.map(|p| p.display().to_string()),
-                    created_at: Some(info.created_at).filter(|c| !c.is_empty()),
-                    status: Some(info.status),
-                },
-            })
+            let mountpoint = info.mountpoint.as_deref().map(|p| p.to_string_lossy());
+            Ok(bytes_reply(super::encode::get_reply(&info, mountpoint.as_deref())))
         }
         Endpoint::List => {
             let listing = s.get().await?.list().await?;
@@ -276,6 +270,11 @@ async fn call(s: &ServiceSource, endpoint: Endpoint, body: &Bytes) -> Outcome {
             ok(&CapabilitiesResponse { capabilities: Capabilities { scope } })
         }
     }
+}
+
+/// A host path as reply text (lossy only for a path that is not UTF-8, which names never make).
+fn path_text(path: std::path::PathBuf) -> String {
+    path.into_os_string().into_string().unwrap_or_else(|raw| raw.to_string_lossy().into_owned())
 }
 
 /// The reply to a path that is no endpoint.

@@ -1,5 +1,6 @@
 //! Request and response bodies, exactly as dockerd and dvdcli send and expect them.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -18,12 +19,13 @@ pub struct CreateRequest {
     pub opts: Option<BTreeMap<String, String>>,
 }
 
-/// `/VolumeDriver.{Remove,Path,Get}`.
+/// `/VolumeDriver.{Remove,Path,Get}`. The name is borrowed from the body unless it has
+/// escapes.
 #[derive(Debug, Deserialize)]
-pub struct NameRequest {
+pub struct NameRequest<'a> {
     /// Volume name.
-    #[serde(rename = "Name")]
-    pub name: String,
+    #[serde(rename = "Name", borrow)]
+    pub name: Cow<'a, str>,
 }
 
 /// `/VolumeDriver.{Mount,Unmount}`. `ID` is absent when dvdcli calls.
@@ -70,7 +72,8 @@ pub struct Volume<S: Serialize = BTreeMap<String, serde_json::Value>> {
     pub status: Option<S>,
 }
 
-/// `/VolumeDriver.Get` reply.
+/// `/VolumeDriver.Get` reply (the protocol writes it directly; this is the reference its test
+/// compares with).
 #[derive(Debug, Serialize)]
 pub struct GetResponse<S: Serialize> {
     /// The volume.

@@ -50,7 +50,7 @@ pub use error::{Cause, ServiceError};
 pub use handle::ServiceHandle;
 use locks::VolumeLocks;
 use state::{Pending, StateStore, VolumeRecord};
-pub use status::Status;
+pub use status::{Status, StatusEntry};
 
 /// The most times one mount ID may hold a volume (a count beyond it is refused, never wrapped).
 pub const MAX_MOUNTS_PER_ID: u32 = 1 << 20;

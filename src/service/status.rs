@@ -24,48 +24,62 @@ pub struct Status {
 }
 
 /// One entry's value, borrowed.
-enum Entry<'a> {
+#[derive(Debug, Clone, Copy)]
+pub enum StatusEntry<'a> {
+    /// A backend's value.
     Value(&'a Value),
+    /// A string.
     Str(&'a str),
+    /// A count.
     U64(u64),
+    /// A flag.
     Bool(bool),
+    /// The volume's options.
     Options(&'a crate::backend::Options),
 }
 
-impl Serialize for Entry<'_> {
+impl Serialize for StatusEntry<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Entry::Value(v) => v.serialize(s),
-            Entry::Str(v) => s.serialize_str(v),
-            Entry::U64(v) => s.serialize_u64(*v),
-            Entry::Bool(v) => s.serialize_bool(*v),
-            Entry::Options(o) => o.serialize(s),
+            StatusEntry::Value(v) => v.serialize(s),
+            StatusEntry::Str(v) => s.serialize_str(v),
+            StatusEntry::U64(v) => s.serialize_u64(*v),
+            StatusEntry::Bool(v) => s.serialize_bool(*v),
+            StatusEntry::Options(o) => o.serialize(s),
         }
     }
 }
 
 impl Status {
-    /// The service's entries, then the backend's (a key of both is the service's).
-    fn entries(&self) -> Vec<(&str, Entry<'_>)> {
-        let mut entries: Vec<(&str, Entry<'_>)> = vec![
-            ("service", Entry::Str(&self.service)),
-            ("backend", Entry::Str(&self.backend)),
-            ("holders", Entry::U64(self.holders())),
-            ("active", Entry::Bool(self.active())),
-        ];
-        if let Some(record) = &self.record {
-            entries.push(("options", Entry::Options(&record.options)));
-            if let Some(pending) = record.pending {
-                entries.push(("pending", Entry::Str(pending.as_str())));
+    /// The service's entries, in key order (`options` and `pending` only with a record).
+    fn fixed(&self) -> [Option<(&'static str, StatusEntry<'_>)>; 6] {
+        let record = self.record.as_deref();
+        [
+            Some(("active", StatusEntry::Bool(self.active()))),
+            Some(("backend", StatusEntry::Str(&self.backend))),
+            Some(("holders", StatusEntry::U64(self.holders()))),
+            record.map(|r| ("options", StatusEntry::Options(&r.options))),
+            record.and_then(|r| r.pending.as_ref()).map(|p| ("pending", StatusEntry::Str(p.as_str()))),
+            Some(("service", StatusEntry::Str(&self.service))),
+        ]
+    }
+
+    /// Calls `f` with every entry in key order: the service's merged with the backend's (a key
+    /// of both is the service's). Nothing is collected or sorted.
+    ///
+    /// # Errors
+    /// The first error of `f`.
+    pub fn try_for_each_entry<E>(&self, mut f: impl FnMut(&str, StatusEntry<'_>) -> Result<(), E>) -> Result<(), E> {
+        let fixed = self.fixed();
+        let taken = |key: &str| fixed.iter().flatten().any(|(fixed, _)| *fixed == key);
+        let mut extra = self.extra.iter().filter(|(key, _)| !taken(key)).peekable();
+        for (key, value) in fixed.iter().flatten().copied() {
+            while let Some((k, v)) = extra.next_if(|(k, _)| k.as_str() < key) {
+                f(k, StatusEntry::Value(v))?;
             }
+            f(key, value)?;
         }
-        for (k, v) in &self.extra {
-            if !entries.iter().any(|(fixed, _)| *fixed == k.as_str()) {
-                entries.push((k.as_str(), Entry::Value(v)));
-            }
-        }
-        entries.sort_by(|a, b| a.0.cmp(b.0));
-        entries
+        extra.try_for_each(|(k, v)| f(k, StatusEntry::Value(v)))
     }
 
     /// How many holders the volume has here.
@@ -94,11 +108,8 @@ impl Status {
 
 impl Serialize for Status {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let entries = self.entries();
-        let mut map = s.serialize_map(Some(entries.len()))?;
-        for (k, v) in &entries {
-            map.serialize_entry(k, v)?;
-        }
+        let mut map = s.serialize_map(None)?;
+        self.try_for_each_entry(|k, v| map.serialize_entry(k, &v))?;
         map.end()
     }
 }
