@@ -422,6 +422,17 @@ fn volume_commands_without_a_daemon() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("whole number of GiB"));
+    // Nor a type, IOPS or throughput to change.
+    setup
+        .rexray(&["volume", "modify", "x", "--iops", "4000"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("cannot be modified: vfs volumes have no type, IOPS or throughput"));
+    setup
+        .rexray(&["volume", "modify", "x"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("nothing to change: give --type, --iops or --throughput"));
     setup.rexray(&["volume", "rm", "x"]).assert().success();
     setup
         .rexray(&["volume", "create", "--snapshotID", "snap-1", "x"])

@@ -597,6 +597,73 @@ fn no_credential_reaches_the_log_even_at_trace_level() {
 }
 
 /// Long CLI operations say on stderr what they wait for, in process and through the daemon;
+/// `rexray volume modify` against moto, in process and through the daemon: the type, IOPS and
+/// throughput change on EC2's volume and in the record, and a change EBS would refuse is refused
+/// before EC2 is asked, with what to do instead.
+#[test]
+fn modify_on_moto_in_process_and_through_the_daemon() {
+    use serde_json::Value;
+
+    let Some(moto) = Moto::for_test("modify_on_moto_in_process_and_through_the_daemon") else { return };
+    let (region, az) = ("sa-east-1", "sa-east-1a");
+    let instance = moto.run_instance(region, az);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rexray.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "rexray:\n  modules:\n    default-docker:\n      host: unix://{0}/plugins/ebs.sock\nlibstorage:\n  service: ebs\n\
+             ebs:\n  endpoint: {1}\n  region: {region}\n  accessKey: test\n  secretKey: test\n  instanceID: {instance}\n  availabilityZone: {az}\n  tag: modcli\n",
+            dir.path().display(),
+            moto.endpoint
+        ),
+    )
+    .unwrap();
+    let home = dir.path().join("home");
+    let rexray = |args: &[&str]| cli(&config, &home, args);
+    let status = |name: &str| -> Value {
+        let out = rexray(&["volume", "inspect", name, "-f", "json"]).assert().success().get_output().stdout.clone();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        v[0]["Status"].clone()
+    };
+    let refused = |args: &[&str]| -> String {
+        String::from_utf8(rexray(args).assert().failure().get_output().stderr.clone()).unwrap()
+    };
+
+    rexray(&["volume", "create", "--size", "20", "data1"]).assert().success();
+    // In process: gp3 to 6000 IOPS and 500 MiB/s.
+    rexray(&["volume", "modify", "data1", "--iops", "6000", "--throughput", "500"]).assert().success();
+    let s = status("data1");
+    assert_eq!(
+        (s["volumeType"].as_str(), s["iops"].as_u64(), s["throughput"].as_u64()),
+        (Some("gp3"), Some(6000), Some(500)),
+        "{s}"
+    );
+    assert_eq!(
+        (s["options"]["iops"].as_str(), s["options"]["throughput"].as_str()),
+        (Some("6000"), Some("500")),
+        "{s}"
+    );
+    // Refused before any call, each with what would work.
+    let e = refused(&["volume", "modify", "data1", "--iops", "20000"]);
+    assert!(e.contains("a 20 GiB gp3 volume takes at most 10000 iops") && e.contains("grow it to 40 GiB"), "{e}");
+    let e = refused(&["volume", "modify", "data1", "--type", "io1"]);
+    assert!(e.contains("at most 1000 iops (50 per GiB)"), "{e}");
+    let e = refused(&["volume", "modify", "data1"]);
+    assert!(e.contains("nothing to change"), "{e}");
+
+    // Through the daemon: to io2 with its IOPS; the throughput goes with gp3.
+    let socket = dir.path().join("plugins/ebs.sock");
+    let admin = home.join("var/run/rexray/rexray-admin.sock");
+    let _daemon = common::start_daemon(&config, &home, &dir.path().join("daemon.log"), &[socket, admin]);
+    rexray(&["volume", "modify", "data1", "--type", "io2", "--iops", "8000"]).assert().success();
+    let s = status("data1");
+    assert_eq!((s["volumeType"].as_str(), s["iops"].as_u64()), (Some("io2"), Some(8000)), "{s}");
+    assert!(s["options"].get("throughput").is_none(), "{s}");
+    let e = refused(&["volume", "modify", "data1", "--throughput", "300"]);
+    assert!(e.contains("only gp3 takes throughput, not io2"), "{e}");
+}
+
 /// `volume ls` shows the EC2 volume ID and zone.
 #[test]
 fn cli_progress_and_ebs_columns_on_moto() {

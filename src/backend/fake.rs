@@ -208,6 +208,30 @@ impl Controller for FakeBackend {
         Ok(size_gib)
     }
 
+    /// The fake's one setting that changes in place is `label`.
+    fn plan_modify(
+        &self,
+        _name: &VolumeName,
+        opts: &Options,
+        changes: &BTreeMap<String, String>,
+    ) -> Result<Options, BackendError> {
+        if let Some(key) = changes.keys().find(|k| *k != "label") {
+            return Err(BackendError::UnknownOption { key: key.clone(), accepted: "label".into() });
+        }
+        let mut target = opts.clone();
+        target.extend(changes.clone());
+        Ok(target)
+    }
+
+    async fn modify(&self, name: &VolumeName, _target: &Options) -> Result<(), BackendError> {
+        self.record("modify", name)?;
+        self.pause().await;
+        if !self.state().volumes.contains(name.as_str()) {
+            return Err(BackendError::not_found(format!("fake volume {name} does not exist")));
+        }
+        Ok(())
+    }
+
     async fn publications(&self, _node: &NodeId) -> Result<BTreeMap<String, PublishContext>, BackendError> {
         let s = self.state();
         Ok(s.published.iter().map(|n| (n.clone(), PublishContext::new())).collect())

@@ -100,6 +100,19 @@ impl Controller for MeasuredController {
         timed(self.kind(), "expand", self.inner.expand(name, opts, size_gib)).await
     }
 
+    fn plan_modify(
+        &self,
+        name: &VolumeName,
+        opts: &Options,
+        changes: &BTreeMap<String, String>,
+    ) -> Result<Options, BackendError> {
+        self.inner.plan_modify(name, opts, changes)
+    }
+
+    async fn modify(&self, name: &VolumeName, target: &Options) -> Result<(), BackendError> {
+        timed(self.kind(), "modify", self.inner.modify(name, target)).await
+    }
+
     async fn list(&self, page: &PageRequest) -> Result<Page, BackendError> {
         self.inner.list(page).await
     }

@@ -202,6 +202,42 @@ pub trait Controller: Send + Sync + Debug {
         )))
     }
 
+    /// The options the volume has once its performance settings are changed by `changes`
+    /// (Docker's spelling; EBS: `volumeType`, `iops`, `throughput`), checked against the
+    /// storage's limits for its type and size. Makes no call: a change the storage would refuse
+    /// is refused here, before anything happens.
+    ///
+    /// # Errors
+    /// [`BackendError::Invalid`] where volumes have no such settings, or
+    /// [`BackendError::UnknownOption`] / [`BackendError::InvalidOption`] naming the setting.
+    fn plan_modify(
+        &self,
+        name: &VolumeName,
+        opts: &Options,
+        changes: &BTreeMap<String, String>,
+    ) -> Result<Options, BackendError> {
+        let _ = (opts, changes);
+        Err(BackendError::invalid(format!(
+            "volume {name} cannot be modified: {} volumes have no type, IOPS or throughput of their own",
+            self.kind()
+        )))
+    }
+
+    /// Changes the volume in place to `target` (from [`Controller::plan_modify`]) while it
+    /// stays in use, and returns once the storage has taken the change on; it may go on
+    /// optimizing for hours ([`Controller::status`] says how far). Idempotent: a volume that
+    /// has these settings, or is being changed to them, is success.
+    ///
+    /// # Errors
+    /// [`BackendError::InUse`] while another change runs, or the storage's refusal.
+    async fn modify(&self, name: &VolumeName, target: &Options) -> Result<(), BackendError> {
+        let _ = target;
+        Err(BackendError::invalid(format!(
+            "volume {name} cannot be modified: {} volumes have no type, IOPS or throughput of their own",
+            self.kind()
+        )))
+    }
+
     /// Every volume of this backend's that is published to `node` right now, by name: one look
     /// at reality, to reconcile records with it.
     ///

@@ -300,6 +300,24 @@ enum VolumeCommand {
         #[arg(value_name = "SIZE", value_parser = parse_gib)]
         size: u64,
     },
+    /// Change an EBS volume's type, IOPS or throughput in place, while it stays in use; checked against EBS's limits for the type and size before anything is asked of EC2. `volume inspect` shows the modification while EBS carries it out.
+    #[command(
+        after_help = "Examples:\n  rexray volume modify data1 --type gp3 --iops 6000 --throughput 500\n  rexray volume modify data1 --type io2 --iops 16000"
+    )]
+    Modify {
+        /// The volume.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The new volume type (gp2, gp3, io1, io2, st1, sc1, standard).
+        #[arg(long = "type", value_name = "TYPE")]
+        volume_type: Option<String>,
+        /// The new provisioned IOPS (gp3, io1, io2).
+        #[arg(long, value_name = "IOPS")]
+        iops: Option<u64>,
+        /// The new throughput in MiB/s (gp3).
+        #[arg(long, value_name = "MIB_S")]
+        throughput: Option<u64>,
+    },
     /// Print the host path of mounted volumes.
     #[command(after_help = "Example:\n  rexray volume path data1")]
     Path {
@@ -726,6 +744,22 @@ async fn volume_command_unbounded(config: &crate::config::Config, args: &VolumeA
         }
         VolumeCommand::Resize { name, size } => {
             target.resize(name, *size).await?;
+            print_views(format, &[target.get(name).await?])?;
+            Ok(ExitCode::SUCCESS)
+        }
+        VolumeCommand::Modify { name, volume_type, iops, throughput } => {
+            let changes: BTreeMap<String, String> = [
+                ("volumeType", volume_type.clone()),
+                ("iops", iops.map(|n| n.to_string())),
+                ("throughput", throughput.map(|n| n.to_string())),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?)))
+            .collect();
+            if changes.is_empty() {
+                bail!("nothing to change: give --type, --iops or --throughput");
+            }
+            target.modify(name, &changes).await?;
             print_views(format, &[target.get(name).await?])?;
             Ok(ExitCode::SUCCESS)
         }

@@ -393,6 +393,23 @@ impl Target {
         }
     }
 
+    /// Changes a volume's performance settings (`volumeType`, `iops`, `throughput`) in place.
+    ///
+    /// # Errors
+    /// A change the backend cannot make or the storage's limits refuse, or its failure.
+    pub async fn modify(&self, name: &str, changes: &BTreeMap<String, String>) -> anyhow::Result<()> {
+        super::waiting::shown(&self.board(), name, self.modify_now(name, changes)).await
+    }
+
+    async fn modify_now(&self, name: &str, changes: &BTreeMap<String, String>) -> anyhow::Result<()> {
+        match self {
+            Target::Local(s) => s.modify(name, changes).await.map(drop).map_err(|e| anyhow!(e.chain())),
+            Target::Daemon { .. } => {
+                self.call("Volume.Modify", json!({ "Name": name, "Changes": changes }), SLOW).await.map(drop)
+            }
+        }
+    }
+
     /// Releases every hold of `holder` (it counts repeated mounts, like Docker's IDs).
     ///
     /// # Errors

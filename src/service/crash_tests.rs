@@ -13,7 +13,9 @@
 //! - Create never adopts silently: a volume that exists after a crashed create has the
 //!   options the create asked for;
 //! - a resize is all or nothing: the recorded size is the old or the new one, and the storage
-//!   has exactly the recorded size.
+//!   has exactly the recorded size;
+//! - so is a modification (EBS): the recorded throughput is the old or the new one, and EC2's
+//!   volume has exactly the recorded one.
 //!
 //! The real-binary suite (`tests/crash_points.rs`) does the same with `kill -9`-like aborts
 //! against the kernel.
@@ -196,6 +198,8 @@ enum Op {
     Remove,
     /// From 3 to 5 GiB while mounted.
     Resize,
+    /// EBS: throughput from 125 to 250 MiB/s while mounted.
+    Modify,
 }
 
 impl Op {
@@ -206,6 +210,7 @@ impl Op {
             Op::Unmount => "unmount",
             Op::Remove => "remove",
             Op::Resize => "resize",
+            Op::Modify => "modify",
         }
     }
 }
@@ -224,7 +229,7 @@ async fn prepare(world: &World, op: Op) {
     s.mount(VOLUME, Some("writer")).await.unwrap();
     world.write_data();
     s.unmount(VOLUME, Some("writer")).await.unwrap();
-    if matches!(op, Op::Unmount | Op::Resize) {
+    if matches!(op, Op::Unmount | Op::Resize | Op::Modify) {
         s.mount(VOLUME, Some("a")).await.unwrap();
     }
 }
@@ -236,6 +241,7 @@ async fn run(s: &Arc<VolumeService>, op: Op) -> Result<(), crate::service::Servi
         Op::Unmount => s.unmount(VOLUME, Some("a")).await,
         Op::Remove => s.remove(VOLUME).await,
         Op::Resize => s.resize(VOLUME, 5).await.map(drop),
+        Op::Modify => s.modify(VOLUME, &BTreeMap::from([("throughput".into(), "250".into())])).await.map(drop),
     }
 }
 
@@ -281,6 +287,15 @@ async fn check_after_restart(world: &World, op: Op, n: u32, formats_before: usiz
             assert!(recorded == "3" || recorded == "5", "{at}: recorded size {recorded}");
             assert_eq!(world.size_gib().map(|g| g.to_string()), Some(recorded), "{at}: storage vs record");
         }
+        if matches!(op, Op::Modify) {
+            let recorded = info.status.value()["options"]["throughput"].as_str().map(str::to_owned);
+            let actual = world.ec2.by_name(VOLUME).first().and_then(|v| v.throughput);
+            match recorded.as_deref() {
+                Some("250") => assert_eq!(actual, Some(250), "{at}: EC2 vs the recorded 250 MiB/s"),
+                None => assert_ne!(actual, Some(250), "{at}: EC2 modified, the record not"),
+                other => panic!("{at}: recorded throughput {other:?}"),
+            }
+        }
         // Whoever held it lets go: nothing of it stays attached or mounted.
         for id in ["a", "writer"] {
             s.unmount(VOLUME, Some(id)).await.unwrap_or_else(|e| panic!("{at}: unmount: {}", e.chain()));
@@ -312,7 +327,8 @@ async fn check_after_restart(world: &World, op: Op, n: u32, formats_before: usiz
 /// Every crash point of every operation on `kind`.
 async fn every_step_of_every_operation(kind: Kind) {
     let resize = (kind != Kind::Vfs).then_some(Op::Resize);
-    for op in [Op::Create, Op::Mount, Op::Unmount, Op::Remove].into_iter().chain(resize) {
+    let modify = (kind == Kind::Ebs).then_some(Op::Modify);
+    for op in [Op::Create, Op::Mount, Op::Unmount, Op::Remove].into_iter().chain(resize).chain(modify) {
         let mut crashed = 0;
         for n in 1.. {
             assert!(n < 40, "{kind:?} {op:?}: no end in sight");

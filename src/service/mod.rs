@@ -31,6 +31,7 @@ pub mod handle;
 pub mod holder;
 mod lifecycle;
 pub mod locks;
+mod modify;
 mod reconcile;
 mod resize;
 mod snapshots;

@@ -127,11 +127,13 @@ impl VolumeService {
                 warn!(volume = %name, error = %e, "could not save reconciled state");
             }
         }
-        if matches!(record.pending, Some(Pending::Resizing { .. })) {
+        if matches!(record.pending, Some(Pending::Resizing { .. } | Pending::Modifying { .. })) {
             match self.settle_record(OP, &name, record.clone()).await {
                 Ok(Some(settled)) => record = settled,
                 Ok(None) => return None,
-                Err(e) => warn!(volume = %name, error = %e.chain(), "could not settle an interrupted resize"),
+                Err(e) => {
+                    warn!(volume = %name, error = %e.chain(), "could not settle an interrupted resize or modification");
+                }
             }
         }
         if matches!(record.pending, Some(Pending::Creating | Pending::Removing)) {
@@ -281,6 +283,16 @@ impl VolumeService {
                 }
                 Err(e) => {
                     warn!(volume = %name, error = %e.chain(), "could not finish an interrupted resize; the volume keeps its recorded size");
+                    Ok(self.record(name))
+                }
+            },
+            Some(Pending::Modifying { .. }) => match self.finish_modify(op, name, record).await {
+                Ok(record) => {
+                    info!(volume = %name, "finished an interrupted modification");
+                    Ok(Some(record))
+                }
+                Err(e) => {
+                    warn!(volume = %name, error = %e.chain(), "could not finish an interrupted modification; the volume keeps its recorded settings");
                     Ok(self.record(name))
                 }
             },

@@ -42,7 +42,7 @@ pub struct VolumeRecord {
 }
 
 /// A multi-step operation under way on a volume, recorded before its first side effect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Pending {
     /// Being created: nothing was handed out yet. Finished (the backend's create, resumed) or,
@@ -61,17 +61,24 @@ pub enum Pending {
         /// The size asked for.
         size_gib: u64,
     },
+    /// Being changed in place to the options `target` (type, IOPS, throughput): finished
+    /// (the change is idempotent), or dropped when the storage refuses it.
+    Modifying {
+        /// The volume's options once changed.
+        target: Options,
+    },
 }
 
 impl Pending {
     /// The word `docker volume inspect` shows.
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Pending::Creating => "creating",
             Pending::Activating => "activating",
             Pending::Deactivating => "deactivating",
             Pending::Removing => "removing",
             Pending::Resizing { .. } => "resizing",
+            Pending::Modifying { .. } => "modifying",
         }
     }
 }

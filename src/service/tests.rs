@@ -519,3 +519,51 @@ async fn an_interrupted_resize_is_finished_at_the_next_start() {
     assert_eq!(fake.count("expand"), 1);
     assert_eq!(fake.count("grow_fs"), 1);
 }
+
+#[tokio::test]
+async fn a_modification_records_the_new_settings_and_a_refused_one_keeps_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    s.create("v1", &BTreeMap::from([("label".into(), "old".into())])).await.unwrap();
+    s.mount("v1", Some("c1")).await.unwrap();
+    let record = s.modify("v1", &BTreeMap::from([("label".into(), "new".into())])).await.unwrap();
+    assert_eq!(record.options["label"], "new");
+    assert_eq!(s.get("v1").await.unwrap().status.value()["options"]["label"], "new");
+    assert_eq!(fake.count("modify"), 1);
+    // A setting the backend does not change in place: refused before it is asked.
+    let err = s.modify("v1", &BTreeMap::from([("size".into(), "9".into())])).await.unwrap_err().chain();
+    assert!(err.contains("modify \"v1\"") && err.contains("size"), "{err}");
+    assert_eq!(fake.count("modify"), 1);
+    // Refused by the storage: the old settings stay, with no intent left.
+    fake.set_failing("modify", true);
+    let err = s.modify("v1", &BTreeMap::from([("label".into(), "newer".into())])).await.unwrap_err().chain();
+    assert!(err.contains("injected modify failure"), "{err}");
+    let info = s.get("v1").await.unwrap();
+    assert_eq!(info.status.value()["options"]["label"], "new");
+    assert!(!info.status.to_map().contains_key("pending"));
+    assert!(s.modify("nope", &BTreeMap::from([("label".into(), "x".into())])).await.unwrap_err().is_not_found());
+    // Still mounted and usable throughout.
+    assert!(info.mountpoint.is_some());
+}
+
+#[tokio::test]
+async fn an_interrupted_modification_is_finished_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    {
+        let s = open(dir.path(), fake.clone(), settings()).await;
+        s.create("v1", &BTreeMap::from([("label".into(), "old".into())])).await.unwrap();
+    }
+    let store = StateStore::open(dir.path()).unwrap();
+    let mut record = store.load().unwrap().into_iter().find(|r| r.name == "v1").unwrap();
+    let mut target = record.options.clone();
+    target.insert("label".into(), "new".into());
+    record.pending = Some(Pending::Modifying { target });
+    store.save(&record).unwrap();
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    let info = s.get("v1").await.unwrap();
+    assert_eq!(info.status.value()["options"]["label"], "new");
+    assert!(!info.status.to_map().contains_key("pending"));
+    assert_eq!(fake.count("modify"), 1);
+}

@@ -52,6 +52,8 @@ pub(super) struct Core {
     pub(super) devices: DeviceAllocator,
     /// Retries of throttled and transient calls.
     pub(super) retry: Arc<RetryPolicy>,
+    /// Modifications started or seen, for the volumes' status.
+    pub(super) modifications: super::modify::Modifications,
     /// Volume-state polls, batched across concurrent waits.
     watch: VolumeWatch,
     /// This host's devices: a wait for an attach to (or a detach from) this instance watches
@@ -85,6 +87,7 @@ impl Core {
             naming: Naming::new(&settings),
             devices: DeviceAllocator::new(settings.use_large_device_range),
             retry: Arc::new(RetryPolicy::new(settings.max_retries)),
+            modifications: super::modify::Modifications::default(),
             watch: VolumeWatch::default(),
             local,
             settings,

@@ -36,6 +36,20 @@ pub fn cloud_failed(op: &str, name: &VolumeName, id: Option<&str>, e: &CloudErro
     cloud_error(format!("{op} volume {name}{id}"), e, hint)
 }
 
+/// A failed ModifyVolume (for `op`, `resize` or `modify`): EC2's refusal because of another
+/// modification (EBS allows one at a time, and then none for six hours) says so and when to try
+/// again; any other failure is [`cloud_failed`].
+pub fn modify_refused(op: &str, name: &VolumeName, id: &str, e: &CloudError) -> BackendError {
+    if e.code == "IncorrectModificationState" {
+        return BackendError::InUse {
+            what: format!("volume {name} ({id})"),
+            holders: format!("EC2 refused to modify it now: {e}"),
+            hint: "EBS allows one modification at a time and then none for six hours; try again later".into(),
+        };
+    }
+    cloud_failed(op, name, Some(id), e)
+}
+
 /// The volume is in another AZ than the instance.
 pub fn other_az(name: &VolumeName, volume: &Volume, host: &str, here: &str) -> BackendError {
     BackendError::WrongZone {

@@ -51,6 +51,7 @@ mod errors;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod identity;
+mod modify;
 pub mod naming;
 pub mod node;
 pub mod options;
@@ -289,6 +290,19 @@ impl Controller for EbsController {
         self.core.unpublish_from(name, node).await
     }
 
+    fn plan_modify(
+        &self,
+        _name: &VolumeName,
+        opts: &Options,
+        changes: &BTreeMap<String, String>,
+    ) -> Result<Options, BackendError> {
+        modify::plan(opts, changes, &self.core.defaults)
+    }
+
+    async fn modify(&self, name: &VolumeName, target: &Options) -> Result<(), BackendError> {
+        self.core.modify(name, target).await
+    }
+
     async fn publications(&self, node: &NodeId) -> Result<BTreeMap<String, PublishContext>, BackendError> {
         self.core.attached_to(node).await
     }
@@ -315,7 +329,9 @@ impl Controller for EbsController {
 
     /// From the cache only: `volumeID`, `sizeGiB`, `volumeType`, `iops`, `throughput`,
     /// `availabilityZone`, `state`, `attachedInstance`, `device`, `encrypted` (and `kmsKeyID`,
-    /// `snapshotID`, `fsType`, `ebsName`). A stale cache is refreshed in the background.
+    /// `snapshotID`, `fsType`, `ebsName`, and `modification` while one this daemon started or
+    /// saw runs). A stale cache, and a running modification's progress, are refreshed in the
+    /// background.
     fn status(&self, name: &VolumeName, opts: &Options) -> BTreeMap<String, serde_json::Value> {
         use serde_json::Value;
         self.schedule_refresh();
@@ -351,6 +367,15 @@ impl Controller for EbsController {
         if let Some(fs) = v.tags.get("rexray-rs/fsType") {
             status.insert("fsType".into(), fs.clone().into());
         }
+        if let Some((m, ask_again)) = self.core.modifications.seen(&v.id) {
+            status.insert("modification".into(), modify::describe(&m).into());
+            if ask_again {
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    let (core, id) = (Arc::clone(&self.core), v.id.clone());
+                    handle.spawn(async move { core.refresh_modification(&id).await });
+                }
+            }
+        }
         let attached = v.live_attachments().next();
         status.insert("attachedInstance".into(), attached.map_or(Value::Null, |a| a.instance_id.clone().into()));
         status.insert("device".into(), attached.map_or(Value::Null, |a| a.device.clone().into()));
@@ -362,6 +387,8 @@ impl Controller for EbsController {
     }
 }
 
+#[cfg(test)]
+mod modify_tests;
 #[cfg(test)]
 mod resize_tests;
 #[cfg(test)]

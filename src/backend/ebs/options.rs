@@ -85,7 +85,7 @@ fn size_range(volume_type: &str) -> (u64, u64) {
 }
 
 /// IOPS limits per type, for the types that take IOPS.
-fn iops_range(volume_type: &str) -> Option<(u64, u64)> {
+pub fn iops_range(volume_type: &str) -> Option<(u64, u64)> {
     match volume_type {
         "io1" => Some((100, 64_000)),
         "io2" => Some((100, 256_000)),
@@ -247,6 +247,7 @@ impl EbsOptions {
                 return Err(invalid("throughput", &t.to_string(), "gp3 takes 125 to 2000 MiB/s"));
             }
         }
+        check_ratios(&volume_type, size_gib, iops, throughput)?;
         let tags = match opts.get("tags") {
             Some(v) => parse_tags(v).map_err(|reason| invalid("tags", v, reason))?,
             None => BTreeMap::new(),
@@ -263,6 +264,52 @@ impl EbsOptions {
             tags,
         })
     }
+}
+
+/// EBS's limits that tie IOPS to the size and throughput to the IOPS: io1 at most 50 IOPS per
+/// GiB, io2 1,000; gp3 above its free 3,000 IOPS at most 500 per GiB, and above its free
+/// 125 MiB/s at most 0.25 MiB/s per IOPS. Without a known size only the second is checked.
+fn check_ratios(
+    volume_type: &str,
+    size_gib: Option<u64>,
+    iops: Option<u64>,
+    throughput: Option<u64>,
+) -> Result<(), BackendError> {
+    let per_gib = match volume_type {
+        "io1" => Some(50),
+        "io2" => Some(1_000),
+        "gp3" => Some(500),
+        _ => None,
+    };
+    if let (Some(per_gib), Some(size), Some(n)) = (per_gib, size_gib, iops) {
+        let free = if volume_type == "gp3" { 3_000 } else { 0 };
+        if n > free && n > per_gib * size {
+            return Err(invalid(
+                "iops",
+                &n.to_string(),
+                format!(
+                    "a {size} GiB {volume_type} volume takes at most {} iops ({per_gib} per GiB); grow it to {} GiB first",
+                    (per_gib * size).max(free),
+                    n.div_ceil(per_gib)
+                ),
+            ));
+        }
+    }
+    if let Some(t) = throughput.filter(|t| volume_type == "gp3" && *t > 125) {
+        let iops = iops.unwrap_or(3_000);
+        if t * 4 > iops {
+            return Err(invalid(
+                "throughput",
+                &t.to_string(),
+                format!(
+                    "gp3 at {iops} iops takes at most {} MiB/s (0.25 MiB/s per iops); give --iops {} or more",
+                    iops / 4,
+                    t * 4
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `id` has the shape of an EBS snapshot ID (`snap-` and letters or digits).

@@ -4,7 +4,7 @@
 
 use super::api::{ModificationState, ModifyVolumeRequest, VolumeModification};
 use super::core::Core;
-use super::errors::cloud_failed;
+use super::errors::{cloud_failed, modify_refused};
 use super::wait::{Poll, WaitError};
 use crate::backend::BackendError;
 use crate::name::VolumeName;
@@ -76,12 +76,7 @@ impl Core {
                 crate::crashpoint::hit("ModifyVolume sent");
                 Ok(())
             }
-            Err(e) if e.code == "IncorrectModificationState" => Err(BackendError::InUse {
-                what: format!("volume {name} ({id})"),
-                holders: format!("EC2 refused to modify it now: {e}"),
-                hint: "EBS allows one modification at a time and then none for six hours; try again later".into(),
-            }),
-            Err(e) => Err(cloud_failed("resize", name, Some(id), &e)),
+            Err(e) => Err(modify_refused("resize", name, id, &e)),
         }
     }
 
