@@ -27,8 +27,26 @@ pub fn duration(d: Duration) -> String {
     }
 }
 
+/// An age, in the largest unit it has two of: `45 s`, `12 min`, `5 h`, `40 days`.
+pub fn age(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+        s if s >= 2 * 3_600 => format!("{} h", s / 3_600),
+        s if s >= 120 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ages_are_in_the_largest_unit_with_two_of_it() {
+        let age = |s| super::age(std::time::Duration::from_secs(s));
+        assert_eq!([age(45), age(150), age(7_300), age(3 * 86_400 + 5)], ["45 s", "2 min", "2 h", "3 days"]);
+        assert_eq!(age(u64::MAX), format!("{} days", u64::MAX / 86_400));
+    }
+
     use super::*;
 
     #[test]

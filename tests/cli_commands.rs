@@ -524,6 +524,56 @@ fn volume_commands_go_through_the_running_daemon() {
     assert!(setup.path("other/o1").is_dir());
 }
 
+/// `volume ls --orphans` and `volume prune` through the running daemon, with Docker's calls
+/// beside them: a volume a container holds is never an orphan, a dry run removes nothing,
+/// `--anonymous` keeps to Docker's anonymous volumes.
+#[test]
+fn orphans_are_listed_and_pruned_through_the_daemon() {
+    let setup = Setup::new();
+    let daemon = setup.start_daemon();
+    let anonymous = "0f".repeat(32);
+    for name in ["idle", "held", anonymous.as_str()] {
+        let (status, body) = plugin_call(&daemon.socket, "VolumeDriver.Create", &json!({"Name": name}));
+        assert_eq!(status, 200, "{body}");
+    }
+    plugin_call(&daemon.socket, "VolumeDriver.Mount", &json!({"Name": "held", "ID": "c1"}));
+    // Just created: idle for under 30 days, so no orphans by default.
+    assert_eq!(setup.stdout(&["volume", "ls", "--orphans", "-q"]), "");
+    let orphans = setup.json(&["volume", "ls", "--orphans", "--older-than", "0s", "-f", "json"]);
+    let names: Vec<&str> = orphans.as_array().unwrap().iter().map(|o| o["Name"].as_str().unwrap()).collect();
+    assert_eq!(names, [anonymous.as_str(), "idle"], "{orphans}");
+    assert_eq!((orphans[0]["Anonymous"].as_bool(), orphans[1]["Anonymous"].as_bool()), (Some(true), Some(false)));
+    let table = setup.stdout(&["volume", "ls", "--orphans", "--older-than", "0s"]);
+    assert!(
+        table.starts_with("NAME")
+            && table.contains("LAST USED")
+            && table.lines().any(|l| l.starts_with("idle ") && l.contains(" named ")),
+        "{table}"
+    );
+    // A dry run lists and removes nothing.
+    setup
+        .rexray(&["volume", "prune", "--older-than", "0s"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("idle"))
+        .stderr(predicate::str::contains("a dry run: 2 volume(s) would be removed; --yes removes them"));
+    assert_eq!(plugin_call(&daemon.socket, "VolumeDriver.Get", &json!({"Name": "idle"})).0, 200);
+    // --anonymous: only Docker's anonymous volume goes.
+    let out = setup.stdout(&["volume", "prune", "--anonymous", "--older-than", "0s", "--yes"]);
+    assert_eq!(out, format!("{anonymous}\n"));
+    assert_eq!(plugin_call(&daemon.socket, "VolumeDriver.Get", &json!({"Name": anonymous})).0, 500);
+    assert_eq!(setup.stdout(&["volume", "prune", "--older-than", "0s", "--yes"]), "idle\n");
+    // The held volume stays, and is an orphan only once released.
+    assert_eq!(plugin_call(&daemon.socket, "VolumeDriver.Get", &json!({"Name": "held"})).0, 200);
+    plugin_call(&daemon.socket, "VolumeDriver.Unmount", &json!({"Name": "held", "ID": "c1"}));
+    assert_eq!(setup.stdout(&["volume", "ls", "--orphans", "--older-than", "0s", "-q"]), "held\n");
+    setup
+        .rexray(&["volume", "ls", "--orphans", "--older-than", "soon"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("not an age such as 30d"));
+}
+
 #[test]
 fn no_in_process_changes_behind_a_daemon_without_admin_socket() {
     let setup = Setup::new();

@@ -117,6 +117,10 @@ impl Controller for MeasuredController {
         self.inner.list(page).await
     }
 
+    fn usage(&self, name: &VolumeName) -> crate::backend::Usage {
+        self.inner.usage(name)
+    }
+
     async fn knows(&self, name: &VolumeName) -> bool {
         self.inner.knows(name).await
     }

@@ -125,6 +125,16 @@ impl Page {
     }
 }
 
+/// How a volume is used, as its storage knows it: what finding orphans asks of a backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// The nodes it is published to now, any host's (EBS: the instances it is attached to).
+    pub published_to: Vec<String>,
+    /// When a host last let go of it, RFC 3339, where the storage records that (EBS: the
+    /// `rexray-rs/lastUsed` tag), else when the storage made it; `None` when not known.
+    pub last_used: Option<String>,
+}
+
 /// Space and inodes of a published volume's file system.
 pub type VolumeStats = FsStats;
 
@@ -236,6 +246,13 @@ pub trait Controller: Send + Sync + Debug {
             "volume {name} cannot be modified: {} volumes have no type, IOPS or throughput of their own",
             self.kind()
         )))
+    }
+
+    /// How the volume is used beyond this host, from what the backend knows without asking
+    /// (EBS: its cache). Local backends know nothing beyond this host's records.
+    fn usage(&self, name: &VolumeName) -> Usage {
+        let _ = name;
+        Usage::default()
     }
 
     /// Every volume of this backend's that is published to `node` right now, by name: one look

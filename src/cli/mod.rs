@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -238,6 +239,12 @@ enum VolumeCommand {
         /// Print only the names.
         #[arg(short, long)]
         quiet: bool,
+        /// Only volumes nothing uses: no holder here, attached to no host, and idle for --older-than (Docker's anonymous volumes: for an hour, or --older-than if shorter).
+        #[arg(long, conflicts_with_all = ["attached", "available", "path"])]
+        orphans: bool,
+        /// With --orphans: how long a volume must have gone unused (`30d`, `12h`).
+        #[arg(long, value_name = "AGE", default_value = "30d", value_parser = parse_age, requires = "orphans")]
+        older_than: Duration,
     },
     /// Create volumes.
     #[command(visible_aliases = ["c", "n", "new"], after_help = "Examples:\n  rexray volume create --size 10 data1\n  rexray volume create -o uid=1000 -o mode=0750 shared-dir")]
@@ -317,6 +324,21 @@ enum VolumeCommand {
         /// The new throughput in MiB/s (gp3).
         #[arg(long, value_name = "MIB_S")]
         throughput: Option<u64>,
+    },
+    /// Remove the volumes nothing uses (those `volume ls --orphans` lists); a dry run that only lists them unless --yes.
+    #[command(
+        after_help = "Examples:\n  rexray volume prune                       # list what would go\n  rexray volume prune --yes\n  rexray volume prune --anonymous --yes     # Docker's anonymous volumes only\n  rexray volume prune --older-than 90d --yes"
+    )]
+    Prune {
+        /// Only Docker's anonymous volumes (64 hex digits).
+        #[arg(long)]
+        anonymous: bool,
+        /// How long a volume must have gone unused (`30d`, `12h`); anonymous ones: an hour, or this if shorter.
+        #[arg(long, value_name = "AGE", default_value = "30d", value_parser = parse_age)]
+        older_than: Duration,
+        /// Remove them (without it, only list them).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Print the host path of mounted volumes.
     #[command(after_help = "Example:\n  rexray volume path data1")]
@@ -638,7 +660,37 @@ async fn volume_command_unbounded(config: &crate::config::Config, args: &VolumeA
     let target = Target::open(config, args.service.as_deref()).await?;
     let format = args.format;
     match &args.command {
-        VolumeCommand::Ls { names, attached, available, path, quiet } => {
+        VolumeCommand::Ls { orphans: true, older_than, quiet, .. } => {
+            let found = target.orphans(*older_than, anonymous_idle(*older_than)).await?;
+            print_orphans(format, &found, *quiet)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        VolumeCommand::Prune { anonymous, older_than, yes } => {
+            let mut found = target.orphans(*older_than, anonymous_idle(*older_than)).await?;
+            found.retain(|o| !anonymous || o.anonymous);
+            if !yes {
+                print_orphans(format, &found, false)?;
+                if format == Format::Table && !found.is_empty() {
+                    eprintln!("rexray: a dry run: {} volume(s) would be removed; --yes removes them", found.len());
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut failed = 0;
+            let mut removed = Vec::new();
+            for orphan in &found {
+                // Removal checks again, under the volume's lock: one a container took meanwhile stays.
+                match target.remove(&orphan.name).await {
+                    Ok(()) => removed.push(orphan.clone()),
+                    Err(e) => {
+                        eprintln!("rexray: {e:#}");
+                        failed += 1;
+                    }
+                }
+            }
+            print_orphans(format, &removed, true)?;
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        VolumeCommand::Ls { names, attached, available, path, quiet, .. } => {
             let (mut views, stale) = if names.is_empty() {
                 target.list().await?
             } else {
@@ -813,6 +865,34 @@ fn parse_gib(s: &str) -> Result<u64, String> {
         Ok(n) if n >= 1 => Ok(n),
         _ => Err(format!("expected a whole number of GiB, at least 1 (such as 100 or 100GiB), not {s:?}")),
     }
+}
+
+/// How long an anonymous volume must have gone unused to be an orphan: an hour (Docker makes
+/// one for every `docker run -v /path`), or less when asked.
+fn anonymous_idle(older_than: Duration) -> Duration {
+    older_than.min(Duration::from_secs(3_600))
+}
+
+/// Orphans as a table (names only with `quiet`) or JSON.
+fn print_orphans(
+    format: Format,
+    orphans: &[crate::protocol::volume_ops::OrphanEntry],
+    quiet: bool,
+) -> anyhow::Result<()> {
+    if format != Format::Table {
+        return format.print_json(&orphans);
+    }
+    if quiet {
+        orphans.iter().for_each(|o| outln!("{}", o.name));
+    } else {
+        outln!("{}", volume::orphan_table(orphans));
+    }
+    Ok(())
+}
+
+/// An age such as `30d`, `12h` or `90min`.
+fn parse_age(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not an age such as 30d or 12h: {e}"))
 }
 
 fn print_views(format: Format, views: &[volume::View]) -> anyhow::Result<()> {

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use super::client::{self, Addr, CallError};
 use crate::config::{BackendKind, Config, ServiceConfig};
 use crate::protocol::admin::{self, InfoResponse};
+use crate::protocol::volume_ops::{OrphanEntry, OrphansResponse};
 use crate::service::VolumeService;
 
 /// The mount ID the CLI holds volumes with (`rexray volume mount|attach`).
@@ -410,6 +411,30 @@ impl Target {
         }
     }
 
+    /// The volumes nothing uses: named ones idle for `named_after`, anonymous ones for
+    /// `anonymous_after`.
+    ///
+    /// # Errors
+    /// The storage could not be listed.
+    pub async fn orphans(&self, named_after: Duration, anonymous_after: Duration) -> anyhow::Result<Vec<OrphanEntry>> {
+        match self {
+            Target::Local(s) => Ok(s
+                .orphans(named_after, anonymous_after)
+                .await
+                .map_err(|e| anyhow!(e.chain()))?
+                .into_iter()
+                .map(OrphanEntry::from)
+                .collect()),
+            Target::Daemon { .. } => {
+                let body =
+                    json!({ "NamedAfterSecs": named_after.as_secs(), "AnonymousAfterSecs": anonymous_after.as_secs() });
+                let reply = self.call("Volume.Orphans", body, SLOW).await?;
+                let found: OrphansResponse = serde_json::from_value(reply).context("the daemon's list of orphans")?;
+                Ok(found.orphans)
+            }
+        }
+    }
+
     /// Releases every hold of `holder` (it counts repeated mounts, like Docker's IDs).
     ///
     /// # Errors
@@ -521,6 +546,35 @@ pub fn create_opts(flags: &[(&str, Option<String>)], extra: &[String]) -> anyhow
         opts.insert(k.to_string(), v.to_string());
     }
     Ok(opts)
+}
+
+/// The orphans as a table: name, kind, when last used, how long idle.
+pub fn orphan_table(orphans: &[OrphanEntry]) -> String {
+    let rows: Vec<[String; 4]> = orphans
+        .iter()
+        .map(|o| {
+            let kind = if o.anonymous { "anonymous" } else { "named" };
+            let last = if o.last_used.is_empty() { "-".to_owned() } else { o.last_used.clone() };
+            let idle = if o.last_used.is_empty() {
+                "-".to_owned()
+            } else {
+                crate::human::age(Duration::from_secs(o.idle_secs))
+            };
+            [o.name.clone(), kind.to_owned(), last, idle]
+        })
+        .collect();
+    let header = ["NAME", "KIND", "LAST USED", "IDLE"].map(str::to_owned);
+    let widths: Vec<usize> = (0..4)
+        .map(|i| rows.iter().chain(std::iter::once(&header)).map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    std::iter::once(&header)
+        .chain(rows.iter())
+        .map(|r| {
+            let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            cells.join("  ").trim_end().to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]

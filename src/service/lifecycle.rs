@@ -62,6 +62,7 @@ impl VolumeService {
             anonymous: false,
             active: false,
             pending: Some(Pending::Creating),
+            last_used: None,
         };
         self.commit(op, record.clone()).await?;
         hit("create intent recorded");
@@ -217,6 +218,7 @@ impl VolumeService {
                 }
             };
             record.active = true;
+            record.last_used = Some(now_rfc3339());
             info!(volume = %name, path = %path.display(), "volume activated");
             path
         };
@@ -287,6 +289,7 @@ impl VolumeService {
                 s.deactivate(&name, &record.options).await.map_err(s.backend_err(OP, &name))?;
                 record.active = false;
                 record.pending = None;
+                record.last_used = Some(now_rfc3339());
                 s.commit(OP, record.clone()).await?;
                 hit("unmount recorded");
                 info!(volume = %name, "volume deactivated");

@@ -32,6 +32,7 @@ pub mod holder;
 mod lifecycle;
 pub mod locks;
 mod modify;
+mod orphans;
 mod reconcile;
 mod resize;
 mod snapshots;
@@ -50,6 +51,7 @@ use crate::name::VolumeName;
 pub use error::{Cause, ServiceError};
 pub use handle::ServiceHandle;
 use locks::VolumeLocks;
+pub use orphans::Orphan;
 use state::{Pending, StateStore, VolumeRecord};
 pub use status::{Status, StatusEntry};
 

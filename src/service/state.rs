@@ -39,6 +39,10 @@ pub struct VolumeRecord {
     /// start ([`Pending`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Pending>,
+    /// When the volume was last mounted here for its first holder or released by its last,
+    /// RFC 3339; `None` when never (for finding orphans).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<String>,
 }
 
 /// A multi-step operation under way on a volume, recorded before its first side effect.
@@ -257,6 +261,7 @@ mod tests {
             anonymous: true,
             active: true,
             pending: None,
+            last_used: None,
         }
     }
 

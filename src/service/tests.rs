@@ -567,3 +567,50 @@ async fn an_interrupted_modification_is_finished_at_the_next_start() {
     assert!(!info.status.to_map().contains_key("pending"));
     assert_eq!(fake.count("modify"), 1);
 }
+
+#[tokio::test]
+async fn orphans_are_the_volumes_nothing_used_for_long_enough() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    let anonymous = "ab".repeat(32);
+    {
+        let s = open(dir.path(), fake.clone(), settings()).await;
+        for name in ["old", "recent", "held", "used-lately", anonymous.as_str()] {
+            s.create(name, &no_opts()).await.unwrap();
+        }
+        s.mount("held", Some("c1")).await.unwrap();
+    }
+    // Back-date them: created 40 days ago; "used-lately" was last released a day ago, the
+    // anonymous one two hours ago.
+    let ago = |d: Duration| humantime::format_rfc3339_seconds(std::time::SystemTime::now() - d).to_string();
+    let store = StateStore::open(dir.path()).unwrap();
+    for mut record in store.load().unwrap() {
+        if record.name != "recent" {
+            record.created_at = ago(Duration::from_secs(40 * 86_400));
+        }
+        record.last_used = match record.name.as_str() {
+            "used-lately" => Some(ago(Duration::from_secs(86_400))),
+            n if n == anonymous => Some(ago(Duration::from_secs(7_200))),
+            _ => None,
+        };
+        store.save(&record).unwrap();
+    }
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    let names = |found: Vec<Orphan>| found.into_iter().map(|o| (o.name, o.anonymous)).collect::<Vec<_>>();
+    let month = Duration::from_secs(30 * 86_400);
+    let hour = Duration::from_secs(3_600);
+    assert_eq!(names(s.orphans(month, hour).await.unwrap()), [(anonymous.clone(), true), ("old".into(), false)]);
+    let found = s.orphans(Duration::from_secs(12 * 3_600), hour).await.unwrap();
+    assert_eq!(found.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), [anonymous.as_str(), "old", "used-lately"]);
+    let lately = found.iter().find(|o| o.name == "used-lately").unwrap();
+    assert!(lately.idle >= Duration::from_secs(86_400) && lately.idle < Duration::from_secs(86_500), "{lately:?}");
+    assert_eq!(names(s.orphans(month, Duration::from_secs(3 * 3_600)).await.unwrap()), [("old".into(), false)]);
+    // Nothing that is held, even when old; and an unmount makes it used just now.
+    assert!(s.orphans(Duration::ZERO, Duration::ZERO).await.unwrap().iter().all(|o| o.name != "held"));
+    s.unmount("held", Some("c1")).await.unwrap();
+    assert!(s.orphans(Duration::from_secs(60), hour).await.unwrap().iter().all(|o| o.name != "held"));
+    // A volume a container took after the listing is not removed by a prune.
+    s.mount("old", Some("c2")).await.unwrap();
+    assert!(s.remove("old").await.unwrap_err().chain().contains("in use"));
+}

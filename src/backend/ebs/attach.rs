@@ -8,7 +8,7 @@ use super::core::Core;
 use super::create::CreateWait;
 use super::errors::{attached_elsewhere, cloud_failed, other_az};
 use super::identity::Identity;
-use super::naming::{tag_options, OWNER_TAG, OWNER_VALUE};
+use super::naming::{tag_options, LAST_USED_TAG, OWNER_TAG, OWNER_VALUE};
 use super::wait::{Poll, WaitError};
 use crate::backend::{BackendError, NodeId, PublishContext};
 use crate::name::VolumeName;
@@ -119,6 +119,8 @@ impl Core {
         };
         self.detach_from(api, name, (&vol.id, &device), &node.0, false).await?;
         tracing::info!(volume = %name, id = %vol.id, instance = %node, "detached EBS volume");
+        let mut vol = vol;
+        self.note_last_use(api, name, &mut vol).await;
         self.forget_attachment(name, vol, &node.0);
         Ok(())
     }
@@ -142,6 +144,21 @@ impl Core {
                 Some((name.to_string(), context(v, &a.device)))
             })
             .collect())
+    }
+
+    /// Tags `vol` with the time a host last used it ([`LAST_USED_TAG`]). Best effort: a volume
+    /// whose tag could not be written only looks unused for longer than it is.
+    async fn note_last_use(&self, api: &dyn Ec2Api, name: &VolumeName, vol: &mut Volume) {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let tags = BTreeMap::from([(LAST_USED_TAG.to_owned(), now.clone())]);
+        match self.retry.run("CreateTags", || api.create_tags(&vol.id, &tags)).await {
+            Ok(()) => {
+                vol.tags.insert(LAST_USED_TAG.to_owned(), now);
+            }
+            Err(e) => {
+                tracing::warn!(volume = %name, id = %vol.id, error = %e, "could not tag the volume with its last use");
+            }
+        }
     }
 
     /// Records in the cache that `vol` is no longer attached to `instance`.

@@ -382,6 +382,17 @@ impl Controller for EbsController {
         status
     }
 
+    /// From the cache: the instances it is attached to, and the `rexray-rs/lastUsed` tag a
+    /// daemon writes when it detaches the volume (else EC2's create time).
+    fn usage(&self, name: &VolumeName) -> crate::backend::Usage {
+        let volumes = self.core.cache.get(name.as_str());
+        let Some(v) = volumes.first() else { return crate::backend::Usage::default() };
+        crate::backend::Usage {
+            published_to: v.live_attachments().map(|a| a.instance_id.clone()).collect(),
+            last_used: v.tags.get(naming::LAST_USED_TAG).cloned().or_else(|| v.create_time.clone()),
+        }
+    }
+
     fn snapshots(&self) -> Option<&dyn crate::backend::Snapshots> {
         Some(self)
     }

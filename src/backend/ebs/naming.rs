@@ -12,6 +12,10 @@ use crate::name::VolumeName;
 
 /// The ownership tag every volume created here carries.
 pub const OWNER_TAG: &str = "rexray-rs/managed";
+
+/// The tag a daemon sets, to the time (RFC 3339), when it detaches the volume: when a host last
+/// used it, for finding orphans.
+pub const LAST_USED_TAG: &str = "rexray-rs/lastUsed";
 /// Its value.
 pub const OWNER_VALUE: &str = "true";
 

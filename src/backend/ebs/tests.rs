@@ -781,3 +781,28 @@ fn client_tokens_are_64_hex_characters() {
     assert_eq!(super::naming::filter_literal("a*b?c\\"), "a\\*b\\?c\\\\");
     assert_eq!(nvme_link_name("vol-0abc"), "nvme-Amazon_Elastic_Block_Store_vol0abc");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_detach_tags_the_volume_with_its_last_use_and_usage_sees_every_host() {
+    let ec2 = world();
+    let a = host(&ec2, "i-a");
+    let o = opts(&a, &[]);
+    a.backend.controller.create(&name("v"), &o, false).await.unwrap();
+    let usage = a.backend.controller.usage(&name("v"));
+    assert!(usage.published_to.is_empty());
+    assert_eq!(usage.last_used, only(&ec2, "v").create_time, "never used: its creation");
+    a.backend.activate_here(&name("v"), &o).await.unwrap();
+    assert_eq!(a.backend.controller.usage(&name("v")).published_to, ["i-a"]);
+    // Another host sees it attached to i-a (after its cache refresh).
+    let b = host(&ec2, "i-b");
+    assert!(b.backend.controller.knows(&name("v")).await);
+    assert_eq!(b.backend.controller.usage(&name("v")).published_to, ["i-a"]);
+    let before = std::time::SystemTime::now();
+    a.backend.deactivate_here(&name("v"), &o).await.unwrap();
+    let tag = only(&ec2, "v").tags.get(super::naming::LAST_USED_TAG).cloned().expect("tagged at the detach");
+    let at = humantime::parse_rfc3339(&tag).unwrap();
+    assert!(at + Duration::from_secs(2) >= before, "{tag}");
+    let usage = a.backend.controller.usage(&name("v"));
+    assert!(usage.published_to.is_empty());
+    assert_eq!(usage.last_used.as_deref(), Some(tag.as_str()));
+}
