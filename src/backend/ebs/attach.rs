@@ -2,6 +2,7 @@
 //! unpublishing it (DetachVolume, never forced, waited for), and what is attached where.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::api::{AttachState, CloudErrorKind, Ec2Api, Volume, VolumeQuery, VolumeState};
 use super::core::Core;
@@ -107,8 +108,8 @@ impl Core {
 
     /// Detaches volume `name` from instance `node` and waits; not attached there is success.
     pub(super) async fn unpublish_from(&self, name: &VolumeName, node: &NodeId) -> Result<(), BackendError> {
-        let (_, api) = self.connect().await?;
-        let api = api.as_ref();
+        let (_, shared_api) = self.connect().await?;
+        let api = shared_api.as_ref();
         let Some(vol) = self.one(name, self.lookup(api, name).await?)? else {
             tracing::warn!(volume = %name, "volume not found in EC2; nothing to detach");
             return Ok(());
@@ -120,7 +121,7 @@ impl Core {
         self.detach_from(api, name, (&vol.id, &device), &node.0, false).await?;
         tracing::info!(volume = %name, id = %vol.id, instance = %node, "detached EBS volume");
         let mut vol = vol;
-        self.note_last_use(api, name, &mut vol).await;
+        self.note_last_use(&shared_api, name, &mut vol);
         self.forget_attachment(name, vol, &node.0);
         Ok(())
     }
@@ -146,19 +147,19 @@ impl Core {
             .collect())
     }
 
-    /// Tags `vol` with the time a host last used it ([`LAST_USED_TAG`]). Best effort: a volume
-    /// whose tag could not be written only looks unused for longer than it is.
-    async fn note_last_use(&self, api: &dyn Ec2Api, name: &VolumeName, vol: &mut Volume) {
+    /// Tags `vol` with the time a host last used it ([`LAST_USED_TAG`]), in the background so
+    /// the Unmount does not wait for it. Best effort: a volume whose tag could not be written
+    /// only looks unused for longer than it is.
+    fn note_last_use(&self, api: &Arc<dyn Ec2Api>, name: &VolumeName, vol: &mut Volume) {
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let tags = BTreeMap::from([(LAST_USED_TAG.to_owned(), now.clone())]);
-        match self.retry.run("CreateTags", || api.create_tags(&vol.id, &tags)).await {
-            Ok(()) => {
-                vol.tags.insert(LAST_USED_TAG.to_owned(), now);
+        vol.tags.insert(LAST_USED_TAG.to_owned(), now.clone());
+        let tags = BTreeMap::from([(LAST_USED_TAG.to_owned(), now)]);
+        let (api, retry, name, id) = (Arc::clone(api), Arc::clone(&self.retry), name.clone(), vol.id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = retry.run("CreateTags", || api.create_tags(&id, &tags)).await {
+                tracing::warn!(volume = %name, %id, error = %e, "could not tag the volume with its last use");
             }
-            Err(e) => {
-                tracing::warn!(volume = %name, id = %vol.id, error = %e, "could not tag the volume with its last use");
-            }
-        }
+        });
     }
 
     /// Records in the cache that `vol` is no longer attached to `instance`.
@@ -233,11 +234,8 @@ impl Core {
         vol: &Volume,
         instance: &str,
     ) -> Result<String, BackendError> {
-        let described = self
-            .retry
-            .run("DescribeInstances", || api.describe_instance(instance))
-            .await
-            .map_err(|e| cloud_failed("attach", name, Some(&vol.id), &e))?;
+        let described =
+            self.describe_instance(api, instance).await.map_err(|e| cloud_failed("attach", name, Some(&vol.id), &e))?;
         if !described.availability_zone.is_empty() && described.availability_zone != vol.availability_zone {
             // The configured AZ was wrong about this instance (or the node is elsewhere): EC2
             // knows better.

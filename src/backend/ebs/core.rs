@@ -54,8 +54,10 @@ pub(super) struct Core {
     pub(super) retry: Arc<RetryPolicy>,
     /// Modifications started or seen, for the volumes' status.
     pub(super) modifications: super::modify::Modifications,
-    /// Volume-state polls, batched across concurrent waits.
+    /// Volume-state polls and by-name look-ups, batched across concurrent operations.
     watch: VolumeWatch,
+    /// DescribeInstances, shared by concurrent attaches to one instance.
+    pub(super) instances: super::watch::InstanceWatch,
     /// This host's devices: a wait for an attach to (or a detach from) this instance watches
     /// for the device to appear (or go) and then asks EC2 once.
     local: Option<Arc<EbsDevices>>,
@@ -89,6 +91,7 @@ impl Core {
             retry: Arc::new(RetryPolicy::new(settings.max_retries)),
             modifications: super::modify::Modifications::default(),
             watch: VolumeWatch::default(),
+            instances: super::watch::InstanceWatch::default(),
             local,
             settings,
             preempt,
@@ -167,11 +170,21 @@ impl Core {
     }
 
     /// The region's volumes named `name` (any AZ; not deleting or deleted), cached.
+    ///
+    /// Look-ups through this region's client join the batched rounds ([`VolumeWatch`]), so
+    /// concurrent Mounts share their DescribeVolumes.
     pub(super) async fn lookup(&self, api: &dyn Ec2Api, name: &VolumeName) -> Result<Vec<Volume>, BackendError> {
-        let query = VolumeQuery::filtered(vec![("tag:Name".into(), vec![filter_literal(&self.naming.name_tag(name))])]);
-        let found = self
-            .describe_all(api, query)
-            .await
+        let tag = self.naming.name_tag(name);
+        let described = match self.connected.get() {
+            Some((_, main)) if std::ptr::addr_eq(std::ptr::from_ref(api), Arc::as_ptr(main)) => {
+                self.watch.named(main, &self.retry, &tag).await
+            }
+            _ => {
+                self.describe_all(api, VolumeQuery::filtered(vec![("tag:Name".into(), vec![filter_literal(&tag)])]))
+                    .await
+            }
+        };
+        let found = described
             .map_err(|e| cloud_failed("look up", name, None, &e))?
             .into_iter()
             .filter(|v| !matches!(v.state, api::VolumeState::Deleting | api::VolumeState::Deleted))
@@ -238,6 +251,17 @@ impl Core {
     pub(super) fn local_signal(&self, instance: &str, id: &str, device: &str, present: bool) -> Option<LocalSignal> {
         let here = self.connected.get().is_some_and(|(ident, _)| ident.instance_id == instance);
         here.then(|| LocalSignal { volume_id: id.to_owned(), device: device.to_owned(), present })
+    }
+
+    /// Instance `id` as EC2 describes it: through this region's client, shared with the
+    /// concurrent asks for it ([`super::watch::InstanceWatch`]).
+    pub(super) async fn describe_instance(&self, api: &dyn Ec2Api, id: &str) -> Result<api::Instance, CloudError> {
+        match self.connected.get() {
+            Some((_, main)) if std::ptr::addr_eq(std::ptr::from_ref(api), Arc::as_ptr(main)) => {
+                self.instances.describe(main, &self.retry, id).await
+            }
+            _ => self.retry.run("DescribeInstances", || api.describe_instance(id)).await,
+        }
     }
 
     /// Volume `id` as the next batched poll round sees it (`None`: EC2 does not know it).

@@ -97,13 +97,15 @@ async fn an_attachment_ec2_drops_fails_the_mount_at_once_and_formats_nothing() {
 }
 
 /// The state polls of `n` concurrent Mounts of detached volumes, each attach taking 2 s.
-async fn concurrent_mount_polls(n: usize) -> (usize, Duration) {
+async fn concurrent_mount_polls(n: usize) -> (usize, usize, Duration) {
     let ec2 = world();
     let names: Vec<String> = (0..n).map(|i| format!("v{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let (h, o) = created(&ec2, &refs).await;
     let delta = Duration::from_secs(2);
     ec2.set_attach_time(Some(delta), false);
+    let polls_before = state_polls(&ec2);
+    ec2.take_calls();
     let start = Instant::now();
     let mounts: Vec<_> = names
         .iter()
@@ -115,15 +117,21 @@ async fn concurrent_mount_polls(n: usize) -> (usize, Duration) {
     for mount in mounts {
         mount.await.expect("mount task").expect("mount");
     }
-    (state_polls(&ec2), start.elapsed() - delta)
+    let overhead = start.elapsed() - delta;
+    let describes =
+        ec2.calls().iter().filter(|c| matches!(c, Ec2Call::DescribeVolumes(_) | Ec2Call::DescribeInstances(_))).count();
+    (state_polls(&ec2) + polls_before, describes, overhead)
 }
 
 #[tokio::test(start_paused = true)]
 async fn concurrent_mounts_share_their_polls() {
-    let (one, _) = concurrent_mount_polls(1).await;
+    let (one, one_describes, _) = concurrent_mount_polls(1).await;
     for n in [8, 32] {
-        let (polls, overhead) = concurrent_mount_polls(n).await;
+        let (polls, describes, overhead) = concurrent_mount_polls(n).await;
         assert!(polls <= 2 * one, "{n} mounts: {polls} state polls, one mount: {one}");
+        // Look-ups by name and DescribeInstances are shared too: every describe call of 32
+        // mounts together costs at most twice one mount's.
+        assert!(describes <= 2 * one_describes, "{n} mounts: {describes} describe calls, one mount: {one_describes}");
         assert!(overhead <= Duration::from_millis(250), "{n} mounts: the last noticed {overhead:?} late");
     }
 }

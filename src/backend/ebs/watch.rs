@@ -1,12 +1,13 @@
-//! Batched volume-state polls: concurrent waits (attaches, detaches, new volumes) share one
-//! DescribeVolumes per round with all their volume IDs, so 32 volumes moving at once cost about
-//! as many EC2 calls as one.
+//! Batched volume look-ups: concurrent waits (attaches, detaches, new volumes) and by-name
+//! look-ups (every Mount, Unmount, Create and Remove begins with one) share one DescribeVolumes
+//! per round and kind, so 32 volumes moving at once cost about as many EC2 calls as one.
 //!
-//! A poll joins the pending round; the first poll of an idle watcher starts a round task, which
-//! gathers for [`GATHER`], takes up to [`MAX_IDS`] pending IDs, asks EC2 once (a `volume-id`
-//! filter, which, unlike `VolumeIds`, does not fail the whole call for one deleted volume) with
-//! the shared retry policy, answers every poll of the round and starts the next while polls are
-//! pending. A poll waits for its answer no longer than its request's deadline.
+//! A look-up joins the pending round; the first of an idle watcher starts a round task, which
+//! gathers for [`GATHER`], takes up to [`MAX_IDS`] pending keys, asks EC2 once per kind with a
+//! filter (`volume-id`, which, unlike `VolumeIds`, does not fail the whole call for one deleted
+//! volume; `tag:Name`, every page) under the shared retry policy, answers every look-up of the
+//! round and starts the next while look-ups are pending. A look-up waits for its answer no
+//! longer than its request's deadline.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -14,24 +15,34 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::api::{CloudError, Ec2Api, Volume, VolumeQuery};
+use super::api::{CloudError, Ec2Api, Instance, Volume, VolumeQuery};
+use super::naming::filter_literal;
 use super::wait::RetryPolicy;
 
 /// How long a round waits for other polls to join before it asks EC2.
 pub const GATHER: Duration = Duration::from_millis(5);
 
-/// The most volume IDs in one call (EC2's limit on the values of one filter).
+/// The most keys in one round (EC2's limit on the values of one filter).
 pub const MAX_IDS: usize = 200;
 
 /// The longest a poll waits for its round when its request has no deadline.
 const ANSWER_LIMIT: Duration = Duration::from_secs(60);
 
-type Answer = Result<Option<Volume>, CloudError>;
+type Answer = Result<Vec<Volume>, CloudError>;
 
-/// Polls waiting for the next round, by volume ID.
+/// What a look-up asks for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    /// The volume with this ID.
+    Id(String),
+    /// The volumes whose `Name` tag is this (exactly).
+    Name(String),
+}
+
+/// Look-ups waiting for the next round.
 #[derive(Debug, Default)]
 struct Rounds {
-    pending: BTreeMap<String, Vec<oneshot::Sender<Answer>>>,
+    pending: BTreeMap<Key, Vec<oneshot::Sender<Answer>>>,
     /// Whether a round task runs.
     running: bool,
 }
@@ -48,11 +59,33 @@ impl VolumeWatch {
     /// # Errors
     /// The round's EC2 error (after the retry policy), or a transient error when the round did
     /// not answer within the request's deadline.
-    pub async fn describe(&self, api: &Arc<dyn Ec2Api>, retry: &Arc<RetryPolicy>, id: &str) -> Answer {
+    pub async fn describe(
+        &self,
+        api: &Arc<dyn Ec2Api>,
+        retry: &Arc<RetryPolicy>,
+        id: &str,
+    ) -> Result<Option<Volume>, CloudError> {
+        Ok(self.ask(api, retry, Key::Id(id.to_owned())).await?.into_iter().next())
+    }
+
+    /// The volumes whose `Name` tag is `name_tag`, as EC2 describes them in the next round.
+    ///
+    /// # Errors
+    /// As [`VolumeWatch::describe`].
+    pub async fn named(
+        &self,
+        api: &Arc<dyn Ec2Api>,
+        retry: &Arc<RetryPolicy>,
+        name_tag: &str,
+    ) -> Result<Vec<Volume>, CloudError> {
+        self.ask(api, retry, Key::Name(name_tag.to_owned())).await
+    }
+
+    async fn ask(&self, api: &Arc<dyn Ec2Api>, retry: &Arc<RetryPolicy>, key: Key) -> Answer {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut rounds = self.rounds.lock().expect("watch poisoned");
-            rounds.pending.entry(id.to_owned()).or_default().push(tx);
+            rounds.pending.entry(key).or_default().push(tx);
             !std::mem::replace(&mut rounds.running, true)
         };
         if start {
@@ -70,11 +103,11 @@ impl VolumeWatch {
     }
 }
 
-/// Runs rounds while polls are pending.
+/// Runs rounds while look-ups are pending.
 async fn run_rounds(rounds: Arc<Mutex<Rounds>>, api: Arc<dyn Ec2Api>, retry: Arc<RetryPolicy>) {
     loop {
         tokio::time::sleep(GATHER).await;
-        let batch: Vec<(String, Vec<oneshot::Sender<Answer>>)> = {
+        let batch: Vec<(Key, Vec<oneshot::Sender<Answer>>)> = {
             let mut r = rounds.lock().expect("watch poisoned");
             if r.pending.is_empty() {
                 r.running = false;
@@ -82,18 +115,107 @@ async fn run_rounds(rounds: Arc<Mutex<Rounds>>, api: Arc<dyn Ec2Api>, retry: Arc
             }
             std::iter::from_fn(|| r.pending.pop_first()).take(MAX_IDS).collect()
         };
-        let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
-        crate::metrics::ec2_state_round(batch.iter().map(|(_, w)| w.len()).sum());
-        let query = VolumeQuery::filtered(vec![("volume-id".to_owned(), ids)]);
-        let result = retry.run("DescribeVolumes", || api.describe_volumes(&query)).await;
-        for (id, waiters) in batch {
-            let answer: Answer = match &result {
-                Ok(page) => Ok(page.volumes.iter().find(|v| v.id == id).cloned()),
-                Err(e) => Err(e.clone()),
-            };
-            for tx in waiters {
-                let _ = tx.send(answer.clone());
-            }
+        let (by_id, by_name): (Vec<_>, Vec<_>) = batch.into_iter().partition(|(key, _)| matches!(key, Key::Id(_)));
+        if !by_id.is_empty() {
+            crate::metrics::ec2_state_round(by_id.iter().map(|(_, w)| w.len()).sum());
+            let ids = by_id.iter().filter_map(|(k, _)| if let Key::Id(id) = k { Some(id.clone()) } else { None });
+            let query = VolumeQuery::filtered(vec![("volume-id".to_owned(), ids.collect())]);
+            let result = retry.run("DescribeVolumes", || api.describe_volumes(&query)).await.map(|page| page.volumes);
+            answer(by_id, &result, |key, v| matches!(key, Key::Id(id) if *id == v.id));
+        }
+        if !by_name.is_empty() {
+            let tags =
+                by_name.iter().filter_map(|(k, _)| if let Key::Name(n) = k { Some(filter_literal(n)) } else { None });
+            let result =
+                every_page(&api, &retry, VolumeQuery::filtered(vec![("tag:Name".to_owned(), tags.collect())])).await;
+            answer(by_name, &result, |key, v| matches!(key, Key::Name(n) if v.name_tag() == Some(n.as_str())));
+        }
+    }
+}
+
+/// Sends each look-up of `batch` the volumes of `result` that `matches` its key (or the error).
+fn answer(
+    batch: Vec<(Key, Vec<oneshot::Sender<Answer>>)>,
+    result: &Result<Vec<Volume>, CloudError>,
+    matches: impl Fn(&Key, &Volume) -> bool,
+) {
+    for (key, waiters) in batch {
+        let answer: Answer = match result {
+            Ok(volumes) => Ok(volumes.iter().filter(|v| matches(&key, v)).cloned().collect()),
+            Err(e) => Err(e.clone()),
+        };
+        for tx in waiters {
+            let _ = tx.send(answer.clone());
+        }
+    }
+}
+
+/// Every page of `query`.
+async fn every_page(
+    api: &Arc<dyn Ec2Api>,
+    retry: &Arc<RetryPolicy>,
+    mut query: VolumeQuery,
+) -> Result<Vec<Volume>, CloudError> {
+    let mut all = Vec::new();
+    loop {
+        let page = retry.run("DescribeVolumes", || api.describe_volumes(&query)).await?;
+        all.extend(page.volumes);
+        match page.next_token {
+            Some(token) => query.next_token = Some(token),
+            None => return Ok(all),
+        }
+    }
+}
+
+/// Who waits for an instance's description.
+type InstanceWaiter = oneshot::Sender<Result<Instance, CloudError>>;
+
+/// DescribeInstances of the same instance asked for at once (concurrent attaches to this host)
+/// share one call: those that ask while one is gathering get its answer, which EC2 gave after
+/// they asked.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceWatch {
+    pending: Arc<Mutex<BTreeMap<String, Vec<InstanceWaiter>>>>,
+}
+
+impl InstanceWatch {
+    /// Instance `id` as EC2 describes it, shared with the concurrent asks for it.
+    ///
+    /// # Errors
+    /// EC2's error (after the retry policy), or a transient error past the request's deadline.
+    pub async fn describe(
+        &self,
+        api: &Arc<dyn Ec2Api>,
+        retry: &Arc<RetryPolicy>,
+        id: &str,
+    ) -> Result<Instance, CloudError> {
+        let (tx, rx) = oneshot::channel();
+        let first = {
+            let mut pending = self.pending.lock().expect("watch poisoned");
+            let waiters = pending.entry(id.to_owned()).or_default();
+            waiters.push(tx);
+            waiters.len() == 1
+        };
+        if first {
+            let (pending, api, retry, id) =
+                (Arc::clone(&self.pending), Arc::clone(api), Arc::clone(retry), id.to_owned());
+            tokio::spawn(async move {
+                tokio::time::sleep(GATHER).await;
+                let waiters = pending.lock().expect("watch poisoned").remove(&id).unwrap_or_default();
+                let result = retry.run("DescribeInstances", || api.describe_instance(&id)).await;
+                for tx in waiters {
+                    let _ = tx.send(result.clone());
+                }
+            });
+        }
+        let limit = crate::deadline::cap(ANSWER_LIMIT);
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(CloudError::transient("DescribeInstances ended without an answer")),
+            Err(_) => Err(CloudError::transient(format!(
+                "DescribeInstances gave no answer within {}",
+                crate::human::duration(limit)
+            ))),
         }
     }
 }
@@ -126,6 +248,60 @@ mod tests {
         assert!(known.unwrap().is_some());
         assert!(unknown.unwrap().is_none());
         assert_eq!(fake.count(Op::DescribeVolumes), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_lookups_by_name_share_one_call_and_match_exactly() {
+        let fake = Arc::new(FakeEc2::new());
+        for i in 0..32 {
+            fake.add_volume("us-east-1a", 1, &[("Name", format!("t/v{i}").as_str())]);
+        }
+        fake.add_volume("us-east-1a", 1, &[("Name", "t/v0")]);
+        fake.add_volume("us-east-1a", 1, &[("Name", "t/*")]);
+        let api: Arc<dyn Ec2Api> = fake.clone();
+        let retry = Arc::new(RetryPolicy::new(3));
+        let watch = VolumeWatch::default();
+        let mut lookups = tokio::task::JoinSet::new();
+        for i in 0..32 {
+            let (watch, api, retry) = (watch.clone(), Arc::clone(&api), Arc::clone(&retry));
+            lookups.spawn(async move { (watch.named(&api, &retry, &format!("t/v{i}")).await, i) });
+        }
+        while let Some(joined) = lookups.join_next().await {
+            let (found, i) = joined.unwrap();
+            let found = found.unwrap();
+            assert_eq!(found.len(), if i == 0 { 2 } else { 1 }, "t/v{i}: {found:?}");
+            assert!(found.iter().all(|v| v.name_tag() == Some(format!("t/v{i}").as_str())));
+        }
+        assert_eq!(fake.count(Op::DescribeVolumes), 1);
+        // A wildcard in a name is a literal: `t/*` is one volume, not all of them.
+        let (star, polled) =
+            tokio::join!(watch.named(&api, &retry, "t/*"), watch.describe(&api, &retry, "vol-0000000000000dead"));
+        assert_eq!(star.unwrap().len(), 1);
+        assert!(polled.unwrap().is_none());
+        assert_eq!(fake.count(Op::DescribeVolumes), 3, "one call per kind in a round");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_asks_for_one_instance_share_one_call() {
+        let fake = Arc::new(FakeEc2::new());
+        fake.add_instance("i-a", "us-east-1a");
+        fake.add_instance("i-b", "us-east-1b");
+        let api: Arc<dyn Ec2Api> = fake.clone();
+        let retry = Arc::new(RetryPolicy::new(3));
+        let watch = InstanceWatch::default();
+        let mut asks = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let (watch, api, retry) = (watch.clone(), Arc::clone(&api), Arc::clone(&retry));
+            let id = if i % 8 == 7 { "i-b" } else { "i-a" };
+            asks.spawn(async move { (watch.describe(&api, &retry, id).await.unwrap(), id) });
+        }
+        while let Some(joined) = asks.join_next().await {
+            let (instance, id) = joined.unwrap();
+            assert_eq!(instance.id, id);
+        }
+        assert_eq!(fake.count(Op::DescribeInstances), 2, "one call per instance");
+        watch.describe(&api, &retry, "i-a").await.unwrap();
+        assert_eq!(fake.count(Op::DescribeInstances), 3, "a later ask gets a fresh answer");
     }
 
     #[tokio::test(start_paused = true)]
