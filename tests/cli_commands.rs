@@ -433,6 +433,12 @@ fn volume_commands_without_a_daemon() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("nothing to change: give --type, --iops or --throughput"));
+    // Nor a zone to move to.
+    setup
+        .rexray(&["volume", "move", "x", "--zone", "us-east-1b"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("cannot be moved: vfs volumes live on this host"));
     setup.rexray(&["volume", "rm", "x"]).assert().success();
     setup
         .rexray(&["volume", "create", "--snapshotID", "snap-1", "x"])

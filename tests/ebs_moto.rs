@@ -429,21 +429,9 @@ fn snapshot_commands_on_moto_in_process_and_through_the_daemon() {
 
     let Some(moto) = Moto::for_test("snapshot_commands_on_moto_in_process_and_through_the_daemon") else { return };
     let (region, other, az) = ("eu-central-1", "eu-north-1", "eu-central-1a");
-    let instance = moto.run_instance(region, az);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("rexray.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "rexray:\n  modules:\n    default-docker:\n      host: unix://{0}/plugins/ebs.sock\nlibstorage:\n  service: ebs\n\
-             ebs:\n  endpoint: {1}\n  region: {region}\n  accessKey: test\n  secretKey: test\n  instanceID: {instance}\n  availabilityZone: {az}\n  tag: snapcli\n",
-            dir.path().display(),
-            moto.endpoint
-        ),
-    )
-    .unwrap();
-    let home = dir.path().join("home");
-    let rexray = |args: &[&str]| cli(&config, &home, args);
+    let setup = CliSetup::new(&moto, (region, az), "snapcli", |_| String::new());
+    let (dir, config, home) = (setup.dir.path(), &setup.config, &setup.home);
+    let rexray = |args: &[&str]| cli(config, home, args);
     let json = |args: &[&str]| -> Value {
         let out = rexray(args).assert().success().get_output().stdout.clone();
         serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out)))
@@ -490,18 +478,13 @@ fn snapshot_commands_on_moto_in_process_and_through_the_daemon() {
 
     // Through a running daemon: the same commands act via its admin socket.
     let admin = home.join("var/run/rexray/rexray-admin.sock");
-    let daemon = common::start_daemon(
-        &config,
-        &home,
-        &dir.path().join("daemon.log"),
-        &[dir.path().join("plugins/ebs.sock"), admin],
-    );
+    let daemon = common::start_daemon(config, home, &dir.join("daemon.log"), &[dir.join("plugins/ebs.sock"), admin]);
     let second = json(&["snapshot", "create", "--volumeid", "restored", "--runasync", "-f", "json"]);
     let second_id = second[0]["ID"].as_str().unwrap().to_owned();
     assert_eq!(second[0]["Name"], "restored", "default name: the volume's");
     let listed = json(&["snapshot", "ls", "-f", "json"]);
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
-    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap();
     assert!(log.contains("started EBS snapshot"), "the daemon took the snapshot: {log}");
     rexray(&["snapshot", "create", "--volumeid", "nosuch"])
         .assert()
@@ -606,21 +589,9 @@ fn modify_on_moto_in_process_and_through_the_daemon() {
 
     let Some(moto) = Moto::for_test("modify_on_moto_in_process_and_through_the_daemon") else { return };
     let (region, az) = ("sa-east-1", "sa-east-1a");
-    let instance = moto.run_instance(region, az);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("rexray.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "rexray:\n  modules:\n    default-docker:\n      host: unix://{0}/plugins/ebs.sock\nlibstorage:\n  service: ebs\n\
-             ebs:\n  endpoint: {1}\n  region: {region}\n  accessKey: test\n  secretKey: test\n  instanceID: {instance}\n  availabilityZone: {az}\n  tag: modcli\n",
-            dir.path().display(),
-            moto.endpoint
-        ),
-    )
-    .unwrap();
-    let home = dir.path().join("home");
-    let rexray = |args: &[&str]| cli(&config, &home, args);
+    let setup = CliSetup::new(&moto, (region, az), "modcli", |_| String::new());
+    let (dir, config, home) = (setup.dir.path(), &setup.config, &setup.home);
+    let rexray = |args: &[&str]| cli(config, home, args);
     let status = |name: &str| -> Value {
         let out = rexray(&["volume", "inspect", name, "-f", "json"]).assert().success().get_output().stdout.clone();
         let v: Value = serde_json::from_slice(&out).unwrap();
@@ -653,9 +624,9 @@ fn modify_on_moto_in_process_and_through_the_daemon() {
     assert!(e.contains("nothing to change"), "{e}");
 
     // Through the daemon: to io2 with its IOPS; the throughput goes with gp3.
-    let socket = dir.path().join("plugins/ebs.sock");
+    let socket = dir.join("plugins/ebs.sock");
     let admin = home.join("var/run/rexray/rexray-admin.sock");
-    let _daemon = common::start_daemon(&config, &home, &dir.path().join("daemon.log"), &[socket, admin]);
+    let _daemon = common::start_daemon(config, home, &dir.join("daemon.log"), &[socket, admin]);
     rexray(&["volume", "modify", "data1", "--type", "io2", "--iops", "8000"]).assert().success();
     let s = status("data1");
     assert_eq!((s["volumeType"].as_str(), s["iops"].as_u64()), (Some("io2"), Some(8000)), "{s}");
@@ -664,30 +635,91 @@ fn modify_on_moto_in_process_and_through_the_daemon() {
     assert!(e.contains("only gp3 takes throughput, not io2"), "{e}");
 }
 
+/// `rexray volume move` against moto, in process and through the daemon: the name follows a
+/// copy in the other zone (made from a snapshot, with the same type, IOPS and tags), the old
+/// volume is kept under a name no host takes until `--delete-source`, the move's snapshot is
+/// gone, and a zone that is not one is refused before anything happens.
+#[test]
+fn move_on_moto_in_process_and_through_the_daemon() {
+    use serde_json::Value;
+
+    let Some(moto) = Moto::for_test("move_on_moto_in_process_and_through_the_daemon") else { return };
+    let (region, az, other) = ("eu-west-3", "eu-west-3a", "eu-west-3c");
+    let setup = CliSetup::new(&moto, (region, az), "movecli", |_| String::new());
+    let (dir, config, home) = (setup.dir.path(), &setup.config, &setup.home);
+    let rexray = |args: &[&str]| cli(config, home, args);
+    let status = |name: &str| -> Value {
+        let out = rexray(&["volume", "inspect", name, "-f", "json"]).assert().success().get_output().stdout.clone();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        v[0]["Status"].clone()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = rt.block_on(moto.api(region));
+    let volume = |id: &str| {
+        rt.block_on(api.describe_volumes(&VolumeQuery::by_id(id))).ok().and_then(|p| p.volumes.into_iter().next())
+    };
+
+    rexray(&["volume", "create", "--size", "6", "--volumeType", "io1", "--iops", "300", "data1"]).assert().success();
+    let old = status("data1")["volumeID"].as_str().unwrap().to_owned();
+    let e = String::from_utf8(
+        rexray(&["volume", "move", "data1", "--zone", "Mars"]).assert().failure().get_output().stderr.clone(),
+    )
+    .unwrap();
+    assert!(e.contains("zone") && e.contains("Mars"), "{e}");
+
+    // In process.
+    rexray(&["volume", "move", "data1", "--zone", other]).assert().success();
+    let s = status("data1");
+    let new = s["volumeID"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(s["availabilityZone"], other, "{s}");
+    assert_eq!(s["options"]["availabilityZone"], other, "{s}");
+    assert_eq!(s["movedFrom"], old.as_str(), "{s}");
+    assert_eq!(
+        (s["volumeType"].as_str(), s["iops"].as_u64(), s["sizeGiB"].as_u64()),
+        (Some("io1"), Some(300), Some(6))
+    );
+    let kept = volume(&old).expect("the old volume is kept");
+    assert_eq!(kept.tags["Name"], format!("movecli/data1/moved-to-{new}"));
+    assert_eq!(kept.availability_zone, az);
+    let copy = volume(&new).unwrap();
+    let snapshot = copy.snapshot_id.clone().expect("made from a snapshot");
+    let snapshots = rt.block_on(api.describe_snapshots(&rexray::backend::ebs::api::SnapshotQuery {
+        ids: vec![snapshot.clone()],
+        ..Default::default()
+    }));
+    assert!(snapshots.map_or(true, |p| p.snapshots.is_empty()), "the move's snapshot {snapshot} is left");
+    let out = rexray(&["volume", "ls", "-f", "json"]).assert().success().get_output().stdout.clone();
+    let listed: Value = serde_json::from_slice(&out).unwrap();
+    let names: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|v| v["Name"].as_str()).collect();
+    assert_eq!(names, vec!["data1"], "the old volume answers to no name");
+
+    // Through the daemon: once more, now deleting the old volume.
+    let socket = dir.join("plugins/ebs.sock");
+    let admin = home.join("var/run/rexray/rexray-admin.sock");
+    let _daemon = common::start_daemon(config, home, &dir.join("daemon.log"), &[socket, admin]);
+    rexray(&["volume", "move", "data1", "--zone", other, "--delete-source"]).assert().success();
+    assert!(volume(&old).is_none_or(|v| v.state == VolumeState::Deleted), "--delete-source deletes the old volume");
+    assert_eq!(status("data1")["volumeID"], new.as_str());
+    rexray(&["volume", "move", "data1", "--zone", az]).assert().success();
+    let back = status("data1");
+    assert_eq!(back["availabilityZone"], az, "{back}");
+    assert_eq!(back["movedFrom"], new.as_str(), "{back}");
+}
+
 /// `volume ls` shows the EC2 volume ID and zone.
 #[test]
 fn cli_progress_and_ebs_columns_on_moto() {
     let Some(moto) = Moto::for_test("cli_progress_and_ebs_columns_on_moto") else { return };
     let (region, az) = ("ap-southeast-2", "ap-southeast-2a");
-    let instance = moto.run_instance(region, az);
-    let dir = tempfile::tempdir().unwrap();
-    // No device ever appears in this links directory: the mount waits for it until statusTimeout.
-    let links = dir.path().join("links");
-    std::fs::create_dir_all(&links).unwrap();
-    let config = dir.path().join("rexray.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "rexray:\n  modules:\n    default-docker:\n      host: unix://{0}/plugins/ebs.sock\nlibstorage:\n  service: ebs\n\
-             ebs:\n  endpoint: {1}\n  region: {region}\n  accessKey: test\n  secretKey: test\n  instanceID: {instance}\n  availabilityZone: {az}\n  tag: progress\n  deviceLinksDir: {2}\n  statusTimeout: 5s\n",
-            dir.path().display(),
-            moto.endpoint,
-            links.display()
-        ),
-    )
-    .unwrap();
-    let home = dir.path().join("home");
-    let rexray = |args: &[&str]| cli(&config, &home, args);
+    let setup = CliSetup::new(&moto, (region, az), "progress", |dir| {
+        // No device ever appears in this links directory: the mount waits for it until statusTimeout.
+        let links = dir.join("links");
+        std::fs::create_dir_all(&links).unwrap();
+        format!("  deviceLinksDir: {}\n  statusTimeout: 5s\n", links.display())
+    });
+    let (dir, config, home) = (setup.dir.path(), &setup.config, &setup.home);
+    let rexray = |args: &[&str]| cli(config, home, args);
     rexray(&["volume", "create", "--size", "1", "slow"]).assert().success();
     let table = String::from_utf8(rexray(&["volume", "ls"]).assert().success().get_output().stdout.clone()).unwrap();
     let mut lines = table.lines();
@@ -711,14 +743,43 @@ fn cli_progress_and_ebs_columns_on_moto() {
     let out = rexray(&["volume", "mount", "slow"]).assert().failure();
     check(&String::from_utf8_lossy(&out.get_output().stderr));
     // Through the daemon.
-    let socket = dir.path().join("plugins/ebs.sock");
+    let socket = dir.join("plugins/ebs.sock");
     let admin = home.join("var/run/rexray/rexray-admin.sock");
-    let _daemon = common::start_daemon(&config, &home, &dir.path().join("daemon.log"), &[socket, admin]);
+    let _daemon = common::start_daemon(config, home, &dir.join("daemon.log"), &[socket, admin]);
     let out = rexray(&["volume", "mount", "slow"]).assert().failure();
     check(&String::from_utf8_lossy(&out.get_output().stderr));
 }
 
 /// `rexray ARGS… -c CONFIG` with a clean environment and REXRAY_HOME at `home`.
+/// A config for the CLI and the daemon on moto: one EBS service in `region` as an instance in
+/// `az` (run in moto), names under `ebs.tag: tag`, and what `extra` adds to the `ebs` section.
+struct CliSetup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    home: PathBuf,
+}
+
+impl CliSetup {
+    fn new(moto: &Moto, (region, az): (&str, &str), tag: &str, extra: impl FnOnce(&Path) -> String) -> Self {
+        let instance = moto.run_instance(region, az);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("rexray.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "rexray:\n  modules:\n    default-docker:\n      host: unix://{0}/plugins/ebs.sock\nlibstorage:\n  service: ebs\n\
+                 ebs:\n  endpoint: {1}\n  region: {region}\n  accessKey: test\n  secretKey: test\n  instanceID: {instance}\n  availabilityZone: {az}\n  tag: {tag}\n{2}",
+                dir.path().display(),
+                moto.endpoint,
+                extra(dir.path())
+            ),
+        )
+        .unwrap();
+        let home = dir.path().join("home");
+        Self { dir, config, home }
+    }
+}
+
 fn cli(config: &Path, home: &Path, args: &[&str]) -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::new(common::BIN);
     cmd.args(args)

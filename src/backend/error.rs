@@ -283,6 +283,17 @@ impl BackendError {
         }
     }
 
+    /// Whether the same call may well succeed later: a wait that ran out of time, a cloud API
+    /// that was throttled or could not be reached, a cancelled request.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Timeout { .. }
+                | BackendError::Cancelled { .. }
+                | BackendError::Cloud { failure: CloudFailure::Throttled | CloudFailure::Unreachable, .. }
+        )
+    }
+
     /// An [`BackendError::Invalid`] saying `what`.
     pub fn invalid(what: impl Into<String>) -> Self {
         BackendError::Invalid { what: what.into() }

@@ -232,6 +232,43 @@ impl Controller for FakeBackend {
         Ok(())
     }
 
+    /// The fake's volumes "move" to zones `zone-*`; a move to `slow-*` runs out of time (the
+    /// first time only), and one with an injected `move` failure is undone.
+    async fn plan_move(&self, name: &VolumeName, zone: &str) -> Result<crate::backend::Relocation, BackendError> {
+        if !self.state().volumes.contains(name.as_str()) {
+            return Err(BackendError::not_found(format!("fake volume {name} does not exist")));
+        }
+        Ok(crate::backend::Relocation { zone: zone.to_owned(), source: name.to_string(), id: format!("move-{zone}") })
+    }
+
+    async fn relocate(
+        &self,
+        name: &VolumeName,
+        plan: &crate::backend::Relocation,
+        _delete_source: bool,
+    ) -> Result<crate::backend::Moved, BackendError> {
+        if let Err(e) = self.record("move", name) {
+            return Ok(crate::backend::Moved::Undone(e));
+        }
+        self.pause().await;
+        let first = {
+            let mut s = self.state();
+            let marker = format!("moving to {}", plan.zone);
+            let first = !s.steps.contains(&marker);
+            s.steps.push(marker);
+            first
+        };
+        if plan.zone.starts_with("slow-") && first {
+            return Err(BackendError::Timeout {
+                op: format!("fake move of {name}"),
+                elapsed: std::time::Duration::from_secs(1),
+                last_seen: "pending".into(),
+                hint: String::new(),
+            });
+        }
+        Ok(crate::backend::Moved::Done)
+    }
+
     async fn publications(&self, _node: &NodeId) -> Result<BTreeMap<String, PublishContext>, BackendError> {
         let s = self.state();
         Ok(s.published.iter().map(|n| (n.clone(), PublishContext::new())).collect())

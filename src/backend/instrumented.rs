@@ -113,6 +113,19 @@ impl Controller for MeasuredController {
         timed(self.kind(), "modify", self.inner.modify(name, target)).await
     }
 
+    async fn plan_move(&self, name: &VolumeName, zone: &str) -> Result<crate::backend::Relocation, BackendError> {
+        self.inner.plan_move(name, zone).await
+    }
+
+    async fn relocate(
+        &self,
+        name: &VolumeName,
+        plan: &crate::backend::Relocation,
+        delete_source: bool,
+    ) -> Result<crate::backend::Moved, BackendError> {
+        timed(self.kind(), "move", self.inner.relocate(name, plan, delete_source)).await
+    }
+
     async fn list(&self, page: &PageRequest) -> Result<Page, BackendError> {
         self.inner.list(page).await
     }

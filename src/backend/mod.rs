@@ -43,6 +43,7 @@ use crate::config::{BackendKind, ServiceConfig};
 use crate::name::VolumeName;
 use crate::os::{BlockOs, DeviceHost, FsStats, HostInfo};
 pub use context::{NodeId, PublishContext};
+
 pub use error::{BackendError, CloudFailure, ErrorKind};
 pub use options::Options;
 pub use snapshot::Snapshots;
@@ -133,6 +134,31 @@ pub struct Usage {
     /// When a host last let go of it, RFC 3339, where the storage records that (EBS: the
     /// `rexray-rs/lastUsed` tag), else when the storage made it; `None` when not known.
     pub last_used: Option<String>,
+}
+
+/// A planned move of a volume to another availability zone ([`Controller::plan_move`]): what
+/// the intent records before the first side effect, so an interrupted move is found again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Relocation {
+    /// The zone the volume moves to.
+    pub zone: String,
+    /// The storage's ID of the volume being moved (EBS: its volume ID).
+    pub source: String,
+    /// This move's own ID: what the storage objects it makes are tagged with.
+    pub id: String,
+}
+
+/// How [`Controller::relocate`] ended when it did not leave the move for a later call.
+#[derive(Debug)]
+pub enum Moved {
+    /// The name answers to the volume in the new zone (and the source is deleted, if asked).
+    Done,
+    /// Moved, but the source could not be deleted as asked: why. It is kept, no longer
+    /// answering to the name.
+    SourceKept(BackendError),
+    /// The move failed for good before the name moved, and was undone: the volume is where it
+    /// was, and what the move made is deleted.
+    Undone(BackendError),
 }
 
 /// Space and inodes of a published volume's file system.
@@ -244,6 +270,39 @@ pub trait Controller: Send + Sync + Debug {
         let _ = target;
         Err(BackendError::invalid(format!(
             "volume {name} cannot be modified: {} volumes have no type, IOPS or throughput of their own",
+            self.kind()
+        )))
+    }
+
+    /// Plans moving the volume to availability zone `zone`: checks it may move (it exists, is
+    /// attached nowhere) and says what the move works on. Makes no change.
+    ///
+    /// # Errors
+    /// [`BackendError::Invalid`] where volumes have no zone (vfs, loop) or for a malformed
+    /// zone, [`BackendError::NotFound`], [`BackendError::AttachedElsewhere`] /
+    /// [`BackendError::InUse`] while attached, or the storage's failure.
+    async fn plan_move(&self, name: &VolumeName, zone: &str) -> Result<Relocation, BackendError> {
+        let _ = zone;
+        Err(BackendError::invalid(format!(
+            "volume {name} cannot be moved: {} volumes live on this host and have no availability zone",
+            self.kind()
+        )))
+    }
+
+    /// Carries out (or finishes) the move `plan`: a copy of the volume in the new zone takes
+    /// its name, and the old one is kept, no longer answering to the name, until
+    /// `delete_source`. Idempotent: every step is found again in the storage, so a move
+    /// interrupted anywhere is finished by calling this again. A move that fails for good
+    /// before the name moved is undone ([`Moved::Undone`]: the volume stays where it was,
+    /// nothing left over). The name never answers for two volumes at once.
+    ///
+    /// # Errors
+    /// A step that ran out of time or could not reach the storage, or any failure once the name
+    /// left the source: the move is left as it is, for the next call to finish.
+    async fn relocate(&self, name: &VolumeName, plan: &Relocation, delete_source: bool) -> Result<Moved, BackendError> {
+        let _ = (plan, delete_source);
+        Err(BackendError::invalid(format!(
+            "volume {name} cannot be moved: {} volumes live on this host and have no availability zone",
             self.kind()
         )))
     }

@@ -325,6 +325,21 @@ enum VolumeCommand {
         #[arg(long, value_name = "MIB_S")]
         throughput: Option<u64>,
     },
+    /// Move an EBS volume to another availability zone (through a snapshot), so hosts there can use it; refused while it is attached anywhere. The old volume is kept, no longer answering to the name, until --delete-source. An interrupted move is finished by the daemon's next start, the next operation on the volume, or the same command again.
+    #[command(
+        after_help = "Examples:\n  rexray volume move data1 --zone us-east-1b\n  rexray volume move data1 --zone us-east-1b --delete-source   # also after a move, to delete the old volume"
+    )]
+    Move {
+        /// The volume.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The availability zone it moves to.
+        #[arg(long, value_name = "ZONE")]
+        zone: String,
+        /// Delete the old volume once the new one has the name.
+        #[arg(long)]
+        delete_source: bool,
+    },
     /// Remove the volumes nothing uses (those `volume ls --orphans` lists); a dry run that only lists them unless --yes.
     #[command(
         after_help = "Examples:\n  rexray volume prune                       # list what would go\n  rexray volume prune --yes\n  rexray volume prune --anonymous --yes     # Docker's anonymous volumes only\n  rexray volume prune --older-than 90d --yes"
@@ -812,6 +827,11 @@ async fn volume_command_unbounded(config: &crate::config::Config, args: &VolumeA
                 bail!("nothing to change: give --type, --iops or --throughput");
             }
             target.modify(name, &changes).await?;
+            print_views(format, &[target.get(name).await?])?;
+            Ok(ExitCode::SUCCESS)
+        }
+        VolumeCommand::Move { name, zone, delete_source } => {
+            target.relocate(name, zone, *delete_source).await?;
             print_views(format, &[target.get(name).await?])?;
             Ok(ExitCode::SUCCESS)
         }

@@ -411,6 +411,25 @@ impl Target {
         }
     }
 
+    /// Moves a volume to availability zone `zone` (keeping the old one unless `delete_source`).
+    ///
+    /// # Errors
+    /// A volume that cannot move (in use, attached, a backend without zones), or the failing
+    /// step.
+    pub async fn relocate(&self, name: &str, zone: &str, delete_source: bool) -> anyhow::Result<()> {
+        super::waiting::shown(&self.board(), name, self.relocate_now(name, zone, delete_source)).await
+    }
+
+    async fn relocate_now(&self, name: &str, zone: &str, delete_source: bool) -> anyhow::Result<()> {
+        match self {
+            Target::Local(s) => s.relocate(name, zone, delete_source).await.map(drop).map_err(|e| anyhow!(e.chain())),
+            Target::Daemon { .. } => self
+                .call("Volume.Move", json!({ "Name": name, "Zone": zone, "DeleteSource": delete_source }), SLOW)
+                .await
+                .map(drop),
+        }
+    }
+
     /// The volumes nothing uses: named ones idle for `named_after`, anonymous ones for
     /// `anonymous_after`.
     ///

@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `Volume.Resize` | `{"Name", "SizeGiB"}` | `{"SizeGiB"}`: the size the volume has now |
 //! | `Volume.Modify` | `{"Name", "Changes": {"volumeType"?, "iops"?, "throughput"?}}` | `{"Options"}`: the volume's options now |
+//! | `Volume.Move` | `{"Name", "Zone", "DeleteSource"?}` | `{"Options"}`: the volume's options now |
 //! | `Volume.Orphans` | `{"NamedAfterSecs", "AnonymousAfterSecs"}` | `{"Orphans": [{"Name", "Anonymous", "LastUsed", "IdleSecs"}]}` |
 
 use std::collections::BTreeMap;
@@ -55,6 +56,20 @@ pub struct ModifyResponse {
     pub options: BTreeMap<String, String>,
 }
 
+/// `Volume.Move` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveRequest {
+    /// The volume.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// The availability zone it moves to.
+    #[serde(rename = "Zone")]
+    pub zone: String,
+    /// Whether the old volume is deleted once the new one has the name.
+    #[serde(rename = "DeleteSource", default)]
+    pub delete_source: bool,
+}
+
 /// `Volume.Orphans` request: how long a named and an anonymous volume must have gone unused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrphansRequest {
@@ -102,6 +117,7 @@ pub async fn answer(s: &ServiceSource, endpoint: &str, body: &Bytes) -> Option<R
     let result = match endpoint {
         "Volume.Resize" => resize(s, body).await,
         "Volume.Modify" => modify(s, body).await,
+        "Volume.Move" => relocate(s, body).await,
         "Volume.Orphans" => orphans(s, body).await,
         _ => return None,
     };
@@ -117,6 +133,12 @@ async fn resize(s: &ServiceSource, body: &Bytes) -> Outcome {
 async fn modify(s: &ServiceSource, body: &Bytes) -> Outcome {
     let req: ModifyRequest = decode("/Volume.Modify", body)?;
     let record = s.get().await?.modify(&req.name, &req.changes).await?;
+    ok(&ModifyResponse { options: record.options })
+}
+
+async fn relocate(s: &ServiceSource, body: &Bytes) -> Outcome {
+    let req: MoveRequest = decode("/Volume.Move", body)?;
+    let record = s.get().await?.relocate(&req.name, &req.zone, req.delete_source).await?;
     ok(&ModifyResponse { options: record.options })
 }
 

@@ -15,7 +15,10 @@
 //! - a resize is all or nothing: the recorded size is the old or the new one, and the storage
 //!   has exactly the recorded size;
 //! - so is a modification (EBS): the recorded throughput is the old or the new one, and EC2's
-//!   volume has exactly the recorded one.
+//!   volume has exactly the recorded one;
+//! - and a move (EBS): exactly one volume answers to the name, in the zone the record says;
+//!   moved, it is a copy made from a snapshot, and neither the snapshot nor (with
+//!   `--delete-source`) the old volume is left.
 //!
 //! The real-binary suite (`tests/crash_points.rs`) does the same with `kill -9`-like aborts
 //! against the kernel.
@@ -37,6 +40,7 @@ use crate::os::{FsType, Probe};
 const INSTANCE: &str = "i-crash";
 const AZ: &str = "us-east-1a";
 const VOLUME: &str = "v";
+const OTHER_AZ: &str = "us-east-1b";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -200,6 +204,8 @@ enum Op {
     Resize,
     /// EBS: throughput from 125 to 250 MiB/s while mounted.
     Modify,
+    /// EBS: to another zone, deleting the old volume, while unmounted.
+    Move,
 }
 
 impl Op {
@@ -211,6 +217,7 @@ impl Op {
             Op::Remove => "remove",
             Op::Resize => "resize",
             Op::Modify => "modify",
+            Op::Move => "move",
         }
     }
 }
@@ -242,6 +249,7 @@ async fn run(s: &Arc<VolumeService>, op: Op) -> Result<(), crate::service::Servi
         Op::Remove => s.remove(VOLUME).await,
         Op::Resize => s.resize(VOLUME, 5).await.map(drop),
         Op::Modify => s.modify(VOLUME, &BTreeMap::from([("throughput".into(), "250".into())])).await.map(drop),
+        Op::Move => s.relocate(VOLUME, OTHER_AZ, true).await.map(drop),
     }
 }
 
@@ -278,6 +286,18 @@ async fn check_after_restart(world: &World, op: Op, n: u32, formats_before: usiz
             assert_eq!(info.status.value()["options"]["size"], "3", "{at}: the create's options");
             if let Some(gib) = world.size_gib() {
                 assert_eq!(gib, 3, "{at}: the storage has the create's size");
+            }
+        } else if matches!(op, Op::Move) {
+            let named = world.ec2.by_name(VOLUME);
+            assert_eq!(named.len(), 1, "{at}: one volume answers to the name: {named:?}");
+            let zone = info.status.value()["options"]["availabilityZone"].as_str().unwrap_or(AZ).to_owned();
+            assert_eq!(named[0].availability_zone, zone, "{at}: the record's zone vs EC2's");
+            if zone == AZ {
+                assert!(world.data_intact(), "{at}: data written before the crash is gone");
+            } else {
+                assert!(named[0].snapshot_id.is_some(), "{at}: the moved copy is made from a snapshot");
+                assert!(world.ec2.snapshots().is_empty(), "{at}: the move's snapshot is left");
+                assert_eq!(world.ec2.volumes().len(), 1, "{at}: the old volume is left despite --delete-source");
             }
         } else {
             assert!(world.data_intact(), "{at}: data written before the crash is gone");
@@ -316,6 +336,10 @@ async fn check_after_restart(world: &World, op: Op, n: u32, formats_before: usiz
     s.remove(VOLUME).await.unwrap_or_else(|e| panic!("{at}: remove: {}", e.chain()));
     assert!(s.get(VOLUME).await.unwrap_err().is_not_found(), "{at}: still listed after remove");
     assert!(!world.exists(), "{at}: storage left after remove");
+    if matches!(op, Op::Move) {
+        assert!(world.ec2.volumes().is_empty(), "{at}: volumes left: {:?}", world.ec2.volumes());
+        assert!(world.ec2.snapshots().is_empty(), "{at}: snapshots left: {:?}", world.ec2.snapshots());
+    }
     // The name is free for a new volume, which gets its own options, never the old ones.
     s.create(VOLUME, &size("5")).await.unwrap_or_else(|e| panic!("{at}: create again: {}", e.chain()));
     if let Some(gib) = world.size_gib() {
@@ -327,8 +351,8 @@ async fn check_after_restart(world: &World, op: Op, n: u32, formats_before: usiz
 /// Every crash point of every operation on `kind`.
 async fn every_step_of_every_operation(kind: Kind) {
     let resize = (kind != Kind::Vfs).then_some(Op::Resize);
-    let modify = (kind == Kind::Ebs).then_some(Op::Modify);
-    for op in [Op::Create, Op::Mount, Op::Unmount, Op::Remove].into_iter().chain(resize).chain(modify) {
+    let ebs_only = if kind == Kind::Ebs { vec![Op::Modify, Op::Move] } else { Vec::new() };
+    for op in [Op::Create, Op::Mount, Op::Unmount, Op::Remove].into_iter().chain(resize).chain(ebs_only) {
         let mut crashed = 0;
         for n in 1.. {
             assert!(n < 40, "{kind:?} {op:?}: no end in sight");

@@ -34,6 +34,7 @@ pub mod locks;
 mod modify;
 mod orphans;
 mod reconcile;
+mod relocate;
 mod resize;
 mod snapshots;
 pub mod state;

@@ -127,6 +127,18 @@ impl VolumeService {
                 warn!(volume = %name, error = %e, "could not save reconciled state");
             }
         }
+        if matches!(record.pending, Some(Pending::Moving { .. })) {
+            let settled =
+                crate::deadline::within(super::relocate::MOVE_AT_START, self.settle_record(OP, &name, record.clone()));
+            match settled.await {
+                Ok(Some(settled)) => record = settled,
+                Ok(None) => return None,
+                Err(e) => {
+                    warn!(volume = %name, error = %e.chain(), "could not finish an interrupted move yet; the next operation on the volume goes on with it");
+                    return Some(self.record(&name).unwrap_or(record));
+                }
+            }
+        }
         if matches!(record.pending, Some(Pending::Resizing { .. } | Pending::Modifying { .. })) {
             match self.settle_record(OP, &name, record.clone()).await {
                 Ok(Some(settled)) => record = settled,
@@ -295,6 +307,18 @@ impl VolumeService {
                     warn!(volume = %name, error = %e.chain(), "could not finish an interrupted modification; the volume keeps its recorded settings");
                     Ok(self.record(name))
                 }
+            },
+            Some(Pending::Moving { .. }) => match self.finish_move(op, name, record).await {
+                Ok(record) => {
+                    info!(volume = %name, "finished an interrupted move");
+                    Ok(Some(record))
+                }
+                // A move undone for good, or one whose source could not be deleted, is settled.
+                Err(e) if self.record(name).is_some_and(|r| r.pending.is_none()) => {
+                    warn!(volume = %name, error = %e.chain(), "an interrupted move ended with an error");
+                    Ok(self.record(name))
+                }
+                Err(e) => Err(e),
             },
             Some(Pending::Activating | Pending::Deactivating) if record.holder_count() > 0 => {
                 let path = self.activate(name, &record.options).await.map_err(self.backend_err(op, name))?;

@@ -71,6 +71,14 @@ pub enum Pending {
         /// The volume's options once changed.
         target: Options,
     },
+    /// Being moved to another availability zone as `plan` says: finished (every step is
+    /// found again in the storage), or dropped once the backend has undone it.
+    Moving {
+        /// What the backend planned.
+        plan: crate::backend::Relocation,
+        /// Whether the old volume is deleted once the new one has the name.
+        delete_source: bool,
+    },
 }
 
 impl Pending {
@@ -83,6 +91,7 @@ impl Pending {
             Pending::Removing => "removing",
             Pending::Resizing { .. } => "resizing",
             Pending::Modifying { .. } => "modifying",
+            Pending::Moving { .. } => "moving",
         }
     }
 }

@@ -569,6 +569,59 @@ async fn an_interrupted_modification_is_finished_at_the_next_start() {
 }
 
 #[tokio::test]
+async fn a_move_is_refused_while_held_recorded_when_done_and_finished_when_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    s.create("v1", &BTreeMap::new()).await.unwrap();
+    s.mount("v1", Some("c1")).await.unwrap();
+    let err = s.relocate("v1", "zone-b", false).await.unwrap_err().chain();
+    assert!(err.contains("move \"v1\"") && err.contains("in use"), "{err}");
+    assert_eq!(fake.count("move"), 0, "refused before the backend is asked");
+    s.unmount("v1", Some("c1")).await.unwrap();
+    let record = s.relocate("v1", "zone-b", false).await.unwrap();
+    assert_eq!(record.options["availabilityZone"], "zone-b");
+    assert_eq!(s.get("v1").await.unwrap().status.value()["options"]["availabilityZone"], "zone-b");
+    // Undone by the backend: the intent goes, the zone stays.
+    fake.set_failing("move", true);
+    let err = s.relocate("v1", "zone-c", false).await.unwrap_err().chain();
+    assert!(err.contains("injected move failure"), "{err}");
+    fake.set_failing("move", false);
+    let info = s.get("v1").await.unwrap();
+    assert_eq!(info.status.value()["options"]["availabilityZone"], "zone-b");
+    assert!(!info.status.to_map().contains_key("pending"));
+    // Out of time: the intent stays (shown), and the next operation on the volume finishes it.
+    let err = s.relocate("v1", "slow-d", false).await.unwrap_err().chain();
+    assert!(err.contains("fake move"), "{err}");
+    assert_eq!(s.get("v1").await.unwrap().status.value()["pending"], "moving");
+    s.mount("v1", Some("c2")).await.unwrap();
+    let info = s.get("v1").await.unwrap();
+    assert_eq!(info.status.value()["options"]["availabilityZone"], "slow-d");
+    assert!(!info.status.to_map().contains_key("pending"));
+    assert!(s.relocate("nope", "zone-b", false).await.unwrap_err().is_not_found());
+}
+
+#[tokio::test]
+async fn an_interrupted_move_is_finished_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::default());
+    {
+        let s = open(dir.path(), fake.clone(), settings()).await;
+        s.create("v1", &BTreeMap::new()).await.unwrap();
+    }
+    let store = StateStore::open(dir.path()).unwrap();
+    let mut record = store.load().unwrap().into_iter().find(|r| r.name == "v1").unwrap();
+    let plan = crate::backend::Relocation { zone: "zone-b".into(), source: "v1".into(), id: "m".into() };
+    record.pending = Some(Pending::Moving { plan, delete_source: true });
+    store.save(&record).unwrap();
+    let s = open(dir.path(), fake.clone(), settings()).await;
+    let info = s.get("v1").await.unwrap();
+    assert_eq!(info.status.value()["options"]["availabilityZone"], "zone-b");
+    assert!(!info.status.to_map().contains_key("pending"));
+    assert_eq!(fake.count("move"), 1);
+}
+
+#[tokio::test]
 async fn orphans_are_the_volumes_nothing_used_for_long_enough() {
     use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();

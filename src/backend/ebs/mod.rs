@@ -55,6 +55,7 @@ mod modify;
 pub mod naming;
 pub mod node;
 pub mod options;
+pub mod relocate;
 mod resize;
 pub mod settings;
 pub mod snapshots;
@@ -303,6 +304,19 @@ impl Controller for EbsController {
         self.core.modify(name, target).await
     }
 
+    async fn plan_move(&self, name: &VolumeName, zone: &str) -> Result<crate::backend::Relocation, BackendError> {
+        self.core.plan_move(name, zone).await
+    }
+
+    async fn relocate(
+        &self,
+        name: &VolumeName,
+        plan: &crate::backend::Relocation,
+        delete_source: bool,
+    ) -> Result<crate::backend::Moved, BackendError> {
+        self.core.relocate(name, plan, delete_source).await
+    }
+
     async fn publications(&self, node: &NodeId) -> Result<BTreeMap<String, PublishContext>, BackendError> {
         self.core.attached_to(node).await
     }
@@ -329,7 +343,7 @@ impl Controller for EbsController {
 
     /// From the cache only: `volumeID`, `sizeGiB`, `volumeType`, `iops`, `throughput`,
     /// `availabilityZone`, `state`, `attachedInstance`, `device`, `encrypted` (and `kmsKeyID`,
-    /// `snapshotID`, `fsType`, `ebsName`, and `modification` while one this daemon started or
+    /// `snapshotID`, `fsType`, `ebsName`, `movedFrom` (the volume ID it was moved from), and `modification` while one this daemon started or
     /// saw runs). A stale cache, and a running modification's progress, are refreshed in the
     /// background.
     fn status(&self, name: &VolumeName, opts: &Options) -> BTreeMap<String, serde_json::Value> {
@@ -367,6 +381,9 @@ impl Controller for EbsController {
         if let Some(fs) = v.tags.get("rexray-rs/fsType") {
             status.insert("fsType".into(), fs.clone().into());
         }
+        if let Some(from) = v.tags.get(relocate::MOVED_FROM_TAG) {
+            status.insert("movedFrom".into(), from.clone().into());
+        }
         if let Some((m, ask_again)) = self.core.modifications.seen(&v.id) {
             status.insert("modification".into(), modify::describe(&m).into());
             if ask_again {
@@ -400,6 +417,8 @@ impl Controller for EbsController {
 
 #[cfg(test)]
 mod modify_tests;
+#[cfg(test)]
+mod relocate_tests;
 #[cfg(test)]
 mod resize_tests;
 #[cfg(test)]

@@ -150,10 +150,7 @@ pub fn complete(mut opts: Options, size_given: bool, defaults: &EbsDefaults) -> 
     }
     complete_encryption(&mut opts)?;
     if let Some(az) = opts.get("availabilityZone") {
-        let ok = az.len() >= 4
-            && az.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && az.bytes().last().is_some_and(|b| b.is_ascii_lowercase());
-        if !ok {
+        if !is_zone(az) {
             return Err(invalid("availabilityZone", az, "expected an availability zone such as us-east-1a"));
         }
     }
@@ -310,6 +307,13 @@ fn check_ratios(
         }
     }
     Ok(())
+}
+
+/// Whether `az` has the shape of an availability zone name (`us-east-1a`).
+pub fn is_zone(az: &str) -> bool {
+    az.len() >= 4
+        && az.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && az.bytes().last().is_some_and(|b| b.is_ascii_lowercase())
 }
 
 /// Whether `id` has the shape of an EBS snapshot ID (`snap-` and letters or digits).

@@ -49,6 +49,12 @@ const FIRST_POLL: Duration = Duration::from_secs(1);
 const SNAPSHOT_POLL_CAP: Duration = Duration::from_secs(15);
 /// The longest wait a caller may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+/// How a snapshot is waited for: every [`FIRST_POLL`], doubling, at most [`SNAPSHOT_POLL_CAP`]
+/// apart, up to the caller's deadline.
+pub(super) fn snapshot_schedule() -> StatusWait {
+    StatusWait { initial_delay: FIRST_POLL, max_delay: SNAPSHOT_POLL_CAP, timeout: MAX_WAIT }
+}
+
 /// EC2's limit on tag values and descriptions.
 const MAX_TEXT: usize = 255;
 
@@ -147,7 +153,7 @@ impl Core {
     }
 
     /// Every page of a DescribeSnapshots query.
-    async fn describe_snapshots_all(
+    pub(super) async fn describe_snapshots_all(
         &self,
         api: &dyn Ec2Api,
         mut query: SnapshotQuery,
@@ -365,8 +371,7 @@ impl Snapshots for EbsController {
         let (ident, _) = core.connect().await?;
         let region = region.unwrap_or(&ident.region).to_owned();
         let api = core.api_for(&region).await?;
-        let schedule =
-            StatusWait { initial_delay: FIRST_POLL, max_delay: SNAPSHOT_POLL_CAP, timeout: timeout.min(MAX_WAIT) };
+        let schedule = StatusWait { timeout: timeout.min(MAX_WAIT), ..snapshot_schedule() };
         crate::progress::waiting_for(format!("snapshot {id} in {region} to complete"));
         let result = schedule
             .run(|| async {
