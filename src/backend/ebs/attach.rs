@@ -221,7 +221,9 @@ impl Core {
             Err(e) => return Err(cloud_failed("detach", name, Some(id), &e)),
         }
         crate::crashpoint::hit("DetachVolume sent");
-        self.wait_detached(name, id, instance, device).await
+        self.wait_detached(name, id, instance, device).await?;
+        self.instances.note_device(instance, device, false);
+        Ok(())
     }
 
     /// Attaches `vol` to `instance` at a fresh device name and waits until it is attached;
@@ -234,8 +236,15 @@ impl Core {
         vol: &Volume,
         instance: &str,
     ) -> Result<String, BackendError> {
-        let described =
-            self.describe_instance(api, instance).await.map_err(|e| cloud_failed("attach", name, Some(&vol.id), &e))?;
+        let (described, mut cached) = match self.recent_instance(api, instance) {
+            Some(known) => (known, true),
+            None => (
+                self.describe_instance(api, instance)
+                    .await
+                    .map_err(|e| cloud_failed("attach", name, Some(&vol.id), &e))?,
+                false,
+            ),
+        };
         if !described.availability_zone.is_empty() && described.availability_zone != vol.availability_zone {
             // The configured AZ was wrong about this instance (or the node is elsewhere): EC2
             // knows better.
@@ -256,6 +265,11 @@ impl Core {
                     tracing::warn!(volume = %name, %device, "device name in use on the instance; trying another");
                     reservation.taint();
                     used.push(device);
+                    if std::mem::take(&mut cached) {
+                        // Someone else attached since EC2 was last asked: ask again.
+                        let fresh = self.describe_instance(api, instance).await;
+                        used.extend(fresh.map_err(|e| cloud_failed("attach", name, Some(&vol.id), &e))?.device_names);
+                    }
                     continue;
                 }
                 Err(e) if e.kind == CloudErrorKind::ZoneMismatch => {
@@ -275,6 +289,7 @@ impl Core {
                 return Err(e);
             }
             tracing::info!(volume = %name, id = %vol.id, %device, %instance, "attached EBS volume");
+            self.instances.note_device(instance, &device, true);
             return Ok(device);
         }
         Err(BackendError::NoSpace {

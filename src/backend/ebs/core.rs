@@ -24,6 +24,11 @@ use crate::name::VolumeName;
 /// Volumes per DescribeVolumes page when listing (EC2's maximum with filters).
 const LIST_PAGE: u32 = 500;
 
+/// How old an instance's description may be for choosing a device name without asking EC2
+/// again: device names change only by attachments, this daemon's own are applied to it, and a
+/// name EC2 reports in use after all makes the attach ask again.
+pub(super) const INSTANCE_FRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What a wait for this host watches: the device of `volume_id`, attached as `device`, is
 /// `present` (attach) or gone (detach).
 #[derive(Debug, Clone)]
@@ -261,6 +266,17 @@ impl Core {
                 self.instances.describe(main, &self.retry, id).await
             }
             _ => self.retry.run("DescribeInstances", || api.describe_instance(id)).await,
+        }
+    }
+
+    /// Instance `id` as EC2 described it at most [`INSTANCE_FRESH`] ago through this region's
+    /// client, with this daemon's own attachments since applied; `None` when not known.
+    pub(super) fn recent_instance(&self, api: &dyn Ec2Api, id: &str) -> Option<api::Instance> {
+        match self.connected.get() {
+            Some((_, main)) if std::ptr::addr_eq(std::ptr::from_ref(api), Arc::as_ptr(main)) => {
+                self.instances.recent(id, INSTANCE_FRESH)
+            }
+            _ => None,
         }
     }
 

@@ -597,6 +597,40 @@ async fn a_device_name_in_use_on_the_instance_is_skipped() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn attaches_within_a_minute_reuse_the_instance_description_with_their_own_changes() {
+    let ec2 = world();
+    let h = host(&ec2, "i-a");
+    let o = opts(&h, &[]);
+    for n in ["a", "b", "c", "other"] {
+        h.backend.controller.create(&name(n), &o, false).await.unwrap();
+    }
+    h.backend.activate_here(&name("a"), &o).await.unwrap();
+    assert_eq!(ec2.count(Op::DescribeInstances), 1);
+    // The next attach asks EC2 nothing about the instance, and takes the next free name.
+    h.backend.activate_here(&name("b"), &o).await.unwrap();
+    assert_eq!(ec2.count(Op::DescribeInstances), 1);
+    assert_eq!(only(&ec2, "b").attachments[0].device, "/dev/xvdg");
+    h.backend.deactivate_here(&name("a"), &o).await.unwrap();
+    // Someone else attached as /dev/xvdf meanwhile: EC2 refuses that name, the description is
+    // asked for again, and the attach goes on with a free one.
+    let other = only(&ec2, "other").id;
+    ec2.attach_existing(&other, "i-a", "/dev/xvdf");
+    h.backend.activate_here(&name("c"), &o).await.unwrap();
+    assert_eq!(only(&ec2, "c").attachments[0].device, "/dev/xvdh");
+    assert_eq!(ec2.count(Op::DescribeInstances), 2, "asked again after /dev/xvdf was refused");
+    h.backend.deactivate_here(&name("c"), &o).await.unwrap();
+    h.backend.deactivate_here(&name("b"), &o).await.unwrap();
+    h.backend.activate_here(&name("b"), &o).await.unwrap();
+    assert_eq!(only(&ec2, "b").attachments[0].device, "/dev/xvdg", "the names this daemon freed are free");
+    assert_eq!(ec2.count(Op::DescribeInstances), 2);
+    // Past a minute, EC2 is asked again.
+    h.backend.deactivate_here(&name("b"), &o).await.unwrap();
+    tokio::time::advance(std::time::Duration::from_secs(61)).await;
+    h.backend.activate_here(&name("b"), &o).await.unwrap();
+    assert_eq!(ec2.count(Op::DescribeInstances), 3);
+}
+
+#[tokio::test(start_paused = true)]
 async fn deactivate_unmounts_then_detaches_and_waits_and_is_idempotent() {
     let ec2 = world();
     let h = host(&ec2, "i-a");

@@ -25,7 +25,7 @@ use super::api::{CloudError, CloudErrorKind};
 pub const MAX_POLL_DELAY: Duration = Duration::from_secs(5);
 
 /// How often a local signal is looked at.
-pub const LOCAL_LOOK: Duration = Duration::from_millis(20);
+pub const LOCAL_LOOK: Duration = Duration::from_millis(10);
 
 /// The delay between two EC2 polls for [`CONFIRM_WINDOW`] after the local signal said the
 /// change happened (EC2's view can lag the host's by a moment).

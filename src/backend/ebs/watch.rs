@@ -20,7 +20,7 @@ use super::naming::filter_literal;
 use super::wait::RetryPolicy;
 
 /// How long a round waits for other polls to join before it asks EC2.
-pub const GATHER: Duration = Duration::from_millis(5);
+pub const GATHER: Duration = Duration::from_millis(2);
 
 /// The most keys in one round (EC2's limit on the values of one filter).
 pub const MAX_IDS: usize = 200;
@@ -172,13 +172,37 @@ type InstanceWaiter = oneshot::Sender<Result<Instance, CloudError>>;
 
 /// DescribeInstances of the same instance asked for at once (concurrent attaches to this host)
 /// share one call: those that ask while one is gathering get its answer, which EC2 gave after
-/// they asked.
+/// they asked. The last answer per instance is kept, with this daemon's own attachments and
+/// detachments since applied to its device names ([`Self::recent`]).
 #[derive(Debug, Clone, Default)]
 pub struct InstanceWatch {
     pending: Arc<Mutex<BTreeMap<String, Vec<InstanceWaiter>>>>,
+    known: Arc<Mutex<BTreeMap<String, (Instance, tokio::time::Instant)>>>,
 }
 
 impl InstanceWatch {
+    /// What EC2 said of instance `id` at most `max_age` ago, with the device names this daemon
+    /// attached or detached since ([`Self::note_device`]) applied.
+    pub fn recent(&self, id: &str, max_age: Duration) -> Option<Instance> {
+        let known = self.known.lock().expect("watch poisoned");
+        let (instance, at) = known.get(id)?;
+        (at.elapsed() <= max_age).then(|| instance.clone())
+    }
+
+    /// Records that this daemon attached (`attached`) or detached a volume as `device` on
+    /// instance `id`.
+    pub fn note_device(&self, id: &str, device: &str, attached: bool) {
+        if device.is_empty() {
+            return;
+        }
+        if let Some((instance, _)) = self.known.lock().expect("watch poisoned").get_mut(id) {
+            instance.device_names.retain(|d| d != device);
+            if attached {
+                instance.device_names.push(device.to_owned());
+            }
+        }
+    }
+
     /// Instance `id` as EC2 describes it, shared with the concurrent asks for it.
     ///
     /// # Errors
@@ -197,12 +221,16 @@ impl InstanceWatch {
             waiters.len() == 1
         };
         if first {
-            let (pending, api, retry, id) =
-                (Arc::clone(&self.pending), Arc::clone(api), Arc::clone(retry), id.to_owned());
+            let (pending, known, api, retry, id) =
+                (Arc::clone(&self.pending), Arc::clone(&self.known), Arc::clone(api), Arc::clone(retry), id.to_owned());
             tokio::spawn(async move {
                 tokio::time::sleep(GATHER).await;
                 let waiters = pending.lock().expect("watch poisoned").remove(&id).unwrap_or_default();
+                let asked = tokio::time::Instant::now();
                 let result = retry.run("DescribeInstances", || api.describe_instance(&id)).await;
+                if let Ok(instance) = &result {
+                    known.lock().expect("watch poisoned").insert(id.clone(), (instance.clone(), asked));
+                }
                 for tx in waiters {
                     let _ = tx.send(result.clone());
                 }
