@@ -86,12 +86,17 @@ impl Modifications {
     }
 
     /// The last known state of the modification of `volume_id`, and whether it is worth asking
-    /// EC2 again (it still runs and was last asked for a while ago).
+    /// EC2 again (it still runs and was last asked for a while ago). Only one of concurrent
+    /// callers is told to ask: the answer counts as asked for from then on.
     pub(super) fn seen(&self, volume_id: &str) -> Option<(VolumeModification, bool)> {
-        let map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (m, at) = map.get(volume_id)?;
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (m, at) = map.get_mut(volume_id)?;
         let running = matches!(m.state, ModificationState::Modifying | ModificationState::Optimizing);
-        Some((m.clone(), running && at.elapsed() >= PROGRESS_EVERY))
+        let ask = running && at.elapsed() >= PROGRESS_EVERY;
+        if ask {
+            *at = Instant::now();
+        }
+        Some((m.clone(), ask))
     }
 }
 

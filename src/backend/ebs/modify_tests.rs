@@ -84,8 +84,15 @@ async fn a_modification_asks_ec2_once_for_what_changes_and_shows_in_the_status()
     let e = c.modify(&v, &other).await.unwrap_err().to_string();
     assert!(e.contains("a modification is under way: modifying to gp3, 6000 IOPS"), "{e}");
 
-    // Looking at the status again later asks EC2 how far it is (in the background).
+    // Looking at the status again later asks EC2 how far it is (in the background), once for
+    // many who look at the same moment.
     tokio::time::advance(std::time::Duration::from_secs(6)).await;
+    let asked = ec2.count(Op::DescribeModification);
+    for _ in 0..8 {
+        let _ = c.status(&v, &target);
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(ec2.count(Op::DescribeModification), asked + 1, "one refresh for eight looks");
     for _ in 0..4 {
         let _ = c.status(&v, &target);
         tokio::time::sleep(std::time::Duration::from_secs(6)).await;

@@ -116,7 +116,7 @@ impl Core {
             }
             return Ok(Moved::Done);
         }
-        let copy = match (source.tags.get(MOVED_TO_TAG), copy) {
+        let copy = match (source.tags.get(MOVED_TO_TAG).filter(|to| !to.is_empty()), copy) {
             (None, copy) => {
                 let made = async {
                     let copy = self.copy_to_zone(api, name, plan, &source, copy).await?;
@@ -134,10 +134,13 @@ impl Core {
             }
             (Some(_), Some(copy)) => copy,
             (Some(to), None) => {
-                return Err(BackendError::not_found(format!(
-                    "volume {name}: its old EBS volume {} says it moved to {to}, which EC2 does not know as this move's copy",
-                    source.id
-                )))
+                // The copy is gone (deleted by hand) before it took the name: the name goes back.
+                self.give_back_name(api, name, &source).await?;
+                self.delete_move_snapshots(api, name, plan).await;
+                return Ok(Moved::Undone(BackendError::not_found(format!(
+                    "volume {name}: its copy {to} in {} is gone, so the name went back to {} in {}",
+                    plan.zone, source.id, source.availability_zone
+                ))));
             }
         };
         self.take_name(api, name, &copy).await?;
@@ -351,6 +354,21 @@ impl Core {
         Ok(())
     }
 
+    /// Undoes step 4: the source answers to the name again (its [`MOVED_TO_TAG`] emptied).
+    async fn give_back_name(&self, api: &dyn Ec2Api, name: &VolumeName, source: &Volume) -> Result<(), BackendError> {
+        let tags =
+            BTreeMap::from([("Name".to_owned(), self.naming.name_tag(name)), (MOVED_TO_TAG.to_owned(), String::new())]);
+        self.retry
+            .run("CreateTags", || api.create_tags(&source.id, &tags))
+            .await
+            .map_err(|e| cloud_failed("give the name back to the old EBS volume of", name, Some(&source.id), &e))?;
+        tracing::warn!(volume = %name, id = %source.id, "the moved copy is gone; the name is back on the old volume");
+        let mut source = source.clone();
+        source.tags.extend(tags);
+        self.cache.put(name.as_str(), vec![source]);
+        Ok(())
+    }
+
     /// Step 5: the new volume takes the name.
     async fn take_name(&self, api: &dyn Ec2Api, name: &VolumeName, copy: &Volume) -> Result<(), BackendError> {
         let name_tag = self.naming.name_tag(name);
@@ -413,7 +431,7 @@ impl Core {
         let Some(source) = self.volume_by_id(api, name, old).await? else {
             return Ok(());
         };
-        if source.tags.get(MOVED_TO_TAG).map(String::as_str) != Some(new) {
+        if source.tags.get(MOVED_TO_TAG).map(String::as_str) != Some(new) || new.is_empty() {
             return Err(BackendError::invalid(format!(
                 "volume {name}: EBS volume {old} is not marked as moved to {new}; it is left alone"
             )));

@@ -165,3 +165,29 @@ async fn a_slow_snapshot_leaves_the_move_for_the_next_call() {
     assert_eq!(new.availability_zone, "us-east-1b");
     assert_eq!(new.tags.get(MOVE_TAG), Some(&plan.id));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_deleted_by_hand_before_it_took_the_name_gives_the_name_back() {
+    let (ec2, a, _, old) = volume_v(&[("size", "1")]).await;
+    let (c, v) = (&a.backend.controller, name("v"));
+    let plan = c.plan_move(&v, "us-east-1b").await.unwrap();
+    // The move got as far as renaming the old volume (step 4), then its copy was deleted.
+    let copy = ec2.add_volume("us-east-1b", 1, &[(MOVE_TAG, plan.id.as_str()), (MOVED_FROM_TAG, old.id.as_str())]);
+    let renamed = std::collections::BTreeMap::from([
+        ("Name".to_owned(), format!("v/moved-to-{copy}")),
+        (MOVED_TO_TAG.to_owned(), copy.clone()),
+    ]);
+    super::api::Ec2Api::create_tags(ec2.as_ref(), &old.id, &renamed).await.unwrap();
+    super::api::Ec2Api::delete_volume(ec2.as_ref(), &copy).await.unwrap();
+    assert!(ec2.by_name("v").is_empty());
+    match c.relocate(&v, &plan, true).await.unwrap() {
+        Moved::Undone(e) => assert!(e.to_string().contains("went back"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(only(&ec2, "v").id, old.id, "the name is back on the old volume");
+    // Moved again later, it moves as any volume does.
+    let plan = c.plan_move(&v, "us-east-1b").await.unwrap();
+    assert!(matches!(c.relocate(&v, &plan, true).await.unwrap(), Moved::Done));
+    assert_eq!(only(&ec2, "v").availability_zone, "us-east-1b");
+    assert!(ec2.volume(&old.id).is_none());
+}

@@ -91,15 +91,18 @@ impl VolumeWatch {
         if start {
             tokio::spawn(run_rounds(Arc::clone(&self.rounds), Arc::clone(api), Arc::clone(retry)));
         }
-        let limit = crate::deadline::cap(ANSWER_LIMIT);
-        match tokio::time::timeout(limit, rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(CloudError::transient("the DescribeVolumes round ended without an answer")),
-            Err(_) => Err(CloudError::transient(format!(
-                "DescribeVolumes gave no answer within {}",
-                crate::human::duration(limit)
-            ))),
-        }
+        awaited("DescribeVolumes", rx).await
+    }
+}
+
+/// The answer a shared call sends to `rx`, waited for at most [`ANSWER_LIMIT`] (cut to the
+/// request's deadline).
+async fn awaited<T>(call: &str, rx: oneshot::Receiver<Result<T, CloudError>>) -> Result<T, CloudError> {
+    let limit = crate::deadline::cap(ANSWER_LIMIT);
+    match tokio::time::timeout(limit, rx).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err(CloudError::transient(format!("the shared {call} ended without an answer"))),
+        Err(_) => Err(CloudError::transient(format!("{call} gave no answer within {}", crate::human::duration(limit)))),
     }
 }
 
@@ -236,15 +239,7 @@ impl InstanceWatch {
                 }
             });
         }
-        let limit = crate::deadline::cap(ANSWER_LIMIT);
-        match tokio::time::timeout(limit, rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(CloudError::transient("DescribeInstances ended without an answer")),
-            Err(_) => Err(CloudError::transient(format!(
-                "DescribeInstances gave no answer within {}",
-                crate::human::duration(limit)
-            ))),
-        }
+        awaited("DescribeInstances", rx).await
     }
 }
 
