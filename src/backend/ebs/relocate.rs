@@ -97,14 +97,20 @@ impl Core {
         let source = self.volume_by_id(api, name, &plan.source).await?;
         let copy = self.move_copy(api, name, plan).await?;
         let Some(source) = source else {
-            // The source is gone: the move is done if its copy has the name.
-            return match copy {
-                Some(copy) if copy.name_tag() == Some(name_tag.as_str()) => Ok(Moved::Done),
-                _ => Err(BackendError::not_found(format!(
-                    "volume {name}'s EBS volume {} is gone, and no copy of it in {} answers to the name",
+            // The source is gone (deleted by --delete-source, or by hand): the copy, if the move
+            // made one, holds the data and takes the name.
+            let Some(copy) = copy else {
+                // Nothing to finish or undo: the intent ends (a remove of the name then works).
+                return Ok(Moved::Undone(BackendError::not_found(format!(
+                    "volume {name}'s EBS volume {} is gone, and the move made no copy of it in {}",
                     plan.source, plan.zone
-                ))),
+                ))));
             };
+            if copy.name_tag() != Some(name_tag.as_str()) {
+                self.take_name(api, name, &copy).await?;
+                self.delete_move_snapshots(api, name, plan).await;
+            }
+            return Ok(Moved::Done);
         };
         if copy.is_none() && source.availability_zone == plan.zone {
             // Nothing to copy: the volume is in the zone already (moved earlier, or made there).

@@ -191,3 +191,20 @@ async fn a_copy_deleted_by_hand_before_it_took_the_name_gives_the_name_back() {
     assert_eq!(only(&ec2, "v").availability_zone, "us-east-1b");
     assert!(ec2.volume(&old.id).is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_source_deleted_by_hand_mid_move_leaves_the_name_to_the_copy() {
+    let (ec2, a, _, old) = volume_v(&[("size", "1")]).await;
+    let (c, v) = (&a.backend.controller, name("v"));
+    let plan = c.plan_move(&v, "us-east-1b").await.unwrap();
+    let copy = ec2.add_volume("us-east-1b", 1, &[(MOVE_TAG, plan.id.as_str()), (MOVED_FROM_TAG, old.id.as_str())]);
+    super::api::Ec2Api::delete_volume(ec2.as_ref(), &old.id).await.unwrap();
+    assert!(matches!(c.relocate(&v, &plan, false).await.unwrap(), Moved::Done));
+    assert_eq!(only(&ec2, "v").id, copy);
+    // With neither left, the move says what is gone.
+    super::api::Ec2Api::delete_volume(ec2.as_ref(), &copy).await.unwrap();
+    match c.relocate(&v, &plan, false).await.unwrap() {
+        Moved::Undone(e) => assert_eq!(e.kind(), ErrorKind::NotFound, "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
