@@ -3,6 +3,10 @@
 //!
 //! The commit comes from `git rev-parse` when git and a repository are there, else `unknown`.
 //! The date honours `SOURCE_DATE_EPOCH` (reproducible builds), else it is the time of the build.
+//!
+//! It also generates the CSI messages, servers and clients from `proto/csi.proto`: protox (a
+//! pure-Rust protobuf compiler) parses it, and tonic-prost-build writes the Rust code into
+//! `OUT_DIR`, so a build needs no `protoc`.
 
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -40,6 +44,19 @@ fn main() {
         backends.push("ebs");
     }
     println!("cargo:rustc-env=REXRAY_BACKENDS={}", backends.join(","));
+
+    csi_bindings();
+}
+
+/// Generates `csi.v1.rs` (messages, the three services' server traits and clients).
+fn csi_bindings() {
+    println!("cargo:rerun-if-changed=proto/csi.proto");
+    let descriptors = protox::compile(["csi.proto"], ["proto"]).unwrap_or_else(|e| panic!("proto/csi.proto: {e}"));
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(descriptors)
+        .unwrap_or_else(|e| panic!("generating the CSI bindings: {e}"));
 }
 
 /// The trimmed stdout of a successful `git` command, if any.

@@ -27,6 +27,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod crashpoint;
+pub mod csi;
 pub mod deadline;
 pub mod human;
 pub mod metrics;

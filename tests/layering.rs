@@ -11,6 +11,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "cli",
         &[
             "protocol",
+            "csi",
             "service",
             "backend",
             "os",
@@ -26,6 +27,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("protocol", &["service", "backend", "server", "metrics", "name", "deadline", "human", "progress"]),
+    ("csi", &["service", "backend", "config", "name", "deadline"]),
     ("service", &["backend", "config", "metrics", "name", "crashpoint", "deadline", "human", "progress"]),
     ("backend", &["os", "config", "metrics", "name", "crashpoint", "deadline", "human", "progress"]),
     ("os", &["human"]),

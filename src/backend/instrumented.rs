@@ -134,6 +134,10 @@ impl Controller for MeasuredController {
         self.inner.usage(name)
     }
 
+    async fn capacity(&self) -> Result<Option<u64>, BackendError> {
+        self.inner.capacity().await
+    }
+
     async fn knows(&self, name: &VolumeName) -> bool {
         self.inner.knows(name).await
     }

@@ -247,6 +247,10 @@ impl Controller for LoopController {
         Scope::Local
     }
 
+    async fn capacity(&self) -> Result<Option<u64>, BackendError> {
+        super::os_call::free_space(&self.os, &self.root).await.map(Some)
+    }
+
     fn parse_options(&self, raw: &BTreeMap<String, String>) -> Result<Options, BackendError> {
         super::block::options::parse(raw, &[], &self.defaults)
     }

@@ -307,6 +307,16 @@ pub trait Controller: Send + Sync + Debug {
         )))
     }
 
+    /// The space left for new volumes, in bytes, where the backend has a pool of its own (the
+    /// file system of `loop.root` or `vfs.root`); `None` where the storage has no such limit
+    /// to report (EBS).
+    ///
+    /// # Errors
+    /// The pool could not be measured.
+    async fn capacity(&self) -> Result<Option<u64>, BackendError> {
+        Ok(None)
+    }
+
     /// How the volume is used beyond this host, from what the backend knows without asking
     /// (EBS: its cache). Local backends know nothing beyond this host's records.
     fn usage(&self, name: &VolumeName) -> Usage {

@@ -34,3 +34,13 @@ pub fn dir_spec(opts: &super::Options, default_mode: u32) -> DirSpec {
     let id = |key: &str| super::options::get_u64(opts, key).and_then(|v| u32::try_from(v).ok());
     DirSpec { mode: super::options::get_mode(opts, "mode").unwrap_or(default_mode), uid: id("uid"), gid: id("gid") }
 }
+
+/// The space left on the file system of a backend's root `root`, in bytes (its
+/// [`super::Controller::capacity`]).
+///
+/// # Errors
+/// It could not be measured.
+pub async fn free_space(os: &Arc<dyn BlockOs>, root: &Path) -> Result<u64, BackendError> {
+    let root = root.to_path_buf();
+    blocking(os, "capacity", move |os| os.free_space(&root).map_err(step_error("read free space of", &root))).await
+}

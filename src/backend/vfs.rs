@@ -126,6 +126,10 @@ impl Controller for Vfs {
         Scope::Local
     }
 
+    async fn capacity(&self) -> Result<Option<u64>, BackendError> {
+        super::os_call::free_space(&self.os, &self.root).await.map(Some)
+    }
+
     fn parse_options(&self, raw: &BTreeMap<String, String>) -> Result<Options, BackendError> {
         let specs: Vec<OptionSpec> = SPECS.iter().chain(IGNORED).copied().collect();
         options::normalize(&specs, raw)
@@ -217,14 +221,20 @@ impl Node for Vfs {
     }
 
     /// The directory must be there and be a directory of its own; one deleted behind the
-    /// daemon's back is made again rather than handed out missing.
+    /// daemon's back is made again rather than handed out missing. Staged anywhere else (an
+    /// orchestrator's staging path), the directory is bind-mounted there.
     async fn stage(
         &self,
         name: &VolumeName,
         opts: &Options,
-        _ctx: &PublishContext,
+        ctx: &PublishContext,
         staging: &Path,
     ) -> Result<(), BackendError> {
+        let own = self.dir(name);
+        if staging != own {
+            self.stage(name, opts, ctx, &own).await?;
+            return super::block::bind(&self.os, &own, staging, false).await.map(drop);
+        }
         let dir = staging.to_path_buf();
         let entry = blocking(&self.os, "stage", move |os| os.entry(&dir).map_err(step_error("examine", &dir))).await?;
         match entry {
@@ -237,11 +247,21 @@ impl Node for Vfs {
         }
     }
 
-    async fn unstage(&self, _name: &VolumeName, _staging: &Path) -> Result<(), BackendError> {
-        Ok(())
+    async fn unstage(&self, name: &VolumeName, staging: &Path) -> Result<(), BackendError> {
+        if staging == self.dir(name) {
+            return Ok(());
+        }
+        super::block::unbind(&self.os, staging).await
     }
 
-    async fn is_staged(&self, _name: &VolumeName, staging: &Path) -> Result<bool, BackendError> {
+    async fn is_staged(&self, name: &VolumeName, staging: &Path) -> Result<bool, BackendError> {
+        if staging != self.dir(name) {
+            let path = staging.to_path_buf();
+            return blocking(&self.os, "examine", move |os| {
+                os.mounted_at(&path).map(|m| m.is_some()).map_err(step_error("read mounts for", &path))
+            })
+            .await;
+        }
         let dir = staging.to_path_buf();
         let entry =
             blocking(&self.os, "examine", move |os| os.entry(&dir).map_err(step_error("examine", &dir))).await?;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use tracing::{error, info, warn};
 
 use crate::backend::Environment;
-use crate::config::{Config, ServiceConfig};
+use crate::config::{Config, ModuleKind, ServiceConfig};
 use crate::metrics::{Health, ServiceState};
 use crate::os::linux::LinuxOs;
 use crate::server::{Inherited, Limits};
@@ -126,6 +126,7 @@ pub async fn run(config: Config, mut inherited: Inherited, shutdown: impl Future
     let config_file = config.file.as_ref().map(|f| f.display().to_string());
     info!(socket = %admin_path.display(), "admin socket listening");
     sockets.push((admin, crate::protocol::admin::router(admin_services, config_file)));
+    let mut csi_servers = Vec::new();
     for module in &config.modules {
         let handle = handles
             .iter()
@@ -134,8 +135,17 @@ pub async fn run(config: Config, mut inherited: Inherited, shutdown: impl Future
             .with_context(|| format!("module {} names unknown service {}", module.name, module.service))?;
         let socket = crate::server::bind_or_inherit(&module.socket, module.group.as_deref(), &mut inherited)
             .with_context(|| format!("module {}", module.name))?;
-        info!(module = %module.name, socket = %module.socket.display(), service = %module.service, "listening");
-        sockets.push((socket, crate::protocol::router(handle)));
+        match &module.kind {
+            ModuleKind::Docker => {
+                info!(module = %module.name, socket = %module.socket.display(), service = %module.service, "listening");
+                sockets.push((socket, crate::protocol::router(handle)));
+            }
+            ModuleKind::Csi(csi) => {
+                info!(module = %module.name, socket = %module.socket.display(), service = %module.service, driver = %csi.driver, mode = csi.mode.as_str(), "CSI listening");
+                let plugin = crate::csi::Plugin { driver: csi.driver.clone(), mode: csi.mode, handle };
+                csi_servers.push((socket, plugin));
+            }
+        }
     }
     if !inherited.is_empty() {
         let sockets: Vec<String> = inherited.paths().iter().map(|p| p.display().to_string()).collect();
@@ -160,12 +170,45 @@ pub async fn run(config: Config, mut inherited: Inherited, shutdown: impl Future
             }
         });
     }
+    let (stop_csi, csi_stopped) = tokio::sync::watch::channel(false);
+    let csi_tasks: Vec<_> = csi_servers
+        .into_iter()
+        .map(|(socket, plugin)| tokio::spawn(serve_csi(socket, plugin, csi_stopped.clone())))
+        .collect();
     crate::server::notify_systemd("READY=1");
     let shutdown = async {
         shutdown.await;
         crate::server::notify_systemd("STOPPING=1");
+        // Receivers that are gone have stopped already.
+        let _ = stop_csi.send(true);
     };
-    crate::server::serve_all(sockets, tcp, Limits::default(), shutdown).await.context("serve")?;
+    let served = crate::server::serve_all(sockets, tcp, Limits::default(), shutdown).await.context("serve");
+    for task in csi_tasks {
+        if let Ok(Err(e)) = task.await {
+            error!(error = %e, "CSI server failed");
+        }
+    }
+    served?;
     info!("stopped");
     Ok(())
+}
+
+/// Serves one CSI plugin on `socket` until `stop` turns true, then removes the socket file
+/// (unless systemd passed it).
+async fn serve_csi(
+    socket: crate::server::BoundSocket,
+    plugin: crate::csi::Plugin,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    let stopped = async move {
+        // A dropped sender means the daemon is going away: stop too.
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let served = crate::csi::serve(socket.listener, &plugin, stopped).await;
+    if !socket.inherited {
+        if let Err(e) = std::fs::remove_file(&socket.path) {
+            warn!(socket = %socket.path.display(), error = %e, "could not remove the CSI socket");
+        }
+    }
+    served
 }

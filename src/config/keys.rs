@@ -168,7 +168,18 @@ pub(crate) const EBS_SETTINGS: &[Setting] = &[
 ];
 
 /// Keys that may appear under `rexray.modules.<mod>.`.
-pub(crate) const MODULE_KEYS: &[&str] = &["type", "host", "disabled", "desc", "spec", "group", "libstorage.service"];
+pub(crate) const MODULE_KEYS: &[&str] = &[
+    "type",
+    "host",
+    "disabled",
+    "desc",
+    "spec",
+    "group",
+    "libstorage.service",
+    "csi.endpoint",
+    "csi.mode",
+    "csi.driver",
+];
 
 /// Keys REX-Ray accepted that we do not act on; `.*` also accepts everything below.
 /// They are accepted at the root and under a service or module scope.

@@ -168,17 +168,70 @@ impl ValueOrigin {
     }
 }
 
-/// One docker module: a socket bound to one service.
+/// One module: a socket bound to one service, speaking Docker's VolumeDriver protocol or CSI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleConfig {
     /// Module name (`rexray.modules.<name>`).
     pub name: String,
-    /// Unix socket path (from `host: unix:///…`, default `/run/docker/plugins/<name>.sock`).
+    /// Unix socket path (from `host: unix:///…`; default `/run/docker/plugins/<name>.sock`, for
+    /// a CSI module `CSI_ENDPOINT`, `csi.endpoint` or `/var/lib/kubelet/plugins/<driver>/csi.sock`).
     pub socket: PathBuf,
     /// Name of the service the module serves (`libstorage.service`, scoped).
     pub service: String,
     /// Group that owns the socket (mode becomes 0660), if set (`group`, scoped).
     pub group: Option<String>,
+    /// What the socket speaks.
+    pub kind: ModuleKind,
+}
+
+/// What a module's socket speaks (`rexray.modules.<name>.type`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleKind {
+    /// Docker's VolumeDriver protocol (`type: docker`, the default).
+    Docker,
+    /// The Container Storage Interface (`type: csi`).
+    Csi(CsiModule),
+}
+
+/// A CSI module's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsiModule {
+    /// The driver name it reports (`csi.driver`; default `<backend>.csi.rexray.io`).
+    pub driver: String,
+    /// Which CSI services it serves (`csi.mode`, env `CSI_MODE`).
+    pub mode: CsiMode,
+}
+
+/// Which CSI services a module serves besides Identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CsiMode {
+    /// The Controller service only (a Kubernetes Deployment, a Nomad controller job).
+    Controller,
+    /// The Node service only (a DaemonSet, a Nomad node job).
+    Node,
+    /// Both (Docker Swarm, a single host, a Nomad monolith).
+    Both,
+}
+
+impl CsiMode {
+    /// Whether the Controller service is served.
+    pub fn controller(self) -> bool {
+        matches!(self, CsiMode::Controller | CsiMode::Both)
+    }
+
+    /// Whether the Node service is served.
+    pub fn node(self) -> bool {
+        matches!(self, CsiMode::Node | CsiMode::Both)
+    }
+
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CsiMode::Controller => "controller",
+            CsiMode::Node => "node",
+            CsiMode::Both => "both",
+        }
+    }
 }
 
 /// The effective configuration.
@@ -196,7 +249,7 @@ pub struct Config {
     pub paths: Paths,
     /// Services, in declaration order.
     pub services: Vec<ServiceConfig>,
-    /// Enabled docker modules, in declaration order.
+    /// Enabled modules (docker and CSI), in declaration order.
     pub modules: Vec<ModuleConfig>,
     /// Warnings to log at start (unknown keys with the nearest known key).
     pub warnings: Vec<String>,
@@ -426,6 +479,7 @@ mod tests {
                 socket: "/run/docker/plugins/rexray.sock".into(),
                 service: "vfs".into(),
                 group: None,
+                kind: ModuleKind::Docker,
             }]
         );
     }
@@ -978,23 +1032,52 @@ libstorage:
                     socket: "/run/docker/plugins/rexray.sock".into(),
                     service: "vfs".into(),
                     group: None,
+                    kind: ModuleKind::Docker,
                 },
                 ModuleConfig {
                     name: "rexray-loop".into(),
                     socket: "/run/docker/plugins/rexray-loop.sock".into(),
                     service: "loop".into(),
                     group: Some("docker".into()),
+                    kind: ModuleKind::Docker,
                 },
                 ModuleConfig {
                     name: "third".into(),
                     socket: "/run/docker/plugins/third.sock".into(),
                     service: "loop".into(),
                     group: None,
+                    kind: ModuleKind::Docker,
+                },
+                ModuleConfig {
+                    name: "csi-mod".into(),
+                    socket: "/var/lib/kubelet/plugins/loop.csi.rexray.io/csi.sock".into(),
+                    service: "loop".into(),
+                    group: None,
+                    kind: ModuleKind::Csi(CsiModule { driver: "loop.csi.rexray.io".into(), mode: CsiMode::Both }),
                 },
             ]
         );
-        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
-        assert!(c.warnings[0].contains("CSI module"), "{:?}", c.warnings);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn csi_modules_take_endpoint_mode_and_driver_from_config_or_the_environment() {
+        let text = "rexray.modules.k8s: {type: csi, csi: {endpoint: 'unix:///csi/x.sock', mode: controller, driver: my.driver}}\n";
+        let c = ok(text, &[]);
+        assert_eq!(c.modules[0].socket, Path::new("/csi/x.sock"));
+        assert_eq!(
+            c.modules[0].kind,
+            ModuleKind::Csi(CsiModule { driver: "my.driver".into(), mode: CsiMode::Controller })
+        );
+        let c = ok(text, &[("CSI_ENDPOINT", "unix:///plugin/csi.sock"), ("CSI_MODE", "node")]);
+        assert_eq!(c.modules[0].socket, Path::new("/plugin/csi.sock"));
+        assert_eq!(c.modules[0].kind, ModuleKind::Csi(CsiModule { driver: "my.driver".into(), mode: CsiMode::Node }));
+        let found = problems("rexray.modules.k8s: {type: csi, csi: {mode: sideways}}\n", &[]);
+        assert!(found.iter().any(|p| p.contains("controller, node or both")), "{found:?}");
+        let found = problems("rexray.modules.k8s: {type: csi, csi: {driver: -bad-}}\n", &[]);
+        assert!(found.iter().any(|p| p.contains("not a CSI driver name")), "{found:?}");
+        let found = problems("rexray.modules.k8s: {type: bogus}\n", &[]);
+        assert!(found.iter().any(|p| p.contains("docker, csi")), "{found:?}");
     }
 
     #[test]
@@ -1114,7 +1197,7 @@ linux.volume.filemode: "0999"
             format!("{f}:3: rexray.logFormat: \"xml\" is not a log format (text, json)"),
             format!("{f}:5: rexray.modules.-bad: \"-bad\" is not a valid module name (up to 64 lowercase letters, digits, '-' and '_', starting with a letter or digit)"),
             format!("{f}:6: rexray.modules.m1.host: \"tcp://127.0.0.1:7979\" is not a unix socket address (expected unix:///absolute/path.sock)"),
-            format!("{f}:7: rexray.modules.m2.type: \"nfs\" is not a supported module type (docker)"),
+            format!("{f}:7: rexray.modules.m2.type: \"nfs\" is not a supported module type (docker, csi)"),
             format!("{f}:8: rexray.modules.m3.disabled: \"maybe\" is not a boolean (true/false, yes/no, 1/0)"),
             format!("{f}:21: libstorage.server.services.s3: expected a mapping of settings for the service"),
             format!("{f}:19: libstorage.server.services.s1.driver: \"nfs\" is not a supported driver (vfs, loop, ebs (or its aliases ec2, aws))"),

@@ -5,10 +5,32 @@ use std::path::{Path, PathBuf};
 
 use super::keys::{self, env_name, Known, Setting, MODULES, SERVICES};
 use super::yaml::{Document, Value};
-use super::{location, BackendKind, Config, ConfigError, Integration, ModuleConfig, Paths, Problem, ServiceConfig};
+use super::{
+    location, BackendKind, Config, ConfigError, CsiMode, CsiModule, Integration, ModuleConfig, ModuleKind, Paths,
+    Problem, ServiceConfig,
+};
 
 /// Where Docker looks for plugin sockets.
 const PLUGIN_DIR: &str = "/run/docker/plugins";
+
+/// Whether `name` is a driver name as CSI's GetPluginInfo allows: at most 63 characters,
+/// alphanumerics, `-`, `_` and `.`, beginning and ending with an alphanumeric.
+fn is_csi_driver_name(name: &str) -> bool {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    name.len() <= 63
+        && edge_ok(name.chars().next())
+        && edge_ok(name.chars().last())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Where a CSI module's socket is by default: `<this>/<driver>/csi.sock`, as the kubelet expects.
+const KUBELET_PLUGINS: &str = "/var/lib/kubelet/plugins";
+
+/// The environment variable every CO sets to the CSI socket (`unix:///…` or a path).
+const CSI_ENDPOINT_ENV: &str = "CSI_ENDPOINT";
+
+/// The environment variable that sets a CSI module's mode.
+const CSI_MODE_ENV: &str = "CSI_MODE";
 
 /// The module used when `rexray.modules` is not configured.
 const DEFAULT_MODULE: &str = "rexray";
@@ -62,13 +84,15 @@ struct Found {
     origin: Origin,
 }
 
-/// A docker module before it is bound to a service.
+/// A module before it is bound to a service.
 #[derive(Debug)]
 struct ModuleDraft {
     /// Module name.
     name: String,
-    /// Socket path.
-    socket: PathBuf,
+    /// Socket path; `None` for a CSI module with no endpoint set (it follows the driver name).
+    socket: Option<PathBuf>,
+    /// For a CSI module: its driver name if set, and its mode.
+    csi: Option<(Option<String>, CsiMode)>,
     /// Socket group.
     group: Option<String>,
     /// The module's own `libstorage.service`, if set, and where it was set.
@@ -112,11 +136,19 @@ pub(crate) fn resolve(
     let root_name = root_service.map(|(name, _)| name);
     let modules: Vec<ModuleConfig> = drafts
         .into_iter()
-        .map(|d| ModuleConfig {
-            service: d.service.map(|(name, _)| name).or_else(|| root_name.clone()).unwrap_or_else(|| first.clone()),
-            name: d.name,
-            socket: d.socket,
-            group: d.group,
+        .map(|d| {
+            let service =
+                d.service.map(|(name, _)| name).or_else(|| root_name.clone()).unwrap_or_else(|| first.clone());
+            let (kind, socket) = match d.csi {
+                None => (ModuleKind::Docker, d.socket.unwrap_or_default()),
+                Some((driver, mode)) => {
+                    let backend = services.iter().find(|s| s.name == service).map_or("vfs", |s| s.backend.as_str());
+                    let driver = driver.unwrap_or_else(|| format!("{backend}.csi.rexray.io"));
+                    let socket = d.socket.unwrap_or_else(|| Path::new(KUBELET_PLUGINS).join(&driver).join("csi.sock"));
+                    (ModuleKind::Csi(CsiModule { driver, mode }), socket)
+                }
+            };
+            ModuleConfig { service, name: d.name, socket, group: d.group, kind }
         })
         .collect();
     r.unknown_keys();
@@ -612,7 +644,8 @@ impl Resolver<'_> {
         if declared.is_empty() {
             return vec![ModuleDraft {
                 name: DEFAULT_MODULE.to_string(),
-                socket: Path::new(PLUGIN_DIR).join(format!("{DEFAULT_MODULE}.sock")),
+                socket: Some(Path::new(PLUGIN_DIR).join(format!("{DEFAULT_MODULE}.sock"))),
+                csi: None,
                 group: None,
                 service: None,
             }];
@@ -624,18 +657,13 @@ impl Resolver<'_> {
                 continue;
             }
             let scope = format!("{MODULES}.{name}");
+            let mut is_csi = false;
             if let Some(f) = self.file_value(&format!("{scope}.type")) {
                 match f.value.trim().to_ascii_lowercase().as_str() {
                     "docker" => {}
-                    "csi" => {
-                        self.warn(
-                            Some(&f.origin),
-                            format!("module \"{name}\" is a CSI module, which is not supported; it is skipped"),
-                        );
-                        continue;
-                    }
+                    "csi" => is_csi = true,
                     _ => {
-                        self.problem(&f.origin, format!("{:?} is not a supported module type (docker)", f.value));
+                        self.problem(&f.origin, format!("{:?} is not a supported module type (docker, csi)", f.value));
                         continue;
                     }
                 }
@@ -644,27 +672,38 @@ impl Resolver<'_> {
             if self.found_bool(disabled, false) {
                 continue;
             }
-            let (socket, socket_origin) = match self.file_value(&format!("{scope}.host")) {
+            let csi = if is_csi {
+                let Some(csi) = self.csi_settings(&scope) else { continue };
+                Some(csi)
+            } else {
+                None
+            };
+            let host = if is_csi { self.csi_endpoint(&scope) } else { self.file_value(&format!("{scope}.host")) };
+            let socket = match host {
                 Some(f) => match parse_host(&f.value) {
-                    Ok(path) => (path, f.origin),
+                    Ok(path) => Some((path, f.origin)),
                     Err(message) => {
                         self.problem(&f.origin, message);
                         continue;
                     }
                 },
+                None if is_csi => None,
                 None => {
                     let file = if name == REXRAY_DEFAULT_MODULE { DEFAULT_MODULE } else { name.as_str() };
-                    (Path::new(PLUGIN_DIR).join(format!("{file}.sock")), origin)
+                    Some((Path::new(PLUGIN_DIR).join(format!("{file}.sock")), origin))
                 }
             };
-            if let Some(other) = sockets.get(&socket) {
-                self.problem(
-                    &socket_origin,
-                    format!("socket {} is already used by module \"{other}\"", socket.display()),
-                );
-                continue;
+            if let Some((socket, socket_origin)) = &socket {
+                if let Some(other) = sockets.get(socket) {
+                    self.problem(
+                        socket_origin,
+                        format!("socket {} is already used by module \"{other}\"", socket.display()),
+                    );
+                    continue;
+                }
+                sockets.insert(socket.clone(), name.clone());
             }
-            sockets.insert(socket.clone(), name.clone());
+            let socket = socket.map(|(path, _)| path);
             let group = self
                 .file_value(&format!("{scope}.group"))
                 .map(|f| f.value.trim().to_string())
@@ -673,12 +712,69 @@ impl Resolver<'_> {
                 .file_value(&format!("{scope}.libstorage.service"))
                 .map(|f| (f.value.trim().to_ascii_lowercase(), f.origin))
                 .filter(|(s, _)| !s.is_empty());
-            drafts.push(ModuleDraft { name, socket, group, service });
+            drafts.push(ModuleDraft { name, socket, csi, group, service });
+        }
+        if drafts.iter().filter(|d| d.csi.is_some()).count() > 1 && self.env.contains_key(CSI_ENDPOINT_ENV) {
+            self.problem(
+                &Origin::Env { var: CSI_ENDPOINT_ENV.to_string(), key: format!("{MODULES}.<module>.csi.endpoint") },
+                "CSI_ENDPOINT names one socket, but more than one CSI module is configured: set csi.endpoint in each module instead".to_string(),
+            );
         }
         if drafts.is_empty() && self.problems.is_empty() {
             self.warn(None, "every module is disabled: no Docker plugin socket will be served".to_string());
         }
         drafts
+    }
+
+    /// A CSI module's endpoint: `CSI_ENDPOINT` (what every CO sets), else `csi.endpoint`, else
+    /// `host`; `None` when none is set.
+    fn csi_endpoint(&mut self, scope: &str) -> Option<Found> {
+        if let Some(value) = self.env.get(CSI_ENDPOINT_ENV).filter(|v| !v.trim().is_empty()) {
+            let key = format!("{scope}.csi.endpoint");
+            return Some(Found {
+                value: value.clone(),
+                origin: Origin::Env { var: CSI_ENDPOINT_ENV.to_string(), key },
+            });
+        }
+        self.file_value(&format!("{scope}.csi.endpoint")).or_else(|| self.file_value(&format!("{scope}.host")))
+    }
+
+    /// A CSI module's driver name (if set) and mode; `None` after recording a problem.
+    fn csi_settings(&mut self, scope: &str) -> Option<(Option<String>, CsiMode)> {
+        let mode = match self.env.get(CSI_MODE_ENV).filter(|v| !v.trim().is_empty()) {
+            Some(v) => {
+                let key = format!("{scope}.csi.mode");
+                Some(Found { value: v.clone(), origin: Origin::Env { var: CSI_MODE_ENV.to_string(), key } })
+            }
+            None => self.file_value(&format!("{scope}.csi.mode")),
+        };
+        let mode = match mode {
+            None => CsiMode::Both,
+            Some(f) => match f.value.trim().to_ascii_lowercase().as_str() {
+                "controller" => CsiMode::Controller,
+                "node" => CsiMode::Node,
+                "both" | "all" | "monolith" | "" => CsiMode::Both,
+                _ => {
+                    self.problem(&f.origin, format!("{:?} is not a CSI mode (controller, node or both)", f.value));
+                    return None;
+                }
+            },
+        };
+        let driver = match self.file_value(&format!("{scope}.csi.driver")) {
+            None => None,
+            Some(f) => {
+                let driver = f.value.trim().to_string();
+                if !is_csi_driver_name(&driver) {
+                    self.problem(
+                        &f.origin,
+                        format!("{driver:?} is not a CSI driver name (at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit)"),
+                    );
+                    return None;
+                }
+                Some(driver)
+            }
+        };
+        Some((driver, mode))
     }
 
     // ----- unknown keys ------------------------------------------------------------------

@@ -383,3 +383,112 @@ async fn loop_survives_a_crash_at_every_step() {
 async fn ebs_survives_a_crash_at_every_step() {
     every_step_of_every_operation(Kind::Ebs).await;
 }
+
+/// The orchestrator's calls (CSI) in the order it makes them, and their undo in reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    PublishToNode,
+    Stage,
+    PublishToTarget,
+    UnpublishFromTarget,
+    Unstage,
+    UnpublishFromNode,
+}
+
+const STEPS: [Step; 6] = [
+    Step::PublishToNode,
+    Step::Stage,
+    Step::PublishToTarget,
+    Step::UnpublishFromTarget,
+    Step::Unstage,
+    Step::UnpublishFromNode,
+];
+
+const CSI_STAGING: &str = "/csi/staging";
+const CSI_TARGET: &str = "/csi/pod/target";
+
+impl Step {
+    fn op(self) -> &'static str {
+        match self {
+            Step::PublishToNode => "ControllerPublishVolume",
+            Step::Stage => "NodeStageVolume",
+            Step::PublishToTarget => "NodePublishVolume",
+            Step::UnpublishFromTarget => "NodeUnpublishVolume",
+            Step::Unstage => "NodeUnstageVolume",
+            Step::UnpublishFromNode => "ControllerUnpublishVolume",
+        }
+    }
+
+    async fn run(self, s: &Arc<VolumeService>) -> Result<(), crate::service::ServiceError> {
+        let node = s.backend().controller.local_node().await.unwrap().0;
+        match self {
+            Step::PublishToNode => s.publish_to_node(VOLUME, &node).await.map(drop),
+            Step::Stage => {
+                let ctx = s.record_of(VOLUME).await?.csi.nodes[&node].clone();
+                s.stage_on_node(VOLUME, ctx, CSI_STAGING.into(), crate::service::StageRequest::default()).await
+            }
+            Step::PublishToTarget => s.publish_on_node(VOLUME, CSI_STAGING.into(), CSI_TARGET.into(), false).await,
+            Step::UnpublishFromTarget => s.unpublish_on_node(VOLUME, CSI_TARGET.into()).await,
+            Step::Unstage => s.unstage_on_node(VOLUME, CSI_STAGING.into()).await,
+            Step::UnpublishFromNode => s.unpublish_from_node(VOLUME, &node).await,
+        }
+    }
+}
+
+/// Every orchestrator call crashed at each of its steps: after the restart the orchestrator's
+/// retry of the same call succeeds, the rest of the sequence runs, and at the end nothing of the
+/// volume is attached or mounted, its data is intact and it was formatted once.
+async fn every_step_of_every_orchestrator_call(kind: Kind) {
+    for (i, step) in STEPS.iter().copied().enumerate() {
+        let mut crashed = 0;
+        for n in 1.. {
+            assert!(n < 40, "{kind:?} {step:?}: no end in sight");
+            let world = World::new(kind);
+            world.os.add_dir(CSI_STAGING);
+            world.os.add_dir("/csi/pod");
+            prepare(&world, Op::Mount).await;
+            let formats_before = world.formats();
+            {
+                let s = world.open(None).await;
+                for before in &STEPS[..i] {
+                    before.run(&s).await.unwrap_or_else(|e| panic!("{step:?}: {before:?}: {}", e.chain()));
+                }
+            }
+            let plan = Plan { op: step.op().into(), n, abort: false };
+            let s = world.open(Some(plan)).await;
+            let outcome = tokio::spawn(async move { step.run(&s).await }).await;
+            let at = format!("{kind:?} {step:?} crashed at point {n}");
+            match outcome {
+                Err(e) if e.is_panic() => crashed += 1,
+                Err(e) => panic!("{at}: {e}"),
+                Ok(result) => {
+                    result.unwrap_or_else(|e| panic!("{step:?} failed without a crash: {}", e.chain()));
+                    break;
+                }
+            }
+            let s = world.open(None).await;
+            for rest in &STEPS[i..] {
+                rest.run(&s).await.unwrap_or_else(|e| panic!("{at}: {rest:?} after the restart: {}", e.chain()));
+            }
+            assert!(!world.attached(), "{at}: attached after the orchestrator's undo");
+            assert!(world.os.mounted(Path::new(CSI_STAGING)).is_none(), "{at}: staging left mounted");
+            assert!(world.os.mounted(Path::new(CSI_TARGET)).is_none(), "{at}: target left mounted");
+            assert!(s.record_of(VOLUME).await.unwrap().csi.is_empty(), "{at}: claims left");
+            assert!(world.data_intact(), "{at}: data written before the crash is gone");
+            assert_eq!(world.formats(), formats_before, "{at}: formatted again");
+            s.remove(VOLUME).await.unwrap_or_else(|e| panic!("{at}: remove: {}", e.chain()));
+            assert!(!world.exists(), "{at}: storage left after remove");
+        }
+        assert!(crashed >= 1, "{kind:?} {step:?}: no crash points");
+    }
+}
+
+#[tokio::test]
+async fn loop_orchestrator_calls_survive_a_crash_at_every_step() {
+    every_step_of_every_orchestrator_call(Kind::Loop).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ebs_orchestrator_calls_survive_a_crash_at_every_step() {
+    every_step_of_every_orchestrator_call(Kind::Ebs).await;
+}

@@ -90,6 +90,30 @@ pub enum Cause {
         /// The backend name.
         backend: &'static str,
     },
+    /// A volume of that name exists and differs from what was asked for.
+    #[error("{what}")]
+    Mismatch {
+        /// What differs, in words.
+        what: String,
+    },
+    /// An orchestrator has the volume staged at another path on this host.
+    #[error("volume is staged at {path} already")]
+    StagedElsewhere {
+        /// Where it is staged.
+        path: String,
+    },
+    /// The volume is not staged at the path given.
+    #[error("volume is not staged at {path}")]
+    NotStaged {
+        /// The path asked for.
+        path: String,
+    },
+    /// A container orchestrator holds the volume through the CSI front.
+    #[error("volume is in use by a container orchestrator through CSI ({what})")]
+    HeldByOrchestrator {
+        /// What it holds, in words.
+        what: String,
+    },
     /// The durable state could not be written or read.
     #[error("state")]
     State(#[source] StateError),
@@ -115,7 +139,11 @@ impl Cause {
         match self {
             Cause::InvalidName(_) | Cause::TooManyMounts { .. } => ErrorKind::Invalid.label(),
             Cause::NotFound => ErrorKind::NotFound.label(),
-            Cause::InUse { .. } => ErrorKind::InUse.label(),
+            Cause::InUse { .. } | Cause::HeldByOrchestrator { .. } | Cause::StagedElsewhere { .. } => {
+                ErrorKind::InUse.label()
+            }
+            Cause::Mismatch { .. } => ErrorKind::AlreadyExists.label(),
+            Cause::NotStaged { .. } => ErrorKind::Invalid.label(),
             Cause::Busy { .. } => ErrorKind::Timeout.label(),
             Cause::WrongBackend { .. } => "wrong_backend",
             Cause::Backend { source, .. } => source.kind().label(),

@@ -63,6 +63,7 @@ impl VolumeService {
             active: false,
             pending: Some(Pending::Creating),
             last_used: None,
+            csi: super::state::OrchestratorClaims::default(),
         };
         self.commit(op, record.clone()).await?;
         hit("create intent recorded");
@@ -99,6 +100,7 @@ impl VolumeService {
             if holders > 0 {
                 return Err(ServiceError::new(OP, name.as_str(), Cause::InUse { holders }));
             }
+            s.refuse_orchestrated(OP, &record)?;
             if s.settings.remove_disable {
                 info!(volume = %name, "remove is disabled by configuration; nothing done");
                 return Ok(());
@@ -183,6 +185,7 @@ impl VolumeService {
                 None => return Err(ServiceError::new(OP, name.as_str(), Cause::NotFound)),
             };
             s.check_backend(OP, &record)?;
+            s.refuse_orchestrated(OP, &record)?;
             s.mount_locked(OP, &name, record, &holder).await
         })
         .await
@@ -298,6 +301,14 @@ impl VolumeService {
             Ok(())
         })
         .await
+    }
+
+    /// Refuses a volume an orchestrator holds through the CSI front.
+    pub(super) fn refuse_orchestrated(&self, op: &'static str, record: &VolumeRecord) -> Result<(), ServiceError> {
+        if record.csi.is_empty() {
+            return Ok(());
+        }
+        Err(ServiceError::new(op, &record.name, Cause::HeldByOrchestrator { what: record.csi.describe() }))
     }
 
     /// The Docker front's activation ([`Backend::activate_here`]), measured.

@@ -32,6 +32,7 @@ pub mod holder;
 mod lifecycle;
 pub mod locks;
 mod modify;
+mod orchestrated;
 mod orphans;
 mod reconcile;
 mod relocate;
@@ -52,6 +53,7 @@ use crate::name::VolumeName;
 pub use error::{Cause, ServiceError};
 pub use handle::ServiceHandle;
 use locks::VolumeLocks;
+pub use orchestrated::StageRequest;
 pub use orphans::Orphan;
 use state::{Pending, StateStore, VolumeRecord};
 pub use status::{Status, StatusEntry};
@@ -231,6 +233,11 @@ impl VolumeService {
     /// The backend's Docker scope.
     pub fn scope(&self) -> Scope {
         self.backend.controller.scope()
+    }
+
+    /// The volume operation settings (for the CSI front's defaults).
+    pub fn settings(&self) -> &Integration {
+        &self.settings
     }
 
     /// The backend (for the CSI front and the CLI).

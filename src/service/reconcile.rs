@@ -13,6 +13,7 @@
 //! | holders, after a reboot | – | the holders are dropped (their containers are gone) |
 //! | no holders | published or staged, or an operation was under way | released |
 //! | no holders | nothing | kept |
+//! | an orchestrator's claims (CSI) | – | kept: the orchestrator finishes or undoes its calls |
 //!
 //! Storage of this backend's that no record owns (an image or directory of a local backend) is
 //! reported and left alone, as are devices attached for it.
@@ -156,6 +157,10 @@ impl VolumeService {
                     Some(self.record(&name).unwrap_or(record))
                 }
             };
+        }
+        if !record.csi.is_empty() && record.holder_count() == 0 {
+            // The orchestrator's: it finishes or undoes what it asked for.
+            return Some(record);
         }
         let published = reality.published.as_ref().map(|p| p.contains_key(name.as_str()));
         let staged = reality.staged.as_ref().map(|s| s.contains(name.as_str()));

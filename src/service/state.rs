@@ -43,6 +43,50 @@ pub struct VolumeRecord {
     /// RFC 3339; `None` when never (for finding orphans).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used: Option<String>,
+    /// What a container orchestrator holds of the volume through the CSI front.
+    #[serde(default, skip_serializing_if = "OrchestratorClaims::is_empty")]
+    pub csi: OrchestratorClaims,
+}
+
+/// What an orchestrator holds of a volume through the CSI front: each claim is written before
+/// the side effect it names and dropped once that is undone, so a crash leaves a claim for
+/// something that may have happened (the orchestrator's retry finishes it, or its undo drops
+/// it), never a side effect without a claim. While any claim stands, the Docker front leaves
+/// the volume alone (no Mount, no Remove, no release at start), and the reverse.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrchestratorClaims {
+    /// Nodes it is published to (ControllerPublishVolume) → what the node was told.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, crate::backend::PublishContext>,
+    /// Where it is staged on this host (NodeStageVolume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<PathBuf>,
+    /// Where it is published on this host (NodePublishVolume) → read-only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub targets: BTreeMap<PathBuf, bool>,
+}
+
+impl OrchestratorClaims {
+    /// Whether the orchestrator holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty() && self.staged.is_none() && self.targets.is_empty()
+    }
+
+    /// What the orchestrator holds, in words (for a refusal).
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.nodes.is_empty() {
+            let nodes: Vec<&str> = self.nodes.keys().map(String::as_str).collect();
+            parts.push(format!("published to {}", nodes.join(", ")));
+        }
+        if let Some(path) = &self.staged {
+            parts.push(format!("staged at {}", path.display()));
+        }
+        if !self.targets.is_empty() {
+            parts.push(format!("published at {} target(s)", self.targets.len()));
+        }
+        parts.join("; ")
+    }
 }
 
 /// A multi-step operation under way on a volume, recorded before its first side effect.
@@ -271,6 +315,7 @@ mod tests {
             active: true,
             pending: None,
             last_used: None,
+            csi: OrchestratorClaims::default(),
         }
     }
 

@@ -42,7 +42,7 @@ use super::os_call::{blocking, step_error};
 use super::{volume_path, BackendError, Node, PublishContext, VolumeStats};
 use crate::config::Integration;
 use crate::name::VolumeName;
-use crate::os::{BlockOs, DirSpec, FsType, Probe};
+use crate::os::{BlockOs, DirSpec, Entry, FsType, Probe};
 
 /// Turns a controller's [`PublishContext`] into the volume's block device on this host.
 #[async_trait]
@@ -331,6 +331,10 @@ pub(crate) async fn bind(
         if os.mounted_at(&target).map_err(step_error("read mounts for", &target))?.is_some() {
             tracing::debug!(target = %target.display(), "already published");
             return Ok(target);
+        }
+        if os.entry(&target).map_err(step_error("examine", &target))? == Entry::Missing {
+            // An orchestrator makes the target's parent; the target itself is the plugin's to make.
+            os.make_dir(&target).map_err(step_error("make the directory", &target))?;
         }
         os.bind_mount(&source, &target, read_only).map_err(step_error("bind-mount", &target))?;
         tracing::info!(source = %source.display(), target = %target.display(), read_only, "published");
