@@ -13,6 +13,10 @@
 #                       plugin is configured through its environment, see config.json)
 #   --from-image IMAGE  take the rootfs from IMAGE (built from the Dockerfile) instead of
 #                       assembling it from this machine's tools
+#   --csi               a CSI plugin for Docker Swarm cluster volumes instead of a VolumeDriver
+#                       one: interface types docker.csicontroller/1.0 and docker.csinode/1.0 on
+#                       csi.sock (CSI_ENDPOINT), propagatedMount /data/published (Swarm's publish
+#                       targets); the same environment settings, plus CSI_MODE
 #   --create NAME       then run `docker plugin create NAME DIR` (the plugin starts disabled:
 #                       `docker plugin set NAME KEY=VALUE…` then `docker plugin enable NAME`)
 #   --force             with --create: remove an existing plugin NAME first
@@ -31,6 +35,7 @@ config=""
 image=""
 create=""
 force=0
+csi=0
 
 die() {
     echo "plugin/build.sh: $*" >&2
@@ -45,6 +50,7 @@ while (($#)); do
     --from-image) image=${2:?--from-image needs an image}; shift 2 ;;
     --create) create=${2:?--create needs a plugin name}; shift 2 ;;
     --force) force=1; shift ;;
+    --csi) csi=1; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
@@ -126,7 +132,24 @@ chmod 1777 "$rootfs/tmp"
 if [[ -n $config ]]; then
     install -m 0600 "$config" "$rootfs/etc/rexray/rexray.yml"
 fi
-cp "$ROOT/plugin/config.json" "$out/config.json"
+if ((csi)); then
+    # Swarm stages under /data/staged and publishes under /data/published (hard-coded there).
+    mkdir -p "$rootfs"/data/{staged,published}
+    python3 - "$ROOT/plugin/config.json" "$out/config.json" <<'PY_CSI'
+import json, sys
+config = json.load(open(sys.argv[1]))
+config["description"] = "rexray: persistent volumes for Docker Swarm cluster volumes (CSI)"
+config["interface"] = {"types": ["docker.csicontroller/1.0", "docker.csinode/1.0"], "socket": "csi.sock"}
+config["propagatedMount"] = "/data/published"
+config["env"] = [
+    {"name": "CSI_ENDPOINT", "description": "The CSI socket (Docker's interface socket)", "value": "/run/docker/plugins/csi.sock"},
+    {"name": "CSI_MODE", "description": "CSI services: both, controller or node", "settable": ["value"], "value": "both"},
+] + [e for e in config["env"] if e["name"] not in ("CSI_ENDPOINT", "CSI_MODE")]
+json.dump(config, open(sys.argv[2], "w"), indent=2)
+PY_CSI
+else
+    cp "$ROOT/plugin/config.json" "$out/config.json"
+fi
 
 if [[ $(id -u) == 0 ]] && command -v chroot >/dev/null; then
     checks=("/usr/bin/rexray version" "mkfs.ext4 -V" "mkfs.xfs -V" "blkid -V" "e2fsck -V" "resize2fs -P /dev/null" "xfs_growfs -V" "losetup --version")

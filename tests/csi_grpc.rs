@@ -9,12 +9,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::csi::{code, mount_cap};
+use common::is_mounted;
 use rexray::csi::proto::controller_client::ControllerClient;
 use rexray::csi::proto::identity_client::IdentityClient;
 use rexray::csi::proto::node_client::NodeClient;
-use rexray::csi::proto::volume_capability::{access_mode::Mode, AccessMode, AccessType, BlockVolume, MountVolume};
+use rexray::csi::proto::volume_capability::{access_mode::Mode, AccessMode, AccessType, BlockVolume};
 use rexray::csi::proto::*;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 
 fn is_root() -> bool {
@@ -48,32 +50,13 @@ impl Setup {
         self.dir.path().join(rel)
     }
 
-    async fn channel(&self) -> Channel {
-        let socket = self.path("csi/csi.sock");
-        Endpoint::try_from("http://csi.invalid")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move { tokio::net::UnixStream::connect(socket).await.map(hyper_util::rt::TokioIo::new) }
-            }))
-            .await
-            .unwrap()
-    }
-
     async fn clients(&self) -> (IdentityClient<Channel>, ControllerClient<Channel>, NodeClient<Channel>) {
-        let channel = self.channel().await;
-        (IdentityClient::new(channel.clone()), ControllerClient::new(channel.clone()), NodeClient::new(channel))
+        let c = common::csi::connect(&self.path("csi/csi.sock")).await;
+        (c.identity, c.controller, c.node)
     }
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
-    }
-}
-
-fn mount_cap(fs: &str, mode: Mode) -> VolumeCapability {
-    VolumeCapability {
-        access_type: Some(AccessType::Mount(MountVolume { fs_type: fs.into(), ..Default::default() })),
-        access_mode: Some(AccessMode { mode: mode.into() }),
     }
 }
 
@@ -88,14 +71,6 @@ fn create(name: &str, required: i64, limit: i64) -> CreateVolumeRequest {
         volume_capabilities: vec![writer()],
         ..Default::default()
     }
-}
-
-/// The code of a failed call, with its message checked to say something.
-fn code<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> Code {
-    let status = result.expect_err("the call should have failed");
-    assert!(!status.message().is_empty(), "{status:?} has no message");
-    assert!(!status.message().contains("Some(") && !status.message().contains(" {"), "a Debug dump: {status:?}");
-    status.code()
 }
 
 const GIB: i64 = 1 << 30;
@@ -405,12 +380,6 @@ async fn node_lifecycle(setup: &Setup, fs: &str, size_gib: i64) {
     assert!(!setup.log().contains("panicked"), "{}", setup.log());
 }
 
-fn is_mounted(path: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let path = path.display().to_string();
-    mounts.lines().any(|l| l.split(' ').nth(4) == Some(path.as_str()))
-}
-
 #[tokio::test]
 async fn node_stages_and_publishes_a_vfs_volume() {
     if !is_root() {
@@ -429,7 +398,54 @@ async fn node_stages_publishes_and_grows_a_loop_volume() {
     }
     let setup = Setup::new("loop");
     node_lifecycle(&setup, "ext4", 1).await;
-    let (_, mut ctl, _) = setup.clients().await;
+    let (_, mut ctl, mut node) = setup.clients().await;
+
+    // Docker Swarm unpublishes from the node without unstaging first: the volume is unstaged
+    // (flushed, unmounted) before its device goes, and refused while a target still uses it.
+    let cap = mount_cap("ext4", Mode::SingleNodeWriter);
+    ctl.create_volume(create("swarmlike", GIB, 0)).await.unwrap();
+    let here = node.node_get_info(NodeGetInfoRequest {}).await.unwrap().into_inner().node_id;
+    let publish = ControllerPublishVolumeRequest {
+        volume_id: "swarmlike".into(),
+        node_id: here.clone(),
+        volume_capability: Some(cap.clone()),
+        ..Default::default()
+    };
+    let ctx = ctl.controller_publish_volume(publish).await.unwrap().into_inner().publish_context;
+    let staging = setup.path("swarm/staged");
+    let target = setup.path("swarm/published");
+    node.node_stage_volume(NodeStageVolumeRequest {
+        volume_id: "swarmlike".into(),
+        publish_context: ctx.clone(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(cap.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    node.node_publish_volume(NodePublishVolumeRequest {
+        volume_id: "swarmlike".into(),
+        publish_context: ctx,
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(cap),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let detach =
+        ControllerUnpublishVolumeRequest { volume_id: "swarmlike".into(), node_id: here, ..Default::default() };
+    assert_eq!(code(ctl.controller_unpublish_volume(detach.clone()).await), Code::FailedPrecondition);
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: "swarmlike".into(),
+        target_path: target.display().to_string(),
+    })
+    .await
+    .unwrap();
+    ctl.controller_unpublish_volume(detach).await.unwrap();
+    assert!(!is_mounted(&staging), "unstaged before the device went");
+    ctl.delete_volume(DeleteVolumeRequest { volume_id: "swarmlike".into(), ..Default::default() }).await.unwrap();
+
     let capacity = ctl.get_capacity(GetCapacityRequest::default()).await.unwrap().into_inner();
     assert!(capacity.available_capacity > 0, "{capacity:?}");
     // Raw block access is refused in words, not served half-way.

@@ -5,6 +5,8 @@
 //! - `plugin.sh`: the managed plugin (`plugin/`) built from the release binary, serving
 //!   containers across `docker plugin disable -f` + `enable`, `docker plugin set`, metrics;
 //! - `swarm.sh`: a single-node Swarm service on a rexray volume, through a rolling update;
+//! - `swarm_csi.sh` (Docker 28 only, see below): a Swarm cluster volume through the CSI managed
+//!   plugin, across an update, a scale 0 → 1, drain and removal;
 //! - `compose.sh`: Debian's docker-compose with `driver: rexray`, data across `down` / `up`;
 //! - `dockerfile.sh`: the `Dockerfile` built offline from a debootstrap base, used as a rootfs;
 //! - `moby_behaviours.sh`: what moby's own volume-driver integration tests check (exact call
@@ -49,6 +51,9 @@ enum Engine {
     Debian12,
     /// Debian 13's docker.io 26.1 (API 1.45), unpacked and run beside it.
     Debian13,
+    /// Debian unstable's docker.io 28.5 (API 1.51), unpacked and run beside it: the first whose
+    /// Swarm loads CSI plugins (moby#48133, fixed in 28.2).
+    DebianUnstable,
 }
 
 impl Engine {
@@ -56,6 +61,7 @@ impl Engine {
         match self {
             Engine::Debian12 => "20.10",
             Engine::Debian13 => "26",
+            Engine::DebianUnstable => "28",
         }
     }
 }
@@ -143,6 +149,13 @@ fn managed_plugin_on_docker26() {
 #[test]
 fn swarm_on_docker26() {
     run_on("swarm.sh", Engine::Debian13);
+}
+
+/// Swarm cluster volumes: Docker 23 added them, but before 28.2 Swarm could not load a CSI
+/// plugin (moby#48133), so Debian 13's 26.1 cannot run them; Debian unstable's 28.5 does.
+#[test]
+fn swarm_cluster_volumes_on_docker28() {
+    run_on("swarm_csi.sh", Engine::DebianUnstable);
 }
 
 #[test]

@@ -80,6 +80,11 @@ const NOT_FOR_THE_PLUGIN: &[(&str, &str)] = &[
     ("LIBSTORAGE_INTEGRATION_VOLUME_OPERATIONS_MOUNT_PATH", "mounts live under the propagated mount"),
     ("LIBSTORAGE_INTEGRATION_VOLUME_OPERATIONS_CREATE_DISABLE", "a plugin that cannot create is no plugin"),
     ("LIBSTORAGE_INTEGRATION_VOLUME_OPERATIONS_REMOVE_DISABLE", "docker plugin set can change it only while disabled"),
+    (
+        "CSI_ENDPOINT",
+        "the VolumeDriver plugin serves no CSI; `plugin/build.sh --csi` builds the CSI plugin, which sets it",
+    ),
+    ("CSI_MODE", "the VolumeDriver plugin serves no CSI; the CSI plugin (`plugin/build.sh --csi`) offers it"),
 ];
 
 #[test]

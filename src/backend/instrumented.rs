@@ -138,6 +138,10 @@ impl Controller for MeasuredController {
         self.inner.capacity().await
     }
 
+    async fn local_zone(&self) -> Result<Option<String>, BackendError> {
+        self.inner.local_zone().await
+    }
+
     async fn knows(&self, name: &VolumeName) -> bool {
         self.inner.knows(name).await
     }

@@ -307,6 +307,14 @@ pub trait Controller: Send + Sync + Debug {
         )))
     }
 
+    /// The availability zone of this host, where volumes are zonal (EBS); `None` elsewhere.
+    ///
+    /// # Errors
+    /// The host's identity could not be found out.
+    async fn local_zone(&self) -> Result<Option<String>, BackendError> {
+        Ok(None)
+    }
+
     /// The space left for new volumes, in bytes, where the backend has a pool of its own (the
     /// file system of `loop.root` or `vfs.root`); `None` where the storage has no such limit
     /// to report (EBS).

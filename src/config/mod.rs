@@ -1061,6 +1061,26 @@ libstorage:
     }
 
     #[test]
+    fn csi_endpoint_alone_makes_the_daemon_a_csi_plugin() {
+        let c = ok("libstorage.service: loop\n", &[("CSI_ENDPOINT", "/run/docker/plugins/csi.sock")]);
+        assert_eq!(c.modules.len(), 1, "{:?}", c.modules);
+        assert_eq!(c.modules[0].name, "csi");
+        assert_eq!(c.modules[0].socket, Path::new("/run/docker/plugins/csi.sock"));
+        assert_eq!(c.modules[0].service, "loop");
+        assert_eq!(
+            c.modules[0].kind,
+            ModuleKind::Csi(CsiModule { driver: "loop.csi.rexray.io".into(), mode: CsiMode::Both })
+        );
+        let c = ok("libstorage.service: loop\n", &[("CSI_ENDPOINT", "unix:///csi/csi.sock"), ("CSI_MODE", "node")]);
+        assert_eq!(
+            c.modules[0].kind,
+            ModuleKind::Csi(CsiModule { driver: "loop.csi.rexray.io".into(), mode: CsiMode::Node })
+        );
+        let found = problems("libstorage.service: loop\n", &[("CSI_ENDPOINT", "tcp://0.0.0.0:1")]);
+        assert!(found.iter().any(|p| p.contains("CSI_ENDPOINT") && p.contains("unix")), "{found:?}");
+    }
+
+    #[test]
     fn csi_modules_take_endpoint_mode_and_driver_from_config_or_the_environment() {
         let text = "rexray.modules.k8s: {type: csi, csi: {endpoint: 'unix:///csi/x.sock', mode: controller, driver: my.driver}}\n";
         let c = ok(text, &[]);

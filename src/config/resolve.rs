@@ -32,6 +32,9 @@ const CSI_ENDPOINT_ENV: &str = "CSI_ENDPOINT";
 /// The environment variable that sets a CSI module's mode.
 const CSI_MODE_ENV: &str = "CSI_MODE";
 
+/// The module served when `rexray.modules` is not configured and `CSI_ENDPOINT` is set.
+const DEFAULT_CSI_MODULE: &str = "csi";
+
 /// The module used when `rexray.modules` is not configured.
 const DEFAULT_MODULE: &str = "rexray";
 
@@ -641,6 +644,26 @@ impl Resolver<'_> {
     /// The enabled docker modules, or the default `rexray` module if none are configured.
     fn module_drafts(&mut self) -> Vec<ModuleDraft> {
         let declared = self.declared(MODULES, "module");
+        if declared.is_empty() && self.env.get(CSI_ENDPOINT_ENV).is_some_and(|v| !v.trim().is_empty()) {
+            // Started as a CSI plugin (a Swarm managed plugin, a Kubernetes or Nomad container):
+            // serve CSI where the orchestrator says, and no Docker socket.
+            let scope = format!("{MODULES}.{DEFAULT_CSI_MODULE}");
+            let Some(csi) = self.csi_settings(&scope) else { return Vec::new() };
+            let Some(found) = self.csi_endpoint(&scope) else { return Vec::new() };
+            return match parse_csi_endpoint(&found.value) {
+                Ok(socket) => vec![ModuleDraft {
+                    name: DEFAULT_CSI_MODULE.to_string(),
+                    socket: Some(socket),
+                    csi: Some(csi),
+                    group: None,
+                    service: None,
+                }],
+                Err(message) => {
+                    self.problem(&found.origin, message);
+                    Vec::new()
+                }
+            };
+        }
         if declared.is_empty() {
             return vec![ModuleDraft {
                 name: DEFAULT_MODULE.to_string(),
@@ -679,8 +702,9 @@ impl Resolver<'_> {
                 None
             };
             let host = if is_csi { self.csi_endpoint(&scope) } else { self.file_value(&format!("{scope}.host")) };
+            let parse = if is_csi { parse_csi_endpoint } else { parse_host };
             let socket = match host {
-                Some(f) => match parse_host(&f.value) {
+                Some(f) => match parse(&f.value) {
                     Ok(path) => Some((path, f.origin)),
                     Err(message) => {
                         self.problem(&f.origin, message);
@@ -861,6 +885,18 @@ fn parse_host(v: &str) -> Result<PathBuf, String> {
         return Err(format!("socket path {path:?} is longer than {MAX_SOCKET_PATH} bytes"));
     }
     Ok(PathBuf::from(path))
+}
+
+/// A CSI endpoint: `unix:///absolute/path.sock` or, as Docker sets `CSI_ENDPOINT` for a managed
+/// plugin, the bare absolute path.
+fn parse_csi_endpoint(v: &str) -> Result<PathBuf, String> {
+    let trimmed = v.trim();
+    if trimmed.starts_with('/') {
+        return parse_host(&format!("unix://{trimmed}"));
+    }
+    parse_host(trimmed).map_err(|_| {
+        format!("{v:?} is not a CSI endpoint (expected unix:///absolute/path.sock or /absolute/path.sock)")
+    })
 }
 
 /// A space- or comma-separated list (`REXRAY_STORAGEDRIVERS="ec2 xtremio"`).

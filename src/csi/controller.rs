@@ -25,8 +25,8 @@ const TOKEN_PREFIX: &str = "after:";
 #[derive(Debug)]
 pub(super) struct Controller(pub(super) Plugin);
 
-/// The CSI view of a volume record.
-fn volume_of(record: &VolumeRecord) -> proto::Volume {
+/// The CSI view of a volume record; `zone` is where a zonal backend makes volumes that name none.
+fn volume_of(record: &VolumeRecord, zone: Option<&str>) -> proto::Volume {
     let capacity = get_u64(&record.options, "size").map_or(0, bytes);
     let content_source =
         record.options.get("snapshotID").filter(|s| !s.is_empty()).map(|id| proto::VolumeContentSource {
@@ -37,8 +37,10 @@ fn volume_of(record: &VolumeRecord) -> proto::Volume {
     let accessible_topology = record
         .options
         .get("availabilityZone")
+        .map(String::as_str)
         .filter(|z| !z.is_empty())
-        .map(|zone| proto::Topology { segments: [(super::ZONE_KEY.to_owned(), zone.clone())].into_iter().collect() })
+        .or(zone)
+        .map(super::zone_topology)
         .into_iter()
         .collect();
     proto::Volume {
@@ -112,9 +114,49 @@ impl Controller {
         Ok(opts)
     }
 
-    /// The service, and this host's node ID (for the local backends, the only node).
+    /// This host's node ID (for the local backends, the only node).
     async fn here(svc: &VolumeService) -> Option<String> {
         svc.backend().controller.local_node().await.ok().map(|n| n.0)
+    }
+
+    /// The zone a zonal backend makes volumes in when they name none: this host's.
+    async fn default_zone(svc: &VolumeService) -> Option<String> {
+        svc.backend().controller.local_zone().await.ok().flatten()
+    }
+}
+
+/// The name or ID a page starts after, from a `starting_token` (`""`: the first page).
+///
+/// # Errors
+/// `ABORTED` for a token this plugin did not give.
+fn token_after(token: &str) -> Result<Option<String>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    token
+        .strip_prefix(TOKEN_PREFIX)
+        .map(|after| Some(after.to_owned()))
+        .ok_or_else(|| Status::aborted(format!("starting_token {token:?} is not one this plugin gave")))
+}
+
+/// The CSI view of a snapshot of volume `source`.
+fn snapshot_of(s: &crate::backend::snapshot::SnapshotInfo, source: &str) -> proto::Snapshot {
+    let creation_time = s
+        .start_time
+        .as_deref()
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| prost_types::Timestamp {
+            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+        });
+    proto::Snapshot {
+        size_bytes: bytes(s.size_gib),
+        snapshot_id: s.id.clone(),
+        source_volume_id: source.to_owned(),
+        creation_time,
+        ready_to_use: s.state == "completed",
+        group_snapshot_id: String::new(),
     }
 }
 
@@ -148,7 +190,8 @@ impl controller_server::Controller for Controller {
         let opts = Self::create_options(svc, &req, &access)?;
         let record =
             within(timeout, svc.create_for_orchestrator(name, &opts)).await.map_err(|e| status::from_service(&e))?;
-        Ok(Response::new(proto::CreateVolumeResponse { volume: Some(volume_of(&record)) }))
+        let zone = Self::default_zone(svc).await;
+        Ok(Response::new(proto::CreateVolumeResponse { volume: Some(volume_of(&record, zone.as_deref())) }))
     }
 
     async fn delete_volume(
@@ -242,23 +285,16 @@ impl controller_server::Controller for Controller {
         let req = req.into_inner();
         let max = usize::try_from(req.max_entries)
             .map_err(|_| status::invalid(format!("max_entries {} is negative", req.max_entries)))?;
-        let after = match req.starting_token.as_str() {
-            "" => None,
-            token => Some(
-                token
-                    .strip_prefix(TOKEN_PREFIX)
-                    .ok_or_else(|| Status::aborted(format!("starting_token {token:?} is not one this plugin gave")))?
-                    .to_owned(),
-            ),
-        };
+        let after = token_after(&req.starting_token)?;
         let svc = self.0.service().await?;
         let here = Self::here(svc).await;
+        let zone = Self::default_zone(svc).await;
         let records = svc.records();
         let mut page = records.iter().filter(|r| after.as_ref().is_none_or(|a| r.name > *a)).peekable();
         let mut entries = Vec::new();
         for record in page.by_ref() {
             entries.push(proto::list_volumes_response::Entry {
-                volume: Some(volume_of(record)),
+                volume: Some(volume_of(record, zone.as_deref())),
                 status: Some(proto::list_volumes_response::VolumeStatus {
                     published_node_ids: published_nodes(record, here.as_deref()),
                     volume_condition: None,
@@ -309,6 +345,12 @@ impl controller_server::Controller for Controller {
         if kind != "vfs" {
             types.push(rpc::Type::ExpandVolume);
         }
+        if svc.backend().controller.snapshots().is_some() {
+            types.extend([rpc::Type::CreateDeleteSnapshot, rpc::Type::ListSnapshots]);
+        }
+        if kind == "ebs" {
+            types.push(rpc::Type::ModifyVolume);
+        }
         Ok(Response::new(proto::ControllerGetCapabilitiesResponse {
             capabilities: types.into_iter().map(rpc_capability).collect(),
         }))
@@ -316,23 +358,72 @@ impl controller_server::Controller for Controller {
 
     async fn create_snapshot(
         &self,
-        _req: Request<proto::CreateSnapshotRequest>,
+        req: Request<proto::CreateSnapshotRequest>,
     ) -> Result<Response<proto::CreateSnapshotResponse>, Status> {
-        Err(Status::unimplemented("snapshots are not served over CSI by this plugin yet"))
+        let timeout = timeout_of(&req);
+        let req = req.into_inner();
+        let source = required(&req.source_volume_id, "source_volume_id")?;
+        let name = required(&req.name, "name")?;
+        let svc = self.0.service().await?;
+        let snapshot =
+            within(timeout, svc.snapshot_for_orchestrator(source, name)).await.map_err(|e| status::from_service(&e))?;
+        Ok(Response::new(proto::CreateSnapshotResponse { snapshot: Some(snapshot_of(&snapshot, source)) }))
     }
 
     async fn delete_snapshot(
         &self,
-        _req: Request<proto::DeleteSnapshotRequest>,
+        req: Request<proto::DeleteSnapshotRequest>,
     ) -> Result<Response<proto::DeleteSnapshotResponse>, Status> {
-        Err(Status::unimplemented("snapshots are not served over CSI by this plugin yet"))
+        let timeout = timeout_of(&req);
+        let id = required(&req.get_ref().snapshot_id, "snapshot_id")?.to_owned();
+        let svc = self.0.service().await?;
+        match within(timeout, svc.snapshot_remove(&id)).await {
+            Ok(()) => Ok(Response::new(proto::DeleteSnapshotResponse {})),
+            Err(e) if status::from_service(&e).code() == tonic::Code::NotFound => {
+                Ok(Response::new(proto::DeleteSnapshotResponse {}))
+            }
+            Err(e) => Err(status::from_service(&e)),
+        }
     }
 
     async fn list_snapshots(
         &self,
-        _req: Request<proto::ListSnapshotsRequest>,
+        req: Request<proto::ListSnapshotsRequest>,
     ) -> Result<Response<proto::ListSnapshotsResponse>, Status> {
-        Err(Status::unimplemented("snapshots are not served over CSI by this plugin yet"))
+        let req = req.into_inner();
+        let max = usize::try_from(req.max_entries)
+            .map_err(|_| status::invalid(format!("max_entries {} is negative", req.max_entries)))?;
+        let after = token_after(&req.starting_token)?;
+        let svc = self.0.service().await?;
+        let filter = if req.snapshot_id.is_empty() {
+            crate::backend::snapshot::SnapshotFilter::Managed
+        } else {
+            crate::backend::snapshot::SnapshotFilter::Ids(vec![req.snapshot_id.clone()])
+        };
+        let listed = match svc.snapshot_list(&filter).await {
+            Ok(listed) => listed,
+            // An unknown ID lists nothing.
+            Err(e) if !req.snapshot_id.is_empty() && status::from_service(&e).code() == tonic::Code::NotFound => {
+                Vec::new()
+            }
+            Err(e) => return Err(status::from_service(&e)),
+        };
+        let mut snapshots: Vec<proto::Snapshot> = listed
+            .iter()
+            .filter_map(|s| s.volume.as_deref().map(|v| snapshot_of(s, v)))
+            .filter(|s| req.source_volume_id.is_empty() || s.source_volume_id == req.source_volume_id)
+            .filter(|s| after.as_ref().is_none_or(|a| s.snapshot_id > *a))
+            .collect();
+        snapshots.sort_by(|a, b| a.snapshot_id.cmp(&b.snapshot_id));
+        let next_token = if max > 0 && snapshots.len() > max {
+            snapshots.truncate(max);
+            snapshots.last().map(|s| format!("{TOKEN_PREFIX}{}", s.snapshot_id)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let entries =
+            snapshots.into_iter().map(|s| proto::list_snapshots_response::Entry { snapshot: Some(s) }).collect();
+        Ok(Response::new(proto::ListSnapshotsResponse { entries, next_token }))
     }
 
     async fn controller_expand_volume(
@@ -366,8 +457,9 @@ impl controller_server::Controller for Controller {
         let svc = self.0.service().await?;
         let record = svc.record_of(&id).await.map_err(|e| status::from_service(&e))?;
         let here = Self::here(svc).await;
+        let zone = Self::default_zone(svc).await;
         Ok(Response::new(proto::ControllerGetVolumeResponse {
-            volume: Some(volume_of(&record)),
+            volume: Some(volume_of(&record, zone.as_deref())),
             status: Some(proto::controller_get_volume_response::VolumeStatus {
                 published_node_ids: published_nodes(&record, here.as_deref()),
                 volume_condition: None,
@@ -375,10 +467,21 @@ impl controller_server::Controller for Controller {
         }))
     }
 
+    /// The mutable parameters are the settings `rexray volume modify` changes in place (EBS:
+    /// `volumeType`, `iops`, `throughput`).
     async fn controller_modify_volume(
         &self,
-        _req: Request<proto::ControllerModifyVolumeRequest>,
+        req: Request<proto::ControllerModifyVolumeRequest>,
     ) -> Result<Response<proto::ControllerModifyVolumeResponse>, Status> {
-        Err(Status::unimplemented("modifying volumes is not served over CSI by this plugin yet"))
+        let timeout = timeout_of(&req);
+        let req = req.into_inner();
+        let id = required(&req.volume_id, "volume_id")?;
+        if req.mutable_parameters.is_empty() {
+            return Err(status::invalid("mutable_parameters is empty"));
+        }
+        let changes: BTreeMap<String, String> = req.mutable_parameters.into_iter().collect();
+        let svc = self.0.service().await?;
+        within(timeout, svc.modify(id, &changes)).await.map_err(|e| status::from_service(&e))?;
+        Ok(Response::new(proto::ControllerModifyVolumeResponse {}))
     }
 }

@@ -36,6 +36,10 @@ impl identity_server::Identity for Identity {
             capabilities.push(service(service::Type::ControllerService));
         }
         let svc = self.0.service().await?;
+        if svc.scope() == crate::backend::Scope::Global {
+            // Zonal volumes (EBS): made where the orchestrator's topology asks, used in that zone.
+            capabilities.push(service(service::Type::VolumeAccessibilityConstraints));
+        }
         if svc.backend().controller.kind() != "vfs" {
             capabilities.push(PluginCapability {
                 r#type: Some(plugin_capability::Type::VolumeExpansion(plugin_capability::VolumeExpansion {

@@ -28,6 +28,11 @@ use crate::service::{ServiceHandle, VolumeService};
 /// The topology key of a volume's availability zone (zonal backends).
 pub const ZONE_KEY: &str = "topology.rexray.io/zone";
 
+/// The topology of one availability zone.
+fn zone_topology(zone: &str) -> proto::Topology {
+    proto::Topology { segments: [(ZONE_KEY.to_owned(), zone.to_owned())].into_iter().collect() }
+}
+
 /// How long a call may take when its caller sets no `grpc-timeout`.
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(100);
 

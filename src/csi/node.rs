@@ -172,11 +172,13 @@ impl node_server::Node for Node {
         _req: Request<proto::NodeGetInfoRequest>,
     ) -> Result<Response<proto::NodeGetInfoResponse>, Status> {
         let svc = self.0.service().await?;
-        let node = svc.backend().controller.local_node().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let controller = &svc.backend().controller;
+        let node = controller.local_node().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let zone = controller.local_zone().await.map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(proto::NodeGetInfoResponse {
             node_id: node.0,
             max_volumes_per_node: 0,
-            accessible_topology: None,
+            accessible_topology: zone.as_deref().map(super::zone_topology),
         }))
     }
 }

@@ -9,9 +9,10 @@
 //! the undo, so a crash between the two leaves a claim the orchestrator's retry completes (every
 //! step is idempotent) or its undo drops — never a device attached or mounted with no claim.
 //!
-//! On a node whose daemon did not create the volume (EBS: the controller runs elsewhere), the
-//! first node call adopts it: a record with the backend's default options, which the publish
-//! context's fixed options (file system type, owner) override.
+//! A daemon that did not create the volume (EBS: a node, whose controller runs elsewhere, or a
+//! controller moved to another host) adopts it at the first call: a record with the backend's
+//! default options, which the publish context's fixed options (file system type, owner)
+//! override on the node.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -103,7 +104,7 @@ impl VolumeService {
         let node = NodeId(node.to_owned());
         self.detached(OP, raw_name, move |s| async move {
             let _guard = s.lock(OP, &name).await?;
-            let mut record = s.known_record(OP, &name).await?;
+            let mut record = s.adopted_record(OP, &name).await?;
             s.refuse_docker_held(OP, &record)?;
             if let Some(ctx) = record.csi.nodes.get(&node.0).filter(|c| !c.entries().is_empty()) {
                 debug!(volume = %name, %node, "published to the node already");
@@ -133,10 +134,13 @@ impl VolumeService {
     }
 
     /// Undoes [`VolumeService::publish_to_node`]. Idempotent: an unknown volume, or one not
-    /// published there, is success.
+    /// published there, is success. A volume still staged on this host when it is this host's
+    /// turn to let go (Docker Swarm unpublishes from a node without unstaging first) is
+    /// unstaged first: its file system is flushed and unmounted before its device goes away.
     ///
     /// # Errors
-    /// The backend's failure (the claim stays, for the retry).
+    /// [`Cause::InUse`] while it is still published to a target on this host, or the backend's
+    /// failure (the claim stays, for the retry).
     pub async fn unpublish_from_node(self: &Arc<Self>, raw_name: &str, node: &str) -> Result<(), ServiceError> {
         const OP: &str = "ControllerUnpublishVolume";
         let name = Self::validate(OP, raw_name)?;
@@ -152,6 +156,7 @@ impl VolumeService {
                 // The Docker front holds it here: not the orchestrator's to undo.
                 return Ok(());
             }
+            s.unstage_before_detach(OP, &name, &mut record, &node).await?;
             s.backend.controller.unpublish(&name, &record.options, &node).await.map_err(s.backend_err(OP, &name))?;
             hit("unpublished");
             if record.csi.nodes.remove(&node.0).is_some() {
@@ -161,6 +166,32 @@ impl VolumeService {
             Ok(())
         })
         .await
+    }
+
+    /// Unstages `record`'s volume from its staging path on this host before `node`, this host,
+    /// lets go of it; nothing when it is not staged here or `node` is another host.
+    async fn unstage_before_detach(
+        &self,
+        op: &'static str,
+        name: &VolumeName,
+        record: &mut VolumeRecord,
+        node: &NodeId,
+    ) -> Result<(), ServiceError> {
+        let Some(staging) = record.csi.staged.clone() else { return Ok(()) };
+        let here = self.backend.controller.local_node().await.map_err(self.backend_err(op, name))?;
+        if here != *node {
+            return Ok(());
+        }
+        if !record.csi.targets.is_empty() {
+            let holders = record.csi.targets.len() as u64;
+            return Err(ServiceError::new(op, name.as_str(), Cause::InUse { holders }));
+        }
+        self.backend.node.unstage(name, &staging).await.map_err(self.backend_err(op, name))?;
+        hit("unstaged before detach");
+        record.csi.staged = None;
+        self.commit(op, record.clone()).await?;
+        info!(volume = %name, staging = %staging.display(), "unstaged before the node lets go of it");
+        Ok(())
     }
 
     /// Stages volume `raw_name` at `staging` on this host from the controller's `ctx`: finds
@@ -180,7 +211,7 @@ impl VolumeService {
         let name = Self::validate(OP, raw_name)?;
         self.detached(OP, raw_name, move |s| async move {
             let _guard = s.lock(OP, &name).await?;
-            let mut record = s.node_record(OP, &name).await?;
+            let mut record = s.adopted_record(OP, &name).await?;
             s.refuse_docker_held(OP, &record)?;
             match &record.csi.staged {
                 Some(path) if *path == staging => {}
@@ -262,7 +293,7 @@ impl VolumeService {
         let name = Self::validate(OP, raw_name)?;
         self.detached(OP, raw_name, move |s| async move {
             let _guard = s.lock(OP, &name).await?;
-            let mut record = s.node_record(OP, &name).await?;
+            let mut record = s.adopted_record(OP, &name).await?;
             if record.csi.staged.as_deref() != Some(staging.as_path()) {
                 return Err(ServiceError::new(
                     OP,
@@ -346,7 +377,7 @@ impl VolumeService {
         let name = Self::validate(OP, raw_name)?;
         self.detached(OP, raw_name, move |s| async move {
             let _guard = s.lock(OP, &name).await?;
-            let record = s.node_record(OP, &name).await?;
+            let record = s.adopted_record(OP, &name).await?;
             if record.csi.staged.as_deref() != Some(staging.as_path()) {
                 return Err(ServiceError::new(
                     OP,
@@ -360,18 +391,41 @@ impl VolumeService {
         .await
     }
 
-    /// The settled record of `name`, which must exist.
-    async fn known_record(&self, op: &'static str, name: &VolumeName) -> Result<VolumeRecord, ServiceError> {
-        let record =
-            self.settle(op, name).await?.ok_or_else(|| ServiceError::new(op, name.as_str(), Cause::NotFound))?;
-        self.check_backend(op, &record)?;
-        Ok(record)
+    /// A snapshot named `name` of volume `raw_volume` for an orchestrator: the one this
+    /// program made under that name already (found in the storage, so a repeat after a crash
+    /// finds it too), else a new one.
+    ///
+    /// # Errors
+    /// [`Cause::Mismatch`] when a snapshot of that name is of another volume, no snapshot
+    /// support, no such volume, or the backend's failure.
+    pub async fn snapshot_for_orchestrator(
+        &self,
+        raw_volume: &str,
+        name: &str,
+    ) -> Result<crate::backend::snapshot::SnapshotInfo, ServiceError> {
+        const OP: &str = "CreateSnapshot";
+        let named = crate::backend::snapshot::SnapshotFilter::Managed;
+        let existing = self.snapshot_list(&named).await?.into_iter().find(|s| s.name.as_deref() == Some(name));
+        if let Some(snapshot) = existing {
+            return if snapshot.volume.as_deref() == Some(raw_volume) {
+                Ok(snapshot)
+            } else {
+                let of = snapshot.volume.as_deref().unwrap_or(&snapshot.volume_id);
+                Err(ServiceError::new(
+                    OP,
+                    raw_volume,
+                    Cause::Mismatch { what: format!("snapshot {name} exists already, of volume {of}") },
+                ))
+            };
+        }
+        let req = crate::backend::snapshot::NewSnapshot { name: Some(name.to_owned()), description: None };
+        self.snapshot_create(raw_volume, &req).await
     }
 
-    /// The record a node call works on: this host's, or for a volume of a global backend this
-    /// host has no record of (its controller runs elsewhere), a new one with the default
-    /// options, made durable.
-    async fn node_record(&self, op: &'static str, name: &VolumeName) -> Result<VolumeRecord, ServiceError> {
+    /// The record an orchestrator's call works on: this host's, or for a volume of a global
+    /// backend this host has no record of (made by a controller elsewhere, or by this one before
+    /// it moved to another host), a new one with the default options, made durable.
+    async fn adopted_record(&self, op: &'static str, name: &VolumeName) -> Result<VolumeRecord, ServiceError> {
         if let Some(record) = self.settle(op, name).await? {
             self.check_backend(op, &record)?;
             return Ok(record);

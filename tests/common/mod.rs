@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod csi;
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_rexray");
 
@@ -67,4 +69,11 @@ pub fn plugin_call(socket: &Path, method: &str, body: &Value) -> (u16, Value) {
     let status = reply[9..12].parse().unwrap();
     let (_, body) = reply.split_once("\r\n\r\n").unwrap();
     (status, serde_json::from_str(body.trim()).unwrap_or(Value::Null))
+}
+
+/// Whether something is mounted at `path` (from /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let path = path.display().to_string();
+    mounts.lines().any(|l| l.split(' ').nth(4) == Some(path.as_str()))
 }

@@ -19,7 +19,8 @@
 # Environment:
 #   REXRAY_BIN          the daemon binary (default: <repo>/target/debug/rexray; a relative
 #                       path is taken from the repository root)
-#   E2E_ENGINE          20.10 (default: Debian 12's docker.io) or 26 (Debian 13's, unpacked and
+#   E2E_ENGINE          20.10 (default: Debian 12's docker.io), 26 (Debian 13's) or 28 (Debian
+#                       unstable's, for Swarm cluster volumes), the latter two unpacked and
 #                       run beside it on its own socket; see ensure_docker)
 #   E2E_DOCKER_BIN      the docker CLI (default: the engine's own, else `docker`)
 #   E2E_DOCKER_TIMEOUT  seconds any one docker command may take (default 180)
@@ -212,21 +213,30 @@ apt_install() {
         { tail -n 20 "$E2E_TMP/apt.log"; e2e_die "apt-get install ${missing[*]} failed"; }
 }
 
-# The engine a run uses: E2E_ENGINE=20.10 (default: Debian 12's docker.io on the default socket)
-# or E2E_ENGINE=26 (Debian 13's docker.io 26.1 with its containerd and docker-cli, unpacked from
-# the .debs into E2E_DOCKER26_ROOT, run beside 20.10 with its own data root, exec root, socket
-# and containerd namespaces, and Debian 12's runc, since Debian 13's needs a newer glibc).
+# The engine a run uses: E2E_ENGINE=20.10 (default: Debian 12's docker.io on the default socket),
+# E2E_ENGINE=26 (Debian 13's docker.io 26.1 with its containerd and docker-cli) or E2E_ENGINE=28
+# (Debian unstable's docker.io 28.5 with its containerd 2.1 and docker-cli: the first engine here
+# whose Swarm loads CSI plugins, moby#48133 being fixed in 28.2). The unpacked engines come from
+# their .debs into E2E_DOCKER26_ROOT (the engine's own cache), run beside 20.10 with their own
+# data root, exec root, socket and containerd namespaces, and Debian 12's runc, since the newer
+# suites' need a newer glibc.
 E2E_ENGINE=${E2E_ENGINE:-20.10}
-E2E_DOCKER26_CACHE=${E2E_DOCKER26_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rexray-ci/docker26}
+case $E2E_ENGINE in
+28) E2E_ENGINE_SUITE=sid ;;
+*) E2E_ENGINE_SUITE=trixie ;;
+esac
+E2E_DOCKER26_CACHE=${E2E_DOCKER26_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rexray-ci/docker$E2E_ENGINE}
 E2E_DOCKER26_ROOT=$E2E_DOCKER26_CACHE/root
-E2E_DOCKER26_RUN=/run/rexray-e2e-docker26
-if [[ $E2E_ENGINE == 26 ]]; then
+E2E_DOCKER26_RUN=/run/rexray-e2e-docker$E2E_ENGINE
+# Whether the engine is one of the unpacked ones.
+_unpacked_engine() { [[ $E2E_ENGINE == 26 || $E2E_ENGINE == 28 ]]; }
+if _unpacked_engine; then
     export DOCKER_HOST=unix://$E2E_DOCKER26_RUN/docker.sock
 fi
 
 _pick_docker_bin() {
     [[ -n $E2E_DOCKER_BIN ]] && return
-    if [[ $E2E_ENGINE == 26 ]]; then
+    if _unpacked_engine; then
         E2E_DOCKER_BIN=$E2E_DOCKER26_ROOT/usr/bin/docker
     elif [[ -x /usr/bin/docker ]]; then
         E2E_DOCKER_BIN=/usr/bin/docker
@@ -245,42 +255,44 @@ _docker_answers() {
     timeout -k 2 10 "$E2E_DOCKER_BIN" info >/dev/null 2>&1
 }
 
-# _install_docker26: Debian 13's docker.io, containerd and docker-cli, fetched with a private apt
-# configuration (trixie's index never reaches the system's) and unpacked, once per machine.
+# _install_docker26: the unpacked engine's docker.io, containerd and docker-cli (Debian 13's, or
+# unstable's for E2E_ENGINE=28), fetched with a private apt configuration (that suite's index
+# never reaches the system's) and unpacked, once per machine.
 _install_docker26() {
     [[ -x $E2E_DOCKER26_ROOT/usr/sbin/dockerd && -x $E2E_DOCKER26_ROOT/usr/bin/docker ]] && return 0
     apt_install runc ca-certificates
     local c=$E2E_DOCKER26_CACHE opts deb
     mkdir -p "$c/apt/lists/partial" "$c/apt/cache/archives/partial" "$c/debs"
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" \
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $E2E_ENGINE_SUITE main" \
         >"$c/apt/sources.list"
     opts=(-o "Dir::Etc::SourceList=$c/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
         -o "Dir::State::Lists=$c/apt/lists" -o "Dir::Cache=$c/apt/cache" -o Debug::NoLocking=1
         -o APT::Sandbox::User=root)
-    say "docker 26: fetching Debian 13's docker.io, containerd and docker-cli into $c (log: $E2E_TMP/apt.log)"
-    apt-get "${opts[@]}" update >>"$E2E_TMP/apt.log" 2>&1 || { tail -n 20 "$E2E_TMP/apt.log"; e2e_die "apt-get update (trixie) failed"; }
+    say "docker $E2E_ENGINE: fetching Debian $E2E_ENGINE_SUITE's docker.io, containerd and docker-cli into $c (log: $E2E_TMP/apt.log)"
+    apt-get "${opts[@]}" update >>"$E2E_TMP/apt.log" 2>&1 || { tail -n 20 "$E2E_TMP/apt.log"; e2e_die "apt-get update ($E2E_ENGINE_SUITE) failed"; }
     rm -f "$c"/debs/*.deb
     (cd "$c/debs" && apt-get "${opts[@]}" download docker.io containerd docker-cli) >>"$E2E_TMP/apt.log" 2>&1 ||
-        { tail -n 20 "$E2E_TMP/apt.log"; e2e_die "apt-get download (trixie) failed"; }
+        { tail -n 20 "$E2E_TMP/apt.log"; e2e_die "apt-get download ($E2E_ENGINE_SUITE) failed"; }
     rm -rf "$E2E_DOCKER26_ROOT.new"
     mkdir -p "$E2E_DOCKER26_ROOT.new"
     for deb in "$c"/debs/*.deb; do
         dpkg-deb -x "$deb" "$E2E_DOCKER26_ROOT.new" || e2e_die "dpkg-deb -x $deb failed"
     done
     # Debian 13's runc needs glibc 2.38: the system's runc (Debian 12) must be the one found.
+    # (docker.io does not ship runc; the line below only guards against a future one that does.)
     rm -f "$E2E_DOCKER26_ROOT.new/usr/sbin/runc" "$E2E_DOCKER26_ROOT.new/usr/bin/runc"
     rm -rf "$E2E_DOCKER26_ROOT" && mv "$E2E_DOCKER26_ROOT.new" "$E2E_DOCKER26_ROOT"
 }
 
 # _start_dockerd: starts the engine E2E_ENGINE names, logging to $E2E_TMP/dockerd.log.
 _start_dockerd() {
-    if [[ $E2E_ENGINE == 26 ]]; then
-        mkdir -p "$E2E_DOCKER26_RUN" /var/lib/rexray-e2e-docker26
+    if _unpacked_engine; then
+        mkdir -p "$E2E_DOCKER26_RUN" "/var/lib/rexray-e2e-docker$E2E_ENGINE"
         PATH=$E2E_DOCKER26_ROOT/usr/sbin:$E2E_DOCKER26_ROOT/usr/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-            "$E2E_DOCKER26_ROOT/usr/sbin/dockerd" --data-root /var/lib/rexray-e2e-docker26 \
+            "$E2E_DOCKER26_ROOT/usr/sbin/dockerd" --data-root "/var/lib/rexray-e2e-docker$E2E_ENGINE" \
             --exec-root "$E2E_DOCKER26_RUN/exec" --pidfile "$E2E_DOCKER26_RUN/dockerd.pid" \
             -H "unix://$E2E_DOCKER26_RUN/docker.sock" --bridge=none --iptables=false \
-            --containerd-namespace rexray-e2e-26 --containerd-plugins-namespace rexray-e2e-26-plugins \
+            --containerd-namespace "rexray-e2e-$E2E_ENGINE" --containerd-plugins-namespace "rexray-e2e-$E2E_ENGINE-plugins" \
             >"$E2E_TMP/dockerd.log" 2>&1 </dev/null 9>&- &
     else
         dockerd --pidfile "$E2E_TMP/dockerd.pid" >"$E2E_TMP/dockerd.log" 2>&1 </dev/null 9>&- &
@@ -291,7 +303,7 @@ _start_dockerd() {
 # _engine_pid: the pid of a running dockerd of this run's engine, if any.
 _engine_pid() {
     local pidfile=/var/run/docker.pid
-    [[ $E2E_ENGINE == 26 ]] && pidfile=$E2E_DOCKER26_RUN/dockerd.pid
+    _unpacked_engine && pidfile=$E2E_DOCKER26_RUN/dockerd.pid
     [[ -f $pidfile ]] && _proc_alive "$(cat "$pidfile")" && cat "$pidfile"
 }
 
@@ -304,7 +316,7 @@ ensure_docker() {
         say "docker: engine $(docker version --format '{{.Server.Version}}' 2>/dev/null) (already running)"
         return 0
     fi
-    if [[ $E2E_ENGINE == 26 ]]; then
+    if _unpacked_engine; then
         apt_install docker.io busybox-static
         _install_docker26
     elif ! command -v dockerd >/dev/null 2>&1 || [[ ! -x /usr/bin/docker ]]; then

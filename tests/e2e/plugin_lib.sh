@@ -115,3 +115,23 @@ _plugin_exit() {
     (exit "$status")
     _e2e_exit
 }
+
+# Swarm services (swarm.sh, swarm_csi.sh): the service under test is $SVC.
+
+# task_container: the ID of the service's running container.
+task_container() { docker ps -q --filter "label=com.docker.swarm.service.name=$SVC" --filter status=running; }
+
+# wait_task OLD: waits (E2E_TASK_WAIT, default 60 s) for one running task container other than
+# OLD; prints its ID.
+wait_task() {
+    local old=${1:-} deadline=$((SECONDS + ${E2E_TASK_WAIT:-60})) c
+    while ((SECONDS < deadline)); do
+        c=$(task_container)
+        if [[ -n $c && $c != *$'\n'* && $c != "$old" ]]; then
+            printf '%s\n' "$c"
+            return 0
+        fi
+        sleep 0.5
+    done
+    return 1
+}

@@ -37,22 +37,6 @@ _swarm_exit() {
 }
 E2E_PRE_EXIT+=(_swarm_exit)
 
-# task_container: the ID of the service's running container.
-task_container() { docker ps -q --filter "label=com.docker.swarm.service.name=$SVC" --filter status=running; }
-
-# wait_task OLD: waits (60 s) for one running task container other than OLD; prints its ID.
-wait_task() {
-    local old=${1:-} deadline=$((SECONDS + 60)) c
-    while ((SECONDS < deadline)); do
-        c=$(task_container)
-        if [[ -n $c && $c != *$'\n'* && $c != "$old" ]]; then
-            printf '%s\n' "$c"
-            return 0
-        fi
-        sleep 0.5
-    done
-    return 1
-}
 
 # service_scenario DRIVER VOLUME: a service on a DRIVER volume, through a rolling update.
 service_scenario() {
@@ -68,7 +52,7 @@ service_scenario() {
         pass "a task runs after $((SECONDS - t0)) s"
     else
         run docker service ps --no-trunc "$SVC"
-        e2e_die "no task of $SVC runs after 60 s: $(_oneline "$OUT")"
+        e2e_die "no task of $SVC runs after ${E2E_TASK_WAIT:-60} s: $(_oneline "$OUT")"
     fi
     assert_ok docker exec "$c1" sh -c 'echo swarm-data > /data/keep && sync && df -k /data | tail -n 1'
     assert_ok docker volume inspect --format '{{.Driver}} {{index .Status "backend"}} {{index .Status.options "size"}}' "$vol"

@@ -236,6 +236,10 @@ impl Controller for EbsController {
         self.identity().await.map(|i| NodeId(i.instance_id))
     }
 
+    async fn local_zone(&self) -> Result<Option<String>, BackendError> {
+        self.identity().await.map(|i| Some(i.availability_zone))
+    }
+
     async fn create(&self, name: &VolumeName, opts: &Options, _resume: bool) -> Result<(), BackendError> {
         // Resumed or not: EC2's tags are the record, so a volume found by name is adopted.
         self.core.create(name, opts).await

@@ -251,10 +251,13 @@ impl Snapshots for EbsController {
         }
         let core = &self.core;
         let (ident, api) = core.connect().await?;
-        let found = core
-            .describe_snapshots_all(api.as_ref(), core.snapshot_query(filter))
-            .await
-            .map_err(|e| snapshot_failed(&format!("list snapshots in {}", ident.region), &e))?;
+        let found = core.describe_snapshots_all(api.as_ref(), core.snapshot_query(filter)).await.map_err(|e| {
+            if e.kind == CloudErrorKind::NotFound && matches!(filter, SnapshotFilter::Ids(_)) {
+                BackendError::not_found(format!("no such snapshot in EC2 region {} ({e})", ident.region))
+            } else {
+                snapshot_failed(&format!("list snapshots in {}", ident.region), &e)
+            }
+        })?;
         let names = core.volume_names();
         let mut out: Vec<SnapshotInfo> =
             found.into_iter().map(|s| core.snapshot_info(s, &ident.region, &names)).collect();

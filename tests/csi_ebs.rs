@@ -1,0 +1,364 @@
+//! The CSI front on EBS, split as an orchestrator runs it: a controller daemon on host A
+//! (`csi.mode: controller`) and a node daemon on host B (`csi.mode: node`), two instances of one
+//! EC2 (moto). The test "hypervisor" (`tests/e2e/ebs_support.rs`) backs every volume moto
+//! attaches with a loop device linked into the attached instance's link directory, so the node's
+//! format and mounts are real. A gRPC client built from the same protos drives every call the
+//! way the Kubernetes sidecars and the kubelet do: the controller creates the volume in the
+//! node's zone, attaches it to the node's instance, the node stages and publishes it, and back.
+//!
+//! Needs root, loop devices, mkfs.ext4 and moto; without them it prints why it is skipped,
+//! except in CI (`CI` set), where that is a failure.
+#![cfg(feature = "ebs")]
+
+#[path = "e2e/ebs_support.rs"]
+mod support;
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::csi::{code, connect, mount_cap};
+use common::is_mounted;
+use rexray::csi::proto::volume_capability::access_mode::Mode;
+use rexray::csi::proto::*;
+use support::{is_root, require, volumes_named, Daemon, Hypervisor, Moto};
+use tonic::Code;
+
+const REGION: &str = "ap-south-1";
+const AZ: &str = "ap-south-1a";
+const OTHER_AZ: &str = "ap-south-1b";
+const GIB: i64 = 1 << 30;
+
+fn prerequisites() -> Option<String> {
+    if !is_root() {
+        return Some("needs root for loop devices and mount(2)".into());
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Some("no /dev/loop-control".into());
+    }
+    None
+}
+
+/// One host: its directories and config, a daemon with a Docker socket (for readiness) and a
+/// CSI socket in `mode`.
+struct Host {
+    csi: PathBuf,
+    links: PathBuf,
+    daemon: Daemon,
+}
+
+fn host(root: &Path, name: &str, moto: &Moto, instance: &str, mode: &str) -> Host {
+    let dir = root.join(name);
+    let (home, links) = (dir.join("home"), dir.join("links"));
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&links).unwrap();
+    let (docker, csi) = (dir.join("docker.sock"), dir.join("csi.sock"));
+    let config = format!(
+        "rexray:\n  modules:\n    default-docker:\n      host: unix://{docker}\n    csi:\n      type: csi\n      csi:\n        endpoint: unix://{csi}\n        mode: {mode}\n\
+         libstorage:\n  service: ebs\n\
+         ebs:\n  endpoint: {endpoint}\n  region: {REGION}\n  accessKey: test\n  secretKey: test\n  instanceID: {instance}\n\
+         \x20 availabilityZone: {AZ}\n  deviceLinksDir: {links}\n  statusInitialDelay: 100ms\n  statusTimeout: 60s\n",
+        docker = docker.display(),
+        csi = csi.display(),
+        endpoint = moto.endpoint,
+        links = links.display(),
+    );
+    let config_file = dir.join("rexray.yml");
+    std::fs::write(&config_file, config).unwrap();
+    let daemon = Daemon::start(&config_file, &home, &docker, &dir.join("daemon.log"), &[]);
+    Host { csi, links, daemon }
+}
+
+fn zone(z: &str) -> Topology {
+    Topology { segments: [(rexray::csi::ZONE_KEY.to_owned(), z.to_owned())].into_iter().collect() }
+}
+
+#[test]
+fn controller_on_one_host_node_on_another_through_csi() {
+    let test = "controller_on_one_host_node_on_another_through_csi";
+    if !require(test, prerequisites()) {
+        return;
+    }
+    let Some(moto) = Moto::for_test(test) else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let api = rt.block_on(moto.api(REGION));
+    let tmp = tempfile::Builder::new().prefix("rexray-csi-ebs").tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let a_id = moto.run_instance(REGION, AZ);
+    let b_id = moto.run_instance(REGION, AZ);
+    let a = host(&root, "controller", &moto, &a_id, "controller");
+    let b = host(&root, "node", &moto, &b_id, "node");
+    let mut hv = Hypervisor::start(
+        &moto.endpoint,
+        REGION,
+        &root.join("sim"),
+        BTreeMap::from([(a_id.clone(), a.links.clone()), (b_id.clone(), b.links.clone())]),
+    );
+
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async {
+            let mut ctl = connect(&a.csi).await;
+            let mut node = connect(&b.csi).await;
+
+            // Identity: the controller serves the Controller service, zonal volumes, online growth.
+            let caps =
+                ctl.identity.get_plugin_capabilities(GetPluginCapabilitiesRequest {}).await.unwrap().into_inner();
+            let text = format!("{caps:?}");
+            for want in ["ControllerService", "VolumeAccessibilityConstraints", "Online"] {
+                assert!(text.contains(want), "{want}: {text}");
+            }
+            let info = ctl.identity.get_plugin_info(GetPluginInfoRequest {}).await.unwrap().into_inner();
+            assert_eq!(info.name, "ebs.csi.rexray.io");
+            // A node-mode daemon serves no Controller service, and the reverse.
+            let unserved = node.controller.controller_get_capabilities(ControllerGetCapabilitiesRequest {}).await;
+            assert_eq!(unserved.unwrap_err().code(), Code::Unimplemented);
+            assert_eq!(ctl.node.node_get_info(NodeGetInfoRequest {}).await.unwrap_err().code(), Code::Unimplemented);
+
+            // NodeGetInfo: the instance ID and its zone.
+            let me = node.node.node_get_info(NodeGetInfoRequest {}).await.unwrap().into_inner();
+            assert_eq!(me.node_id, b_id);
+            assert_eq!(me.accessible_topology, Some(zone(AZ)));
+
+            // CreateVolume in the node's zone, with EBS options as parameters.
+            let cap = mount_cap("ext4", Mode::SingleNodeWriter);
+            let create = CreateVolumeRequest {
+                name: "pvc-3f8e1c2a".into(),
+                capacity_range: Some(CapacityRange { required_bytes: GIB / 2, limit_bytes: 0 }),
+                volume_capabilities: vec![cap.clone()],
+                parameters: [("volumeType".to_owned(), "gp3".to_owned())].into_iter().collect(),
+                accessibility_requirements: Some(TopologyRequirement {
+                    requisite: vec![zone(AZ)],
+                    preferred: vec![zone(AZ)],
+                }),
+                ..Default::default()
+            };
+            let vol = ctl.controller.create_volume(create.clone()).await.unwrap().into_inner().volume.unwrap();
+            assert_eq!(vol.capacity_bytes, GIB, "rounded up to whole GiB");
+            assert_eq!(vol.accessible_topology, vec![zone(AZ)]);
+            assert_eq!(ctl.controller.create_volume(create.clone()).await.unwrap().into_inner().volume.unwrap(), vol);
+            let found = volumes_named(&api, &vol.volume_id).await;
+            assert_eq!(found.len(), 1, "one EBS volume: {found:?}");
+            assert_eq!(
+                (found[0].size_gib, found[0].volume_type.as_str(), found[0].availability_zone.as_str()),
+                (1, "gp3", AZ)
+            );
+            let mut bigger = create.clone();
+            bigger.capacity_range = Some(CapacityRange { required_bytes: 3 * GIB, limit_bytes: 0 });
+            assert_eq!(code(ctl.controller.create_volume(bigger).await), Code::AlreadyExists);
+            let mut elsewhere = create.clone();
+            elsewhere.name = "pvc-other-zone".into();
+            elsewhere.accessibility_requirements =
+                Some(TopologyRequirement { requisite: vec![zone(OTHER_AZ)], preferred: vec![zone(OTHER_AZ)] });
+            let other = ctl.controller.create_volume(elsewhere).await.unwrap().into_inner().volume.unwrap();
+            assert_eq!(other.accessible_topology, vec![zone(OTHER_AZ)]);
+            assert_eq!(volumes_named(&api, "pvc-other-zone").await[0].availability_zone, OTHER_AZ);
+
+            // ControllerPublish to the node's instance: attached in EC2, the context says how to find it.
+            let publish = ControllerPublishVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                node_id: b_id.clone(),
+                volume_capability: Some(cap.clone()),
+                ..Default::default()
+            };
+            let ctx =
+                ctl.controller.controller_publish_volume(publish.clone()).await.unwrap().into_inner().publish_context;
+            assert!(ctx.get("volumeId").is_some_and(|v| v.starts_with("vol-")), "{ctx:?}");
+            let again = ctl.controller.controller_publish_volume(publish.clone()).await.unwrap().into_inner();
+            assert_eq!(again.publish_context, ctx);
+            let attached = volumes_named(&api, &vol.volume_id).await;
+            assert!(attached[0].attachment_to(&b_id).is_some(), "attached to the node: {attached:?}");
+            // Published to another instance while attached here: FAILED_PRECONDITION.
+            let mut to_a = publish.clone();
+            to_a.node_id = a_id.clone();
+            assert_eq!(code(ctl.controller.controller_publish_volume(to_a).await), Code::FailedPrecondition);
+
+            // The node stages (a real format and mount) and publishes it.
+            let staging = root.join("kubelet/staging/pvc");
+            let target = root.join("kubelet/pods/p1/volume");
+            std::fs::create_dir_all(&staging).unwrap();
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            let stage = NodeStageVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                publish_context: ctx.clone(),
+                staging_target_path: staging.display().to_string(),
+                volume_capability: Some(cap.clone()),
+                ..Default::default()
+            };
+            node.node.node_stage_volume(stage.clone()).await.unwrap();
+            node.node.node_stage_volume(stage.clone()).await.unwrap();
+            assert!(is_mounted(&staging));
+            let publish_at = NodePublishVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                publish_context: ctx.clone(),
+                staging_target_path: staging.display().to_string(),
+                target_path: target.display().to_string(),
+                volume_capability: Some(cap.clone()),
+                ..Default::default()
+            };
+            node.node.node_publish_volume(publish_at.clone()).await.unwrap();
+            node.node.node_publish_volume(publish_at).await.unwrap();
+            std::fs::write(target.join("hello"), b"from the pod").unwrap();
+            let stats = node
+                .node
+                .node_get_volume_stats(NodeGetVolumeStatsRequest {
+                    volume_id: vol.volume_id.clone(),
+                    volume_path: target.display().to_string(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(stats.usage.iter().any(|u| u.total > GIB / 2), "{stats:?}");
+
+            // The controller sees where it is published.
+            let got = ctl
+                .controller
+                .controller_get_volume(ControllerGetVolumeRequest { volume_id: vol.volume_id.clone() })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(got.status.unwrap().published_node_ids, vec![b_id.clone()]);
+            let list = ctl.controller.list_volumes(ListVolumesRequest::default()).await.unwrap().into_inner();
+            assert_eq!(list.entries.len(), 2, "{list:?}");
+            // Not deleted while published.
+            let delete = DeleteVolumeRequest { volume_id: vol.volume_id.clone(), ..Default::default() };
+            assert_eq!(code(ctl.controller.delete_volume(delete.clone()).await), Code::FailedPrecondition);
+
+            // And back: unpublish, unstage, detach, delete; each twice.
+            let unpublish = NodeUnpublishVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                target_path: target.display().to_string(),
+            };
+            node.node.node_unpublish_volume(unpublish.clone()).await.unwrap();
+            node.node.node_unpublish_volume(unpublish).await.unwrap();
+            let unstage = NodeUnstageVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                staging_target_path: staging.display().to_string(),
+            };
+            node.node.node_unstage_volume(unstage.clone()).await.unwrap();
+            node.node.node_unstage_volume(unstage).await.unwrap();
+            assert!(!is_mounted(&staging) && !is_mounted(&target));
+            let detach = ControllerUnpublishVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                node_id: b_id.clone(),
+                ..Default::default()
+            };
+            ctl.controller.controller_unpublish_volume(detach.clone()).await.unwrap();
+            ctl.controller.controller_unpublish_volume(detach).await.unwrap();
+            let detached = volumes_named(&api, &vol.volume_id).await;
+            assert!(detached[0].attachment_to(&b_id).is_none(), "detached: {detached:?}");
+
+            // The data is on the volume: staged again on the node, the file is there.
+            ctl.controller.controller_publish_volume(publish.clone()).await.unwrap();
+            node.node.node_stage_volume(stage.clone()).await.unwrap();
+            assert_eq!(std::fs::read(staging.join("hello")).unwrap(), b"from the pod");
+            node.node
+                .node_unstage_volume(NodeUnstageVolumeRequest {
+                    volume_id: vol.volume_id.clone(),
+                    staging_target_path: staging.display().to_string(),
+                })
+                .await
+                .unwrap();
+            ctl.controller
+                .controller_unpublish_volume(ControllerUnpublishVolumeRequest {
+                    volume_id: vol.volume_id.clone(),
+                    node_id: b_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+
+            // Snapshots: one per name, found again by name; a volume made from one.
+            let snap_req = CreateSnapshotRequest {
+                source_volume_id: vol.volume_id.clone(),
+                name: "snapshot-1".into(),
+                ..Default::default()
+            };
+            let snap = ctl.controller.create_snapshot(snap_req.clone()).await.unwrap().into_inner().snapshot.unwrap();
+            assert!(snap.snapshot_id.starts_with("snap-"), "{snap:?}");
+            assert_eq!((snap.source_volume_id.as_str(), snap.size_bytes), (vol.volume_id.as_str(), GIB));
+            let again = ctl.controller.create_snapshot(snap_req.clone()).await.unwrap().into_inner().snapshot.unwrap();
+            assert_eq!(again.snapshot_id, snap.snapshot_id, "the same name is the same snapshot");
+            let mut of_other = snap_req.clone();
+            of_other.source_volume_id = other.volume_id.clone();
+            assert_eq!(code(ctl.controller.create_snapshot(of_other).await), Code::AlreadyExists);
+            let mut no_name = snap_req.clone();
+            no_name.name.clear();
+            assert_eq!(code(ctl.controller.create_snapshot(no_name).await), Code::InvalidArgument);
+            let listed = ctl
+                .controller
+                .list_snapshots(ListSnapshotsRequest { source_volume_id: vol.volume_id.clone(), ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(listed.entries.len(), 1, "{listed:?}");
+            let none = ctl
+                .controller
+                .list_snapshots(ListSnapshotsRequest {
+                    snapshot_id: "snap-0123456789abcdef0".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(none.entries.is_empty(), "{none:?}");
+            let restored = CreateVolumeRequest {
+                name: "pvc-restored".into(),
+                volume_capabilities: vec![cap.clone()],
+                volume_content_source: Some(VolumeContentSource {
+                    r#type: Some(volume_content_source::Type::Snapshot(volume_content_source::SnapshotSource {
+                        snapshot_id: snap.snapshot_id.clone(),
+                    })),
+                }),
+                ..Default::default()
+            };
+            let restored = ctl.controller.create_volume(restored).await.unwrap().into_inner().volume.unwrap();
+            assert!(restored.content_source.is_some(), "{restored:?}");
+            assert_eq!(
+                volumes_named(&api, "pvc-restored").await[0].snapshot_id.as_deref(),
+                Some(snap.snapshot_id.as_str())
+            );
+            ctl.controller
+                .delete_volume(DeleteVolumeRequest { volume_id: restored.volume_id.clone(), ..Default::default() })
+                .await
+                .unwrap();
+            let delete_snap = DeleteSnapshotRequest { snapshot_id: snap.snapshot_id.clone(), ..Default::default() };
+            ctl.controller.delete_snapshot(delete_snap.clone()).await.unwrap();
+            ctl.controller.delete_snapshot(delete_snap).await.unwrap();
+
+            // ControllerModifyVolume: the throughput changes in place.
+            let modify = ControllerModifyVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                mutable_parameters: [("throughput".to_owned(), "250".to_owned())].into_iter().collect(),
+                ..Default::default()
+            };
+            ctl.controller.controller_modify_volume(modify).await.unwrap();
+            assert_eq!(volumes_named(&api, &vol.volume_id).await[0].throughput, Some(250));
+            let unknown = ControllerModifyVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                mutable_parameters: [("colour".to_owned(), "blue".to_owned())].into_iter().collect(),
+                ..Default::default()
+            };
+            assert_eq!(code(ctl.controller.controller_modify_volume(unknown).await), Code::InvalidArgument);
+
+            ctl.controller.delete_volume(delete.clone()).await.unwrap();
+            ctl.controller.delete_volume(delete).await.unwrap();
+            assert!(volumes_named(&api, &vol.volume_id).await.is_empty(), "deleted in EC2");
+            ctl.controller
+                .delete_volume(DeleteVolumeRequest { volume_id: other.volume_id.clone(), ..Default::default() })
+                .await
+                .unwrap();
+        });
+    }));
+    let errors = hv.errors.lock().unwrap().clone();
+    hv.stop();
+    if let Err(panic) = outcome {
+        eprintln!("controller log:\n{}\nnode log:\n{}", a.daemon.log_text(), b.daemon.log_text());
+        std::panic::resume_unwind(panic);
+    }
+    assert!(errors.is_empty(), "the device host reported errors: {errors:?}");
+    for log in [a.daemon.log_text(), b.daemon.log_text()] {
+        assert!(!log.contains("panicked") && !log.contains("secretKey: test"), "{log}");
+    }
+}
