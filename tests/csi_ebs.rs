@@ -260,6 +260,22 @@ fn controller_on_one_host_node_on_another_through_csi() {
                 })
                 .await
                 .unwrap();
+            // A controller with no record of the volume (moved to another host) still detaches it.
+            let moved = host(&root, "moved-controller", &moto, &a_id, "controller");
+            let mut moved_ctl = connect(&moved.csi).await;
+            moved_ctl
+                .controller
+                .controller_unpublish_volume(ControllerUnpublishVolumeRequest {
+                    volume_id: vol.volume_id.clone(),
+                    node_id: b_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let detached = volumes_named(&api, &vol.volume_id).await;
+            assert!(detached[0].attachment_to(&b_id).is_none(), "detached by the moved controller: {detached:?}");
+            drop(moved);
+            // Back on the first controller, the same call finds it detached and drops its claim.
             ctl.controller
                 .controller_unpublish_volume(ControllerUnpublishVolumeRequest {
                     volume_id: vol.volume_id.clone(),

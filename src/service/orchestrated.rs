@@ -147,11 +147,16 @@ impl VolumeService {
         let node = NodeId(node.to_owned());
         self.detached(OP, raw_name, move |s| async move {
             let _guard = s.lock(OP, &name).await?;
-            let Some(mut record) = s.settle(OP, &name).await? else {
-                debug!(volume = %name, "unpublish of an unknown volume");
-                return Ok(());
+            // A volume of a global backend with no record here (made by a controller that ran
+            // elsewhere) is still attached in the storage: adopted, so it is detached.
+            let mut record = match s.adopted_record(OP, &name).await {
+                Ok(record) => record,
+                Err(e) if e.is_not_found() => {
+                    debug!(volume = %name, "unpublish of an unknown volume");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
             };
-            s.check_backend(OP, &record)?;
             if record.active && !record.csi.nodes.contains_key(&node.0) {
                 // The Docker front holds it here: not the orchestrator's to undo.
                 return Ok(());
