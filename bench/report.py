@@ -6,6 +6,8 @@
 Writes OUT_DIR/tables.md. With --write, replaces every block
 `<!-- generated:NAME -->` … `<!-- /generated:NAME -->` in the given file with the fresh table of
 that NAME, leaving the prose around it alone (a block whose stage did not run keeps its old text).
+A partial run (some stage missing, e.g. `run-all.sh csi`) keeps the file's Machine table and only
+replaces or appends its own rows of the summary.
 """
 import json
 import os
@@ -322,11 +324,105 @@ def footprint_block(f):
     return "\n".join(lines) + "\n"
 
 
+# The three ways of each step in the csi stage: the CSI call, the tool a shell would run, the syscall.
+CSI_STEPS = [
+    ("attach", "ControllerPublishVolume", "`losetup --find --show IMG`", "`LOOP_CTL_GET_FREE` + `LOOP_CONFIGURE`"),
+    ("stage", "NodeStageVolume", "`mount -t ext4 DEV STAGING`", "`mount(2)`"),
+    ("publish", "NodePublishVolume", "`mount --bind STAGING TARGET`", "`mount(2)` `MS_BIND`"),
+    ("stage+publish", "**NodeStage + NodePublish**", "**mount + bind**", "**both**"),
+    ("up", "all three", "all three", "all three"),
+    ("unpublish", "NodeUnpublishVolume", "`umount TARGET`", "`umount2(2)`"),
+    ("unstage", "NodeUnstageVolume", "`umount STAGING`", "`umount2(2)`"),
+    ("detach", "ControllerUnpublishVolume", "`losetup -d DEV`", "`LOOP_CLR_FD`"),
+    ("down", "all three", "all three", "all three"),
+]
+
+
+def pct3(x):
+    """p50 / p90 / max in ms."""
+    if not x or not x.get("n"):
+        return "–"
+    return f"{x['p50_ms']:.2f} / {x['p90_ms']:.2f} / {x['max_ms']:.2f}"
+
+
+def csi_rpc_cells(c):
+    """(rpc, label) -> medians over the rounds of p50, p99, calls/s, server CPU per call."""
+    cells = {}
+    for run in c.get("rpc") or []:
+        for name, v in run["rpcs"].items():
+            cells.setdefault((name, run["label"]), []).append(v)
+    out = {}
+    for k, v in cells.items():
+        x = {f: med([r.get(f) for r in v]) for f in ("p50_us", "p90_us", "p99_us", "max_us", "calls_per_s")}
+        x["n"] = sum(r["n"] for r in v)
+        # CPU pooled over the rounds: /proc's 10 ms ticks are coarse next to one round's total
+        cpu = [r.get("server_cpu_us_per_call") for r in v]
+        x["server_cpu_us_per_call"] = (sum(c * r["n"] for c, r in zip(cpu, v)) / x["n"]
+                                       if None not in cpu and x["n"] else None)
+        out[k] = x
+    return out
+
+
+def csi_block(c, m=None, suite=None):
+    if skipped(c):
+        return skip_note("csi", c)
+    st = c["stage"]
+    lines = []
+    if m:
+        took = f", suite run time {suite['suite_secs']} s" if suite else ""
+        lines += [f"Run of {m['date']} on {m['cores']} cores ({m.get('cpu') or '?'}), {m.get('mem_gib')} GiB, kernel "
+                  f"{m['kernel']}, source `{m.get('git')}`{' + uncommitted changes' if m.get('git_dirty') else ''}; "
+                  f"load average at start {' '.join(m.get('loadavg_at_start') or [])}{took}.", ""]
+    lines += [f"| step ({st['size_gib']} GiB {st['fs']} loop volume, formatted) | CSI call | daemon p50 / p90 / max (ms) "
+              "| tool | processes p50 / p90 / max (ms) | syscall | syscalls p50 / p90 / max (ms) | daemon / processes (p50) |",
+              "|---|---|---:|---|---:|---|---:|---:|"]
+    for key, call, tool, sysc in CSI_STEPS:
+        d, p, y = st["csi"].get(key), st["proc"].get(key), st["sys"].get(key)
+        ratio = d["p50_ms"] / p["p50_ms"] if d and p and p["p50_ms"] else None
+        b = "**" if key == "stage+publish" else ""
+        lines.append(f"| {b}{key}{b} | {call} | {b}{pct3(d)}{b} | {tool} | {b}{pct3(p)}{b} | {sysc} | {pct3(y)} | "
+                     f"{b}{f2(ratio)}{b} |")
+    f, cr = st.get("first") or {}, st.get("create") or {}
+    lines.append("")
+    lines.append(f"| a new volume (×{cr.get('n', '?')}) | p50 (ms) | max (ms) |")
+    lines.append("|---|---:|---:|")
+    lines.append(f"| CreateVolume ({st['size_gib']} GiB sparse image) | {f2((cr.get('p50_us') or 0) / 1000)} | "
+                 f"{f2((cr.get('max_us') or 0) / 1000)} |")
+    for key, label in (("attach", "first ControllerPublishVolume"), ("stage", "first NodeStageVolume (probe + mkfs.ext4 + mount)"),
+                       ("publish", "first NodePublishVolume"), ("down", "first unpublish + unstage + detach")):
+        x = f.get(key) or {}
+        lines.append(f"| {label} | {f2(x.get('p50_ms'))} | {f2(x.get('max_ms'))} |")
+    cells = csi_rpc_cells(c)
+    lines.append("")
+    lines.append("| RPC (one connection, one call at a time) | ours p50 / p99 (µs) | ours calls/s | ours server CPU µs/call "
+                 "| bare tonic p50 / p99 (µs) | bare calls/s | bare CPU µs/call | ours / bare (calls/s) |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in ("GetPluginInfo", "Probe", "NodeGetInfo"):
+        o, b = cells.get((name, "ours")), cells.get((name, "bare"))
+        if not o:
+            continue
+        b = b or {}
+        ratio = o["calls_per_s"] / b["calls_per_s"] if b.get("calls_per_s") else None
+        lines.append(f"| {name} | {f0(o['p50_us'])} / {f0(o['p99_us'])} | {f0(o['calls_per_s'])} | "
+                     f"{f1(o['server_cpu_us_per_call'])} | {f0(b.get('p50_us'))} / {f0(b.get('p99_us'))} | "
+                     f"{f0(b.get('calls_per_s'))} | {f1(b.get('server_cpu_us_per_call'))} | {f2(ratio)} |")
+    warns = c.get("daemon_warnings") or []
+    lines.append("")
+    lines.append(f"{st['samples']} cycles of each kind, interleaved with the order rotating"
+                 + (" (stopped early by the time bound)" if st.get("stopped_early") else "")
+                 + f"; first cycles on {cr.get('n', '?')} new volumes. RPCs: {c.get('calls')} calls per cell after "
+                 f"{c.get('warmup')} of warm-up, {c.get('rounds')} rounds (medians of the rounds), ours and bare "
+                 "alternating first. Server CPU per call is pooled over the rounds. Bare tonic: `rxbench csi-serve`, tonic 0.14 with 2 workers answering the daemon's "
+                 f"own replies. Daemon warnings or errors in the stage: {len(warns)}. "
+                 f"Stage time {c.get('stage_secs')} s.")
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------------------------
 
 
 def summary_block(out):
-    p, d, lp, e, s, f = (load(out, x) for x in ("protocol", "docker", "loop", "ebs", "scale", "footprint"))
+    p, d, lp, e, s, f, c = (load(out, x) for x in ("protocol", "docker", "loop", "ebs", "scale", "footprint", "csi"))
     rows = []
 
     def row(figure, goal, result, met):
@@ -408,6 +504,23 @@ def summary_block(out):
         st = f["startup"]["listening"]["p50_ms"]
         row("Start to a listening socket", "< 20 ms", f"{st} ms", st < 20)
         row("Release binary size", "–", f"{f['binary_bytes'] / 1e6:.2f} MB", None)
+    if not skipped(c):
+        st = c["stage"]
+        dd, pp, yy = (st[k]["stage+publish"]["p50_ms"] for k in ("csi", "proc", "sys"))
+        row(f"CSI NodeStage + NodePublish, {st['size_gib']} GiB loop volume (formatted), vs `mount` + `mount --bind` (§6)",
+            "state it", f"{dd:.2f} vs {pp:.2f} ms ({dd / pp:.2f}×; syscalls alone {yy:.2f} ms)", None)
+        du, pu = st["csi"]["up"]["p50_ms"], st["proc"]["up"]["p50_ms"]
+        row("… with ControllerPublish (the loop attach) vs `losetup` + `mount` + `mount --bind`", "state it",
+            f"{du:.2f} vs {pu:.2f} ms ({du / pu:.2f}×)", None)
+        cells = csi_rpc_cells(c)
+        pr, ni = cells.get(("Probe", "ours")), cells.get(("NodeGetInfo", "ours"))
+        bp = cells.get(("Probe", "bare")) or {}
+        if pr and ni:
+            row("CSI Probe / NodeGetInfo round trip, one connection (§6)", "state it",
+                f"p50 {pr['p50_us']:.0f} / {ni['p50_us']:.0f} µs, {pr['calls_per_s']:,.0f} / {ni['calls_per_s']:,.0f} "
+                f"calls/s (bare tonic Probe: {f0(bp.get('p50_us'))} µs)", None)
+    elif c is not None:
+        row("CSI front (§6)", "state it", "not measured: " + c["skipped"], None)
     return "| figure | goal | result | met? |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
 
 
@@ -421,7 +534,48 @@ def blocks(out):
         "ebs": ebs_block(load(out, "ebs")) if load(out, "ebs") is not None else None,
         "scale": scale_block(load(out, "scale")) if load(out, "scale") is not None else None,
         "footprint": footprint_block(load(out, "footprint")) if load(out, "footprint") is not None else None,
+        "csi": csi_block(load(out, "csi"), load(out, "machine"), load(out, "suite")) if load(out, "csi") is not None else None,
     }
+
+
+# The stages of a whole run; a run without some of them is partial (see merge_summary).
+ALL_STAGES = ("protocol", "docker", "loop", "ebs", "scale", "footprint", "csi")
+
+
+def table_rows(block):
+    """The data rows of a markdown table, keyed by their first cell."""
+    rows = {}
+    for line in block.splitlines():
+        if line.startswith("| ") and not line.startswith("| figure |"):
+            rows[line.split(" | ")[0]] = line
+    return rows
+
+
+def merge_summary(old, new):
+    """A partial run's summary: the old rows, those this run measured replaced, new ones appended."""
+    fresh = table_rows(new)
+    lines, seen = [], set()
+    for line in old.splitlines():
+        key = line.split(" | ")[0] if line.startswith("| ") else None
+        if key in fresh:
+            lines.append(fresh[key])
+            seen.add(key)
+        else:
+            lines.append(line)
+    lines += [v for k, v in fresh.items() if k not in seen]
+    return "\n".join(lines) + "\n"
+
+
+def partial_summary(out):
+    """The summary rows of the stages this run has (no "not measured" rows for the others)."""
+    rows = table_rows(summary_block(out))
+    ran = {x for x in ALL_STAGES if load(out, x) is not None}
+    missing = {
+        "protocol": "Get throughput / p99", "docker": "Docker commands", "loop": "loop volumes vs",
+        "ebs": "EBS control plane", "csi": "CSI front",
+    }
+    return "\n".join(v for k, v in rows.items()
+                     if not any(k.startswith("| " + m) and st not in ran for st, m in missing.items())) + "\n"
 
 
 def main():
@@ -436,6 +590,17 @@ def main():
         target = sys.argv[sys.argv.index("--write") + 1]
         with open(target) as f:
             doc = f.read()
+        partial = [x for x in ALL_STAGES if load(out, x) is None]
+        if partial:
+            # A partial run leaves the other stages' summary rows and the Machine table (which
+            # describes the whole run the document quotes) as they are; its own machine goes
+            # with its own blocks (the csi block names it).
+            print(f"report: partial run (no {' '.join(partial)}): merging the summary, keeping the Machine table",
+                  file=sys.stderr)
+            bl = dict(bl, machine=None)
+            m = re.search(r"<!-- generated:summary -->\n(.*?)<!-- /generated:summary -->", doc, re.S)
+            if m:
+                bl["summary"] = merge_summary(m.group(1), partial_summary(out))
         for name, body in bl.items():
             if body is None:
                 continue

@@ -4,7 +4,7 @@
 #     bash bench/run-all.sh                  # every stage; refreshes BENCHMARKS.md's tables
 #     bash bench/run-all.sh protocol scale   # some stages only (the other tables keep their text)
 #
-# Stages: machine protocol footprint scale loop docker ebs (see bench/suite.py). Results go to
+# Stages: machine protocol footprint scale loop csi docker ebs (see bench/suite.py). Results go to
 # bench/target/results/<UTC time>/ (one JSON file per stage, tables.md, suite.log), linked as
 # bench/target/results/latest.
 #
@@ -15,7 +15,8 @@
 #                        in the suite's run time) for the ebs stage; REXRAY_EBS_BIN=PATH uses a given one
 #   BENCH_NO_WRITE=1     print the tables instead of writing them into BENCHMARKS.md
 #   BENCH_QUICK=1        smoke-test the harness (seconds per stage; the numbers mean nothing)
-#   and suite.py's: BENCH_ROUNDS, BENCH_DURATION, BENCH_DOCKER_RUNS, BENCH_LOOP_RUNS, BENCH_PIN, …
+#   and suite.py's: BENCH_ROUNDS, BENCH_DURATION, BENCH_DOCKER_RUNS, BENCH_LOOP_RUNS, BENCH_CSI_SAMPLES,
+#   BENCH_CSI_CALLS, BENCH_PIN, …
 #
 # The docker stage takes the e2e lock (/run/lock/rexray-e2e.lock) so it never overlaps an e2e run,
 # starts dockerd only if none answers (and then stops it at the end), and builds the busybox image
@@ -29,7 +30,7 @@ if [[ $(id -u) != 0 ]]; then
     exit 1
 fi
 
-ALL=(machine protocol footprint scale loop docker ebs)
+ALL=(machine protocol footprint scale loop csi docker ebs)
 STAGES=("$@")
 ((${#STAGES[@]})) || STAGES=("${ALL[@]}")
 want() { local s; for s in "${STAGES[@]}"; do [[ $s == "$1" ]] && return 0; done; return 1; }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The rexray-rs benchmark suite (issue 7). Normally run through `bash bench/run-all.sh`.
 
-    python3 bench/suite.py OUT_DIR STAGE…      STAGE: machine protocol docker loop ebs scale footprint
+    python3 bench/suite.py OUT_DIR STAGE…      STAGE: machine protocol docker loop ebs scale footprint csi
 
 Each stage writes OUT_DIR/<stage>.json; bench/report.py turns them into BENCHMARKS.md's tables.
 Everything runs on this machine's Unix sockets and loopback, every loop is bounded in count and
@@ -15,6 +15,7 @@ Environment (all optional):
   BENCH_RESTART_TIMEOUT  seconds a restart may take to answer its first Get (120)
   BENCH_DOCKER_RUNS   pairs of `docker run` (12); inspect/ls pairs are 2x that
   BENCH_LOOP_RUNS     loop create/mount pairs (15)
+  BENCH_CSI_SAMPLES   csi stage/publish cycles of each kind (30); BENCH_CSI_CALLS RPCs per cell (5000)
   BENCH_PIN=1         pin the server to CPU 0 and the load generator to CPU 1
   BENCH_QUICK=1       a short smoke run of everything (numbers meaningless)
 """
@@ -605,6 +606,30 @@ def stage_loop(ctx):
 
 
 # ------------------------------------------------------------------------------------------------
+# csi: NodeStage + NodePublish on loop vs the bare kernel sequence, and CSI round trips
+# (bench/csi_bench.py)
+
+
+def stage_csi(ctx):
+    samples = env_num("BENCH_CSI_SAMPLES", 30, 3)
+    calls = env_num("BENCH_CSI_CALLS", 5000, 200)
+    path = os.path.join(ctx["out"], "csi.raw.json")
+    env = dict(os.environ, REXRAY_BIN=ctx["bin"], RXBENCH=RXBENCH)
+    r = subprocess.run([sys.executable, os.path.join(BENCH, "csi_bench.py"), "--samples", str(samples),
+                        "--calls", str(calls), "--warmup", str(min(200, calls // 10)), "--rounds", "2",
+                        "--json", path], capture_output=True, text=True, timeout=900, env=env)
+    sys.stderr.write(r.stderr[-6000:])
+    if os.path.exists(path):
+        with open(path) as f:
+            res = json.load(f)
+        if r.returncode != 0 or res.get("error"):
+            return {"skipped": f"csi_bench.py failed: {res.get('error') or r.stderr.strip()[-600:]}",
+                    "raw": res}
+        return res
+    return {"skipped": f"csi_bench.py failed (exit {r.returncode}): {r.stderr.strip()[-800:]}"}
+
+
+# ------------------------------------------------------------------------------------------------
 # ebs: see bench/ebs_bench.py
 
 
@@ -627,6 +652,7 @@ STAGES = {
     "ebs": stage_ebs,
     "scale": stage_scale,
     "footprint": stage_footprint,
+    "csi": stage_csi,
 }
 
 

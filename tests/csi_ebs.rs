@@ -119,6 +119,9 @@ fn controller_on_one_host_node_on_another_through_csi() {
             let me = node.node.node_get_info(NodeGetInfoRequest {}).await.unwrap().into_inner();
             assert_eq!(me.node_id, b_id);
             assert_eq!(me.accessible_topology, Some(zone(AZ)));
+            // A t3.micro takes 27 volumes beside its one interface, less its root volume: 26,
+            // but the default device-name range (/dev/xvd[f-p]) has 11 names.
+            assert_eq!(me.max_volumes_per_node, 11);
 
             // CreateVolume in the node's zone, with EBS options as parameters.
             let cap = mount_cap("ext4", Mode::SingleNodeWriter);

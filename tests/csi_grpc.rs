@@ -297,6 +297,8 @@ async fn node_lifecycle(setup: &Setup, fs: &str, size_gib: i64) {
         .into_inner();
     assert_eq!(stats.usage.len(), 2, "bytes and inodes: {stats:?}");
     assert!(stats.usage.iter().all(|u| u.total > 0), "{stats:?}");
+    assert!(!stats.volume_condition.unwrap().abnormal);
+    assert!(format!("{ncaps:?}").contains("VolumeCondition"), "{ncaps:?}");
     let unknown = NodeGetVolumeStatsRequest {
         volume_id: vol.volume_id.clone(),
         volume_path: setup.path("nowhere").display().to_string(),
@@ -388,6 +390,13 @@ async fn node_stages_and_publishes_a_vfs_volume() {
     }
     let setup = Setup::new("vfs");
     node_lifecycle(&setup, "", 0).await;
+    // vfs volumes are directories: raw block access is refused in words, not served half-way.
+    let (_, mut ctl, _) = setup.clients().await;
+    let mut block = create("raw", GIB, 0);
+    block.volume_capabilities = vec![block_cap()];
+    let status = ctl.create_volume(block).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("block"), "{status:?}");
 }
 
 #[tokio::test]
@@ -448,13 +457,146 @@ async fn node_stages_publishes_and_grows_a_loop_volume() {
 
     let capacity = ctl.get_capacity(GetCapacityRequest::default()).await.unwrap().into_inner();
     assert!(capacity.available_capacity > 0, "{capacity:?}");
-    // Raw block access is refused in words, not served half-way.
-    let mut block = create("raw", GIB, 0);
-    block.volume_capabilities = vec![VolumeCapability {
+
+    // A volume unmounted behind the plugin's back shows as abnormal.
+    let cap = mount_cap("ext4", Mode::SingleNodeWriter);
+    ctl.create_volume(create("lost", GIB, 0)).await.unwrap();
+    let publish = ControllerPublishVolumeRequest {
+        volume_id: "lost".into(),
+        node_id: node.node_get_info(NodeGetInfoRequest {}).await.unwrap().into_inner().node_id,
+        volume_capability: Some(cap.clone()),
+        ..Default::default()
+    };
+    let ctx = ctl.controller_publish_volume(publish.clone()).await.unwrap().into_inner().publish_context;
+    let staging = setup.path("lost/staging");
+    let stage = NodeStageVolumeRequest {
+        volume_id: "lost".into(),
+        publish_context: ctx,
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(cap),
+        ..Default::default()
+    };
+    node.node_stage_volume(stage).await.unwrap();
+    assert!(std::process::Command::new("umount").arg(&staging).status().unwrap().success());
+    let stats = NodeGetVolumeStatsRequest {
+        volume_id: "lost".into(),
+        volume_path: staging.display().to_string(),
+        ..Default::default()
+    };
+    let condition = node.node_get_volume_stats(stats).await.unwrap().into_inner().volume_condition.unwrap();
+    assert!(condition.abnormal && condition.message.contains("no longer mounted"), "{condition:?}");
+    let unstage =
+        NodeUnstageVolumeRequest { volume_id: "lost".into(), staging_target_path: staging.display().to_string() };
+    node.node_unstage_volume(unstage).await.unwrap();
+    let unpublish = ControllerUnpublishVolumeRequest {
+        volume_id: "lost".into(),
+        node_id: publish.node_id.clone(),
+        ..Default::default()
+    };
+    ctl.controller_unpublish_volume(unpublish).await.unwrap();
+    ctl.delete_volume(DeleteVolumeRequest { volume_id: "lost".into(), ..Default::default() }).await.unwrap();
+}
+
+fn block_cap() -> VolumeCapability {
+    VolumeCapability {
         access_type: Some(AccessType::Block(BlockVolume {})),
         access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter.into() }),
-    }];
-    let status = ctl.create_volume(block).await.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("block"), "{status:?}");
+    }
+}
+
+#[tokio::test]
+async fn node_hands_out_a_loop_volume_as_a_raw_block_device() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::unix::fs::FileTypeExt;
+    if !is_root() {
+        eprintln!("skipping: needs root for loop devices and mount(2)");
+        return;
+    }
+    let setup = Setup::new("loop");
+    let (_, mut ctl, mut node) = setup.clients().await;
+    let mut req = create("raw", GIB, 0);
+    req.volume_capabilities = vec![block_cap()];
+    ctl.create_volume(req).await.unwrap();
+    let here = node.node_get_info(NodeGetInfoRequest {}).await.unwrap().into_inner().node_id;
+    let publish = ControllerPublishVolumeRequest {
+        volume_id: "raw".into(),
+        node_id: here.clone(),
+        volume_capability: Some(block_cap()),
+        ..Default::default()
+    };
+    let ctx = ctl.controller_publish_volume(publish).await.unwrap().into_inner().publish_context;
+    let staging = setup.path("block/staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let stage = NodeStageVolumeRequest {
+        volume_id: "raw".into(),
+        publish_context: ctx.clone(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(block_cap()),
+        ..Default::default()
+    };
+    node.node_stage_volume(stage.clone()).await.unwrap();
+    node.node_stage_volume(stage.clone()).await.unwrap();
+    let device = staging.join("block");
+    assert!(is_mounted(&device), "the device is bound in the staging directory");
+    assert!(std::fs::metadata(&device).unwrap().file_type().is_block_device());
+    let mut as_mount = stage.clone();
+    as_mount.volume_capability = Some(mount_cap("ext4", Mode::SingleNodeWriter));
+    assert_eq!(code(node.node_stage_volume(as_mount).await), Code::AlreadyExists);
+
+    std::fs::create_dir_all(setup.path("block/pods")).unwrap();
+    let target = setup.path("block/pods/dev");
+    let publish_at = |cap: VolumeCapability, at: &Path| NodePublishVolumeRequest {
+        volume_id: "raw".into(),
+        publish_context: ctx.clone(),
+        staging_target_path: staging.display().to_string(),
+        target_path: at.display().to_string(),
+        volume_capability: Some(cap),
+        ..Default::default()
+    };
+    node.node_publish_volume(publish_at(block_cap(), &target)).await.unwrap();
+    node.node_publish_volume(publish_at(block_cap(), &target)).await.unwrap();
+    let other = setup.path("block/pods/fs");
+    let refused = node.node_publish_volume(publish_at(mount_cap("", Mode::SingleNodeWriter), &other)).await;
+    assert_eq!(code(refused), Code::AlreadyExists);
+
+    // The device itself, never formatted: blank until written, and the same bytes through
+    // the staging file and the target.
+    let mut dev = std::fs::OpenOptions::new().read(true).write(true).open(&target).unwrap();
+    let mut head = vec![0u8; 1 << 16];
+    dev.read_exact(&mut head).unwrap();
+    assert!(head.iter().all(|b| *b == 0), "a raw block volume is never formatted");
+    dev.seek(SeekFrom::Start(1 << 20)).unwrap();
+    dev.write_all(b"raw bytes").unwrap();
+    dev.sync_all().unwrap();
+    drop(dev);
+    let mut again = std::fs::File::open(&device).unwrap();
+    again.seek(SeekFrom::Start(1 << 20)).unwrap();
+    let mut read = [0u8; 9];
+    again.read_exact(&mut read).unwrap();
+    assert_eq!(&read, b"raw bytes");
+    drop(again);
+
+    let stats = NodeGetVolumeStatsRequest {
+        volume_id: "raw".into(),
+        volume_path: target.display().to_string(),
+        ..Default::default()
+    };
+    let stats = node.node_get_volume_stats(stats).await.unwrap().into_inner();
+    assert_eq!(stats.usage.len(), 1, "bytes only: {stats:?}");
+    assert_eq!(stats.usage[0].total, GIB);
+    assert!(!stats.volume_condition.unwrap().abnormal);
+
+    let unpublish = NodeUnpublishVolumeRequest { volume_id: "raw".into(), target_path: target.display().to_string() };
+    node.node_unpublish_volume(unpublish.clone()).await.unwrap();
+    node.node_unpublish_volume(unpublish).await.unwrap();
+    assert!(!target.exists(), "the target file goes with the publication");
+    let unstage =
+        NodeUnstageVolumeRequest { volume_id: "raw".into(), staging_target_path: staging.display().to_string() };
+    node.node_unstage_volume(unstage.clone()).await.unwrap();
+    node.node_unstage_volume(unstage).await.unwrap();
+    assert!(!device.exists() && staging.is_dir());
+    let detach = ControllerUnpublishVolumeRequest { volume_id: "raw".into(), node_id: here, ..Default::default() };
+    ctl.controller_unpublish_volume(detach).await.unwrap();
+    ctl.delete_volume(DeleteVolumeRequest { volume_id: "raw".into(), ..Default::default() }).await.unwrap();
+    assert!(!setup.log().contains("panicked"), "{}", setup.log());
 }

@@ -26,6 +26,9 @@
 //!     With several sockets the Mount/Unmount pairs go to each in turn (side by side).
 //! rxbench call     --socket S METHOD [BODY]
 //!     One call; prints the reply body (for scripts).
+//! rxbench csi-rpc | csi-serve | csi-stage …
+//!     The CSI front: round trips, a bare tonic reference server, and NodeStage/NodePublish on
+//!     loop against the bare kernel sequence (see src/csi.rs).
 //! ```
 //!
 //! Every loop here is bounded in time and in count.
@@ -43,6 +46,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::UnixStream;
+
+mod csi;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -690,6 +695,9 @@ fn main() {
         Some("populate") => cmd_populate(&args),
         Some("mountloop") => cmd_mountloop(&args),
         Some("call") => cmd_call(&args),
-        _ => die("usage: rxbench load|serve|startup|populate|mountloop|call … (see the source header)"),
+        Some("csi-rpc") => csi::cmd_rpc(&args),
+        Some("csi-serve") => csi::cmd_serve(&args),
+        Some("csi-stage") => csi::cmd_stage(&args),
+        _ => die("usage: rxbench load|serve|startup|populate|mountloop|call|csi-rpc|csi-serve|csi-stage … (see the source header)"),
     }
 }

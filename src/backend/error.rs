@@ -65,6 +65,18 @@ impl ErrorKind {
     }
 }
 
+/// `e` and all its causes, joined with `": "`: an error in words, for people.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// How a cloud API call failed (mapped once from the provider's error codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloudFailure {
@@ -76,6 +88,8 @@ pub enum CloudFailure {
     Unreachable,
     /// An account or instance limit.
     LimitExceeded,
+    /// What the call named does not exist (an unknown instance or snapshot).
+    NotFound,
     /// Anything else the API refused.
     Refused,
 }
@@ -292,6 +306,17 @@ impl BackendError {
                 | BackendError::Cancelled { .. }
                 | BackendError::Cloud { failure: CloudFailure::Throttled | CloudFailure::Unreachable, .. }
         )
+    }
+
+    /// Whether an account or instance limit refused the call (EC2's `AttachmentLimitExceeded`,
+    /// `VolumeLimitExceeded`, …).
+    pub fn is_limit(&self) -> bool {
+        matches!(self, BackendError::Cloud { failure: CloudFailure::LimitExceeded, .. })
+    }
+
+    /// Whether the cloud said that something the call named does not exist.
+    pub fn is_cloud_not_found(&self) -> bool {
+        matches!(self, BackendError::Cloud { failure: CloudFailure::NotFound, .. })
     }
 
     /// An [`BackendError::Invalid`] saying `what`.

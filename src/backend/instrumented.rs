@@ -142,6 +142,10 @@ impl Controller for MeasuredController {
         self.inner.local_zone().await
     }
 
+    async fn attach_limit(&self) -> Result<Option<u32>, BackendError> {
+        self.inner.attach_limit().await
+    }
+
     async fn knows(&self, name: &VolumeName) -> bool {
         self.inner.knows(name).await
     }
@@ -180,6 +184,28 @@ impl Node for MeasuredNode {
         staging: &Path,
     ) -> Result<(), BackendError> {
         timed(self.kind, "node_stage", self.inner.stage(name, opts, ctx, staging)).await
+    }
+
+    async fn stage_block(&self, name: &VolumeName, ctx: &PublishContext, staging: &Path) -> Result<(), BackendError> {
+        timed(self.kind, "node_stage", self.inner.stage_block(name, ctx, staging)).await
+    }
+
+    async fn publish_block(
+        &self,
+        name: &VolumeName,
+        staging: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<(), BackendError> {
+        timed(self.kind, "node_publish", self.inner.publish_block(name, staging, target, read_only)).await
+    }
+
+    async fn unstage_block(&self, name: &VolumeName, staging: &Path) -> Result<(), BackendError> {
+        timed(self.kind, "node_unstage", self.inner.unstage_block(name, staging)).await
+    }
+
+    async fn block_size(&self, path: &Path) -> Result<u64, BackendError> {
+        self.inner.block_size(path).await
     }
 
     async fn unstage(&self, name: &VolumeName, staging: &Path) -> Result<(), BackendError> {

@@ -315,6 +315,15 @@ pub trait Controller: Send + Sync + Debug {
         Ok(None)
     }
 
+    /// How many more of its volumes this host can have attached (an orchestrator schedules no
+    /// more on it); `None` where there is no such limit or it is not known.
+    ///
+    /// # Errors
+    /// The host's identity or limits could not be found out.
+    async fn attach_limit(&self) -> Result<Option<u32>, BackendError> {
+        Ok(None)
+    }
+
     /// The space left for new volumes, in bytes, where the backend has a pool of its own (the
     /// file system of `loop.root` or `vfs.root`); `None` where the storage has no such limit
     /// to report (EBS).
@@ -364,6 +373,10 @@ pub trait Controller: Send + Sync + Debug {
     }
 }
 
+/// The file in an orchestrator's staging directory on which a raw block volume's device is
+/// bound.
+pub const BLOCK_FILE: &str = "block";
+
 /// The node half: what happens on the host that uses a published volume.
 #[async_trait]
 pub trait Node: Send + Sync + Debug {
@@ -387,11 +400,55 @@ pub trait Node: Send + Sync + Debug {
         staging: &Path,
     ) -> Result<(), BackendError>;
 
+    /// Makes the published volume's device usable at `staging` for raw block access: finds it
+    /// from `ctx`, checks it is the volume's own, and binds it on the file
+    /// `<staging>/`[`BLOCK_FILE`]. Never formats. Idempotent.
+    ///
+    /// # Errors
+    /// [`BackendError::Invalid`] where volumes have no device (vfs), or the failing step.
+    async fn stage_block(&self, name: &VolumeName, ctx: &PublishContext, staging: &Path) -> Result<(), BackendError> {
+        let _ = (ctx, staging);
+        Err(BackendError::invalid(format!("volume {name} is a directory; it has no block device to hand out")))
+    }
+
+    /// Binds the device staged at `<staging>/`[`BLOCK_FILE`] on the file `target` (made if
+    /// missing). Idempotent.
+    ///
+    /// # Errors
+    /// [`BackendError::Invalid`] where volumes have no device (vfs), or the failing step.
+    async fn publish_block(
+        &self,
+        name: &VolumeName,
+        staging: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<(), BackendError> {
+        let _ = (staging, target, read_only);
+        Err(BackendError::invalid(format!("volume {name} is a directory; it has no block device to hand out")))
+    }
+
+    /// The size in bytes of the raw block volume handed out at `path`.
+    ///
+    /// # Errors
+    /// [`BackendError::Invalid`] where volumes have no device (vfs), or it could not be read.
+    async fn block_size(&self, path: &Path) -> Result<u64, BackendError> {
+        Err(BackendError::invalid(format!("{} is not a block volume", path.display())))
+    }
+
     /// Undoes [`Node::stage`] (sync, unmount). Idempotent. The data stays.
     ///
     /// # Errors
     /// The failing step.
     async fn unstage(&self, name: &VolumeName, staging: &Path) -> Result<(), BackendError>;
+
+    /// Undoes [`Node::stage_block`] (unbinds the device, removes the file). Idempotent.
+    ///
+    /// # Errors
+    /// The failing step.
+    async fn unstage_block(&self, name: &VolumeName, staging: &Path) -> Result<(), BackendError> {
+        let _ = staging;
+        Err(BackendError::invalid(format!("volume {name} is a directory; it has no block device to hand out")))
+    }
 
     /// Whether the volume is staged at `staging` right now.
     ///

@@ -42,5 +42,17 @@ pub fn dir_spec(opts: &super::Options, default_mode: u32) -> DirSpec {
 /// It could not be measured.
 pub async fn free_space(os: &Arc<dyn BlockOs>, root: &Path) -> Result<u64, BackendError> {
     let root = root.to_path_buf();
-    blocking(os, "capacity", move |os| os.free_space(&root).map_err(step_error("read free space of", &root))).await
+    blocking(os, "capacity", move |os| {
+        // Before its first volume the root may not exist yet: its nearest ancestor's file
+        // system is where it will be made.
+        let mut at = root.as_path();
+        while os.entry(at).map_err(step_error("examine", at))? == crate::os::Entry::Missing {
+            match at.parent() {
+                Some(parent) => at = parent,
+                None => break,
+            }
+        }
+        os.free_space(at).map_err(step_error("read free space of", at))
+    })
+    .await
 }

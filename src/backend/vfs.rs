@@ -251,7 +251,7 @@ impl Node for Vfs {
         if staging == self.dir(name) {
             return Ok(());
         }
-        super::block::unbind(&self.os, staging).await
+        super::block::unbind(&self.os, staging, false).await
     }
 
     async fn is_staged(&self, name: &VolumeName, staging: &Path) -> Result<bool, BackendError> {
@@ -288,7 +288,7 @@ impl Node for Vfs {
     }
 
     async fn unpublish(&self, _name: &VolumeName, target: &Path) -> Result<(), BackendError> {
-        super::block::unbind(&self.os, target).await
+        super::block::unbind(&self.os, target, true).await
     }
 
     async fn stats(&self, path: &Path) -> Result<VolumeStats, BackendError> {

@@ -21,16 +21,15 @@ pub struct Access {
 /// The capability `cap` as this plugin serves it.
 ///
 /// # Errors
-/// A message naming what is missing or not supported: raw block access (not served yet), an
-/// access mode for more than one node (a volume is attached to one node at a time), or none.
+/// A message naming what is missing or not supported: an access mode for more than one node (a volume is attached to one node at a time), or none.
 pub fn access(cap: &VolumeCapability) -> Result<Access, String> {
     let mount = match &cap.access_type {
-        Some(AccessType::Mount(m)) => {
-            StageRequest { fs_type: m.fs_type.trim().to_ascii_lowercase(), mount_flags: m.mount_flags.clone() }
-        }
-        Some(AccessType::Block(_)) => {
-            return Err("raw block access is not supported by this plugin; ask for a mount volume".into())
-        }
+        Some(AccessType::Mount(m)) => StageRequest {
+            fs_type: m.fs_type.trim().to_ascii_lowercase(),
+            mount_flags: m.mount_flags.clone(),
+            block: false,
+        },
+        Some(AccessType::Block(_)) => StageRequest { block: true, ..StageRequest::default() },
         None => return Err("the volume capability has no access type (mount or block)".into()),
     };
     let mode = cap.access_mode.as_ref().map(|m| m.mode).ok_or("the volume capability has no access mode")?;
@@ -57,6 +56,21 @@ pub fn all(caps: &[VolumeCapability]) -> Result<Vec<Access>, String> {
         return Err("volume_capabilities is empty".into());
     }
     caps.iter().enumerate().map(|(i, c)| access(c).map_err(|e| format!("volume capability {}: {e}", i + 1))).collect()
+}
+
+/// Whether a backend of `kind` serves every capability in `access`: vfs volumes are
+/// directories, so they have no raw block form.
+///
+/// # Errors
+/// A message saying which backend cannot serve raw block access.
+pub fn served_by(access: &[Access], kind: &str) -> Result<(), String> {
+    if kind == "vfs" && access.iter().any(|a| a.mount.block) {
+        return Err(
+            "raw block access is not served by the vfs backend: its volumes are directories; ask for a mount volume"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// The whole GiB a `range` asks for (`default_gib` when it asks for nothing), checked against

@@ -111,6 +111,18 @@ impl Controller {
                 opts.insert("availabilityZone".into(), zone);
             }
         }
+        // Mutable parameters (a VolumeAttributesClass) are create options too, which ControllerModifyVolume changes later.
+        for (key, value) in &req.mutable_parameters {
+            match opts.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)) {
+                Some((k, v)) if v != value => {
+                    return Err(status::invalid(format!(
+                        "mutable parameter {key}={value:?} contradicts parameter {k}={v:?}"
+                    )))
+                }
+                Some(_) => {}
+                None => drop(opts.insert(key.clone(), value.clone())),
+            }
+        }
         Ok(opts)
     }
 
@@ -187,6 +199,7 @@ impl controller_server::Controller for Controller {
         let name = required(&req.name, "name")?;
         let access = capability::all(&req.volume_capabilities).map_err(status::invalid)?;
         let svc = self.0.service().await?;
+        capability::served_by(&access, svc.backend().controller.kind()).map_err(status::invalid)?;
         let opts = Self::create_options(svc, &req, &access)?;
         let record =
             within(timeout, svc.create_for_orchestrator(name, &opts)).await.map_err(|e| status::from_service(&e))?;
@@ -217,8 +230,9 @@ impl controller_server::Controller for Controller {
         let id = required(&req.volume_id, "volume_id")?;
         let node = required(&req.node_id, "node_id")?;
         let cap = req.volume_capability.as_ref().ok_or_else(|| status::invalid("volume_capability is missing"))?;
-        capability::access(cap).map_err(status::invalid)?;
+        let access = capability::access(cap).map_err(status::invalid)?;
         let svc = self.0.service().await?;
+        capability::served_by(&[access], svc.backend().controller.kind()).map_err(status::invalid)?;
         svc.record_of(id).await.map_err(|e| status::from_service(&e))?;
         if svc.scope() == Scope::Local && Self::here(svc).await.as_deref() != Some(node) {
             return Err(Status::not_found(format!(
@@ -263,7 +277,8 @@ impl controller_server::Controller for Controller {
         }
         let svc = self.0.service().await?;
         svc.record_of(id).await.map_err(|e| status::from_service(&e))?;
-        let response = match capability::all(&req.volume_capabilities) {
+        let kind = svc.backend().controller.kind();
+        let response = match capability::all(&req.volume_capabilities).and_then(|a| capability::served_by(&a, kind)) {
             Ok(_) => proto::ValidateVolumeCapabilitiesResponse {
                 confirmed: Some(proto::validate_volume_capabilities_response::Confirmed {
                     volume_context: req.volume_context,
@@ -318,7 +333,7 @@ impl controller_server::Controller for Controller {
         _req: Request<proto::GetCapacityRequest>,
     ) -> Result<Response<proto::GetCapacityResponse>, Status> {
         let svc = self.0.service().await?;
-        let free = svc.backend().controller.capacity().await.map_err(|e| Status::internal(e.to_string()))?;
+        let free = svc.backend().controller.capacity().await.map_err(|e| status::from_backend(&e))?;
         Ok(Response::new(proto::GetCapacityResponse {
             available_capacity: free.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
             maximum_volume_size: None,
@@ -476,11 +491,13 @@ impl controller_server::Controller for Controller {
         let timeout = timeout_of(&req);
         let req = req.into_inner();
         let id = required(&req.volume_id, "volume_id")?;
+        let svc = self.0.service().await?;
+        // An unknown volume is NOT_FOUND whatever is asked of it; nothing asked changes nothing.
+        svc.record_of(id).await.map_err(|e| status::from_service(&e))?;
         if req.mutable_parameters.is_empty() {
-            return Err(status::invalid("mutable_parameters is empty"));
+            return Ok(Response::new(proto::ControllerModifyVolumeResponse {}));
         }
         let changes: BTreeMap<String, String> = req.mutable_parameters.into_iter().collect();
-        let svc = self.0.service().await?;
         within(timeout, svc.modify(id, &changes)).await.map_err(|e| status::from_service(&e))?;
         Ok(Response::new(proto::ControllerModifyVolumeResponse {}))
     }

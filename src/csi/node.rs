@@ -11,6 +11,7 @@ use super::proto::volume_usage::Unit;
 use super::proto::{self, node_server, NodeServiceCapability};
 use super::{required, status, timeout_of, within, Plugin};
 use crate::backend::PublishContext;
+use crate::service::{Usage, VolumeService};
 
 /// The Node service of one plugin.
 #[derive(Debug)]
@@ -24,6 +25,11 @@ fn path(value: &str, field: &str) -> Result<PathBuf, Status> {
         return Err(status::invalid(format!("{field} {value:?} is not an absolute path")));
     }
     Ok(path)
+}
+
+/// Refuses what the plugin's backend cannot serve (raw block access on vfs).
+fn served(svc: &VolumeService, access: &capability::Access) -> Result<(), Status> {
+    capability::served_by(std::slice::from_ref(access), svc.backend().controller.kind()).map_err(status::invalid)
 }
 
 /// A byte or inode count as CSI's `int64`.
@@ -45,6 +51,7 @@ impl node_server::Node for Node {
         let access = capability::access(cap).map_err(status::invalid)?;
         let ctx = PublishContext::from_entries(req.publish_context.into_iter().collect());
         let svc = self.0.service().await?;
+        served(svc, &access)?;
         within(timeout, svc.stage_on_node(id, ctx, staging, access.mount))
             .await
             .map_err(|e| status::from_service(&e))?;
@@ -82,7 +89,8 @@ impl node_server::Node for Node {
         let staging = path(&req.staging_target_path, "staging_target_path")?;
         let read_only = req.readonly || access.read_only;
         let svc = self.0.service().await?;
-        within(timeout, svc.publish_on_node(id, staging, target, read_only))
+        served(svc, &access)?;
+        within(timeout, svc.publish_on_node(id, staging, target, read_only, access.mount.block))
             .await
             .map_err(|e| status::from_service(&e))?;
         Ok(Response::new(proto::NodePublishVolumeResponse {}))
@@ -107,24 +115,37 @@ impl node_server::Node for Node {
     ) -> Result<Response<proto::NodeGetVolumeStatsResponse>, Status> {
         let req = req.into_inner();
         let id = required(&req.volume_id, "volume_id")?;
-        let at = path(&req.volume_path, "volume_path")?;
+        let at = PathBuf::from(required(&req.volume_path, "volume_path")?);
+        if !at.is_absolute() {
+            // No volume is published at a relative path.
+            return Err(Status::not_found(format!("volume {id} is not at {}: not an absolute path", at.display())));
+        }
         let svc = self.0.service().await?;
         let stats = svc.stats_on_node(id, &at).await.map_err(|e| status::from_service(&e))?;
-        let usage = vec![
-            proto::VolumeUsage {
-                available: count(stats.available_bytes),
-                total: count(stats.total_bytes),
-                used: count(stats.used_bytes),
-                unit: Unit::Bytes.into(),
-            },
-            proto::VolumeUsage {
-                available: count(stats.free_inodes),
-                total: count(stats.total_inodes),
-                used: count(stats.used_inodes),
-                unit: Unit::Inodes.into(),
-            },
-        ];
-        Ok(Response::new(proto::NodeGetVolumeStatsResponse { usage, volume_condition: None }))
+        let usage = match stats.usage {
+            Usage::FileSystem(fs) => vec![
+                proto::VolumeUsage {
+                    available: count(fs.available_bytes),
+                    total: count(fs.total_bytes),
+                    used: count(fs.used_bytes),
+                    unit: Unit::Bytes.into(),
+                },
+                proto::VolumeUsage {
+                    available: count(fs.free_inodes),
+                    total: count(fs.total_inodes),
+                    used: count(fs.used_inodes),
+                    unit: Unit::Inodes.into(),
+                },
+            ],
+            Usage::Block { bytes } => {
+                vec![proto::VolumeUsage { total: count(bytes), unit: Unit::Bytes.into(), ..Default::default() }]
+            }
+        };
+        let volume_condition = Some(proto::VolumeCondition {
+            abnormal: stats.abnormal.is_some(),
+            message: stats.abnormal.unwrap_or_else(|| format!("volume {id} is mounted at {}", at.display())),
+        });
+        Ok(Response::new(proto::NodeGetVolumeStatsResponse { usage, volume_condition }))
     }
 
     async fn node_expand_volume(
@@ -134,9 +155,11 @@ impl node_server::Node for Node {
         let timeout = timeout_of(&req);
         let req = req.into_inner();
         let id = required(&req.volume_id, "volume_id")?;
-        path(&req.volume_path, "volume_path")?;
+        required(&req.volume_path, "volume_path")?;
         let svc = self.0.service().await?;
+        // An unknown volume is NOT_FOUND whatever its path.
         let record = svc.record_of(id).await.map_err(|e| status::from_service(&e))?;
+        path(&req.volume_path, "volume_path")?;
         let staging = match req.staging_target_path.as_str() {
             "" => record.csi.staged.clone().ok_or_else(|| {
                 Status::failed_precondition(format!(
@@ -154,7 +177,7 @@ impl node_server::Node for Node {
         _req: Request<proto::NodeGetCapabilitiesRequest>,
     ) -> Result<Response<proto::NodeGetCapabilitiesResponse>, Status> {
         let svc = self.0.service().await?;
-        let mut types = vec![rpc::Type::StageUnstageVolume, rpc::Type::GetVolumeStats];
+        let mut types = vec![rpc::Type::StageUnstageVolume, rpc::Type::GetVolumeStats, rpc::Type::VolumeCondition];
         if svc.backend().controller.kind() != "vfs" {
             types.push(rpc::Type::ExpandVolume);
         }
@@ -173,11 +196,13 @@ impl node_server::Node for Node {
     ) -> Result<Response<proto::NodeGetInfoResponse>, Status> {
         let svc = self.0.service().await?;
         let controller = &svc.backend().controller;
-        let node = controller.local_node().await.map_err(|e| Status::unavailable(e.to_string()))?;
-        let zone = controller.local_zone().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let node = controller.local_node().await.map_err(|e| status::from_backend(&e))?;
+        let zone = controller.local_zone().await.map_err(|e| status::from_backend(&e))?;
+        let limit = controller.attach_limit().await.map_err(|e| status::from_backend(&e))?;
         Ok(Response::new(proto::NodeGetInfoResponse {
             node_id: node.0,
-            max_volumes_per_node: 0,
+            // CSI reads 0 as "no limit", so a host with no slot left says 1.
+            max_volumes_per_node: limit.map_or(0, |n| i64::from(n.max(1))),
             accessible_topology: zone.as_deref().map(super::zone_topology),
         }))
     }

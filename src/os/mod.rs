@@ -413,10 +413,11 @@ pub trait BlockOs: Send + Sync + Debug {
     /// A component is a symbolic link or not a directory, or it could not be created.
     fn ensure_dir_beneath(&self, base: &Path, rel: &Path, spec: DirSpec) -> Result<bool, OsError>;
 
-    /// Bind-mounts `source` on `target` (read-only if asked).
+    /// Bind-mounts `source` on `target` (read-only if asked): a directory, or a regular file
+    /// for a device; never through a link.
     ///
     /// # Errors
-    /// The kernel refused.
+    /// `target` is a link or neither a directory nor a file, or the kernel refused.
     fn bind_mount(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), OsError>;
 
     /// Space and inodes of the file system holding `path`.

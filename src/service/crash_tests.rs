@@ -419,15 +419,19 @@ impl Step {
         }
     }
 
-    async fn run(self, s: &Arc<VolumeService>) -> Result<(), crate::service::ServiceError> {
+    /// Runs the step; `block`: for raw block access.
+    async fn run(self, s: &Arc<VolumeService>, block: bool) -> Result<(), crate::service::ServiceError> {
         let node = s.backend().controller.local_node().await.unwrap().0;
         match self {
             Step::PublishToNode => s.publish_to_node(VOLUME, &node).await.map(drop),
             Step::Stage => {
                 let ctx = s.record_of(VOLUME).await?.csi.nodes[&node].clone();
-                s.stage_on_node(VOLUME, ctx, CSI_STAGING.into(), crate::service::StageRequest::default()).await
+                let how = crate::service::StageRequest { block, ..Default::default() };
+                s.stage_on_node(VOLUME, ctx, CSI_STAGING.into(), how).await
             }
-            Step::PublishToTarget => s.publish_on_node(VOLUME, CSI_STAGING.into(), CSI_TARGET.into(), false).await,
+            Step::PublishToTarget => {
+                s.publish_on_node(VOLUME, CSI_STAGING.into(), CSI_TARGET.into(), false, block).await
+            }
             Step::UnpublishFromTarget => s.unpublish_on_node(VOLUME, CSI_TARGET.into()).await,
             Step::Unstage => s.unstage_on_node(VOLUME, CSI_STAGING.into()).await,
             Step::UnpublishFromNode => s.unpublish_from_node(VOLUME, &node).await,
@@ -437,8 +441,9 @@ impl Step {
 
 /// Every orchestrator call crashed at each of its steps: after the restart the orchestrator's
 /// retry of the same call succeeds, the rest of the sequence runs, and at the end nothing of the
-/// volume is attached or mounted, its data is intact and it was formatted once.
-async fn every_step_of_every_orchestrator_call(kind: Kind) {
+/// volume is attached or mounted, its data is intact and it was formatted once. `block`: the
+/// volume is staged and published for raw block access.
+async fn every_step_of_every_orchestrator_call(kind: Kind, block: bool) {
     for (i, step) in STEPS.iter().copied().enumerate() {
         let mut crashed = 0;
         for n in 1.. {
@@ -451,13 +456,13 @@ async fn every_step_of_every_orchestrator_call(kind: Kind) {
             {
                 let s = world.open(None).await;
                 for before in &STEPS[..i] {
-                    before.run(&s).await.unwrap_or_else(|e| panic!("{step:?}: {before:?}: {}", e.chain()));
+                    before.run(&s, block).await.unwrap_or_else(|e| panic!("{step:?}: {before:?}: {}", e.chain()));
                 }
             }
             let plan = Plan { op: step.op().into(), n, abort: false };
             let s = world.open(Some(plan)).await;
-            let outcome = tokio::spawn(async move { step.run(&s).await }).await;
-            let at = format!("{kind:?} {step:?} crashed at point {n}");
+            let outcome = tokio::spawn(async move { step.run(&s, block).await }).await;
+            let at = format!("{kind:?} {step:?} (block: {block}) crashed at point {n}");
             match outcome {
                 Err(e) if e.is_panic() => crashed += 1,
                 Err(e) => panic!("{at}: {e}"),
@@ -468,10 +473,12 @@ async fn every_step_of_every_orchestrator_call(kind: Kind) {
             }
             let s = world.open(None).await;
             for rest in &STEPS[i..] {
-                rest.run(&s).await.unwrap_or_else(|e| panic!("{at}: {rest:?} after the restart: {}", e.chain()));
+                rest.run(&s, block).await.unwrap_or_else(|e| panic!("{at}: {rest:?} after the restart: {}", e.chain()));
             }
             assert!(!world.attached(), "{at}: attached after the orchestrator's undo");
             assert!(world.os.mounted(Path::new(CSI_STAGING)).is_none(), "{at}: staging left mounted");
+            let device_file = Path::new(CSI_STAGING).join(crate::backend::BLOCK_FILE);
+            assert!(world.os.mounted(&device_file).is_none(), "{at}: device left bound");
             assert!(world.os.mounted(Path::new(CSI_TARGET)).is_none(), "{at}: target left mounted");
             assert!(s.record_of(VOLUME).await.unwrap().csi.is_empty(), "{at}: claims left");
             assert!(world.data_intact(), "{at}: data written before the crash is gone");
@@ -485,10 +492,20 @@ async fn every_step_of_every_orchestrator_call(kind: Kind) {
 
 #[tokio::test]
 async fn loop_orchestrator_calls_survive_a_crash_at_every_step() {
-    every_step_of_every_orchestrator_call(Kind::Loop).await;
+    every_step_of_every_orchestrator_call(Kind::Loop, false).await;
+}
+
+#[tokio::test]
+async fn loop_raw_block_orchestrator_calls_survive_a_crash_at_every_step() {
+    every_step_of_every_orchestrator_call(Kind::Loop, true).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn ebs_orchestrator_calls_survive_a_crash_at_every_step() {
-    every_step_of_every_orchestrator_call(Kind::Ebs).await;
+    every_step_of_every_orchestrator_call(Kind::Ebs, false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ebs_raw_block_orchestrator_calls_survive_a_crash_at_every_step() {
+    every_step_of_every_orchestrator_call(Kind::Ebs, true).await;
 }

@@ -180,13 +180,6 @@ impl ServiceError {
 
     /// The error and all its causes, joined with `": "`.
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
+        crate::backend::error::chain(self)
     }
 }

@@ -53,7 +53,7 @@ use crate::name::VolumeName;
 pub use error::{Cause, ServiceError};
 pub use handle::ServiceHandle;
 use locks::VolumeLocks;
-pub use orchestrated::StageRequest;
+pub use orchestrated::{NodeStats, StageRequest, Usage};
 pub use orphans::Orphan;
 use state::{Pending, StateStore, VolumeRecord};
 pub use status::{Status, StatusEntry};

@@ -23,9 +23,30 @@ use tracing::{debug, info, warn};
 use super::state::{OrchestratorClaims, VolumeRecord};
 use super::{now_rfc3339, Cause, ServiceError, VolumeService};
 use crate::backend::options::get_u64;
-use crate::backend::{NodeId, PublishContext, Scope, VolumeStats};
+use crate::backend::{NodeId, PublishContext, Scope, VolumeStats, BLOCK_FILE};
 use crate::crashpoint::hit;
 use crate::name::{excerpt, VolumeName};
+
+/// What a node reports of a volume where it is staged or published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Its usage.
+    pub usage: Usage,
+    /// Why it is not healthy there, if it is not (nothing is mounted there any more).
+    pub abnormal: Option<String>,
+}
+
+/// The usage of a volume where a node hands it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Usage {
+    /// A file system's space and inodes.
+    FileSystem(VolumeStats),
+    /// A raw block volume's size in bytes.
+    Block {
+        /// Its size.
+        bytes: u64,
+    },
+}
 
 /// How a node uses a staged volume, from the orchestrator's volume capability.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,6 +55,8 @@ pub struct StageRequest {
     pub fs_type: String,
     /// Extra mount options.
     pub mount_flags: Vec<String>,
+    /// Raw block access: the device itself is handed out, with no file system on it.
+    pub block: bool,
 }
 
 impl VolumeService {
@@ -191,12 +214,27 @@ impl VolumeService {
             let holders = record.csi.targets.len() as u64;
             return Err(ServiceError::new(op, name.as_str(), Cause::InUse { holders }));
         }
-        self.backend.node.unstage(name, &staging).await.map_err(self.backend_err(op, name))?;
+        self.unstage_as_staged(name, &staging, record.csi.block).await.map_err(self.backend_err(op, name))?;
         hit("unstaged before detach");
         record.csi.staged = None;
+        record.csi.block = false;
         self.commit(op, record.clone()).await?;
         info!(volume = %name, staging = %staging.display(), "unstaged before the node lets go of it");
         Ok(())
+    }
+
+    /// Undoes the node's stage at `staging`, for raw block access or a file system.
+    async fn unstage_as_staged(
+        &self,
+        name: &VolumeName,
+        staging: &Path,
+        block: bool,
+    ) -> Result<(), crate::backend::BackendError> {
+        if block {
+            self.backend.node.unstage_block(name, staging).await
+        } else {
+            self.backend.node.unstage(name, staging).await
+        }
     }
 
     /// Stages volume `raw_name` at `staging` on this host from the controller's `ctx`: finds
@@ -219,6 +257,15 @@ impl VolumeService {
             let mut record = s.adopted_record(OP, &name).await?;
             s.refuse_docker_held(OP, &record)?;
             match &record.csi.staged {
+                Some(path) if *path == staging && record.csi.block != how.block => {
+                    return Err(ServiceError::new(
+                        OP,
+                        name.as_str(),
+                        Cause::Mismatch {
+                            what: format!("it is staged at {} {}", path.display(), access(record.csi.block)),
+                        },
+                    ))
+                }
                 Some(path) if *path == staging => {}
                 Some(other) => {
                     return Err(ServiceError::new(
@@ -229,14 +276,20 @@ impl VolumeService {
                 }
                 None => {
                     record.csi.staged = Some(staging.clone());
+                    record.csi.block = how.block;
                     s.commit(OP, record.clone()).await?;
                     hit("stage claimed");
                 }
             }
-            let opts = stage_options(&record, &how);
-            if let Err(e) = s.backend.node.stage(&name, &opts, &ctx, &staging).await {
+            let staged = if how.block {
+                s.backend.node.stage_block(&name, &ctx, &staging).await
+            } else {
+                s.backend.node.stage(&name, &stage_options(&record, &how), &ctx, &staging).await
+            };
+            if let Err(e) = staged {
                 if record.csi.targets.is_empty() {
                     record.csi.staged = None;
+                    record.csi.block = false;
                     s.commit_logged(OP, record).await;
                 }
                 return Err(s.backend_err(OP, &name)(e));
@@ -269,10 +322,13 @@ impl VolumeService {
                     return Ok(());
                 }
             }
-            s.backend.node.unstage(&name, &staging).await.map_err(s.backend_err(OP, &name))?;
+            let block =
+                record.as_ref().is_some_and(|r| r.csi.block && r.csi.staged.as_deref() == Some(staging.as_path()));
+            s.unstage_as_staged(&name, &staging, block).await.map_err(s.backend_err(OP, &name))?;
             hit("unstaged");
             if let Some(mut record) = record.filter(|r| r.csi.staged.as_deref() == Some(staging.as_path())) {
                 record.csi.staged = None;
+                record.csi.block = false;
                 record.last_used = Some(now_rfc3339());
                 s.commit(OP, record).await?;
                 info!(volume = %name, staging = %staging.display(), "unstaged");
@@ -282,17 +338,20 @@ impl VolumeService {
         .await
     }
 
-    /// Bind-mounts the volume staged at `staging` on `target` (read-only if asked). Idempotent.
+    /// Bind-mounts the volume staged at `staging` on `target` (read-only if asked; `block`:
+    /// its device, on a file). Idempotent.
     ///
     /// # Errors
-    /// [`Cause::NotFound`]; [`Cause::NotStaged`] when it is not staged at `staging`; the
-    /// backend's failure.
+    /// [`Cause::NotFound`]; [`Cause::NotStaged`] when it is not staged at `staging`;
+    /// [`Cause::Mismatch`] when it is staged or published there otherwise; the backend's
+    /// failure.
     pub async fn publish_on_node(
         self: &Arc<Self>,
         raw_name: &str,
         staging: PathBuf,
         target: PathBuf,
         read_only: bool,
+        block: bool,
     ) -> Result<(), ServiceError> {
         const OP: &str = "NodePublishVolume";
         let name = Self::validate(OP, raw_name)?;
@@ -304,6 +363,15 @@ impl VolumeService {
                     OP,
                     name.as_str(),
                     Cause::NotStaged { path: staging.display().to_string() },
+                ));
+            }
+            if record.csi.block != block {
+                return Err(ServiceError::new(
+                    OP,
+                    name.as_str(),
+                    Cause::Mismatch {
+                        what: format!("it is staged at {} {}", staging.display(), access(record.csi.block)),
+                    },
                 ));
             }
             let claimed = !record.csi.targets.contains_key(&target);
@@ -320,7 +388,12 @@ impl VolumeService {
                 s.commit(OP, record.clone()).await?;
                 hit("target claimed");
             }
-            if let Err(e) = s.backend.node.publish(&name, &record.options, &staging, Some(&target), read_only).await {
+            let published = if block {
+                s.backend.node.publish_block(&name, &staging, &target, read_only).await
+            } else {
+                s.backend.node.publish(&name, &record.options, &staging, Some(&target), read_only).await.map(drop)
+            };
+            if let Err(e) = published {
                 if claimed {
                     record.csi.targets.remove(&target);
                     s.commit_logged(OP, record).await;
@@ -356,21 +429,37 @@ impl VolumeService {
         .await
     }
 
-    /// Space and inodes of volume `raw_name`'s file system at `path`, where the orchestrator
-    /// staged or published it.
+    /// The usage of volume `raw_name` at `path`, where the orchestrator staged or published it
+    /// (a file system's space and inodes, or a raw block volume's size), and whether it is
+    /// still there.
     ///
     /// # Errors
     /// [`Cause::NotFound`] for an unknown volume or a path it is not at, or the backend's failure.
-    pub async fn stats_on_node(&self, raw_name: &str, path: &Path) -> Result<VolumeStats, ServiceError> {
+    pub async fn stats_on_node(&self, raw_name: &str, path: &Path) -> Result<NodeStats, ServiceError> {
         const OP: &str = "NodeGetVolumeStats";
         let name = Self::validate(OP, raw_name)?;
-        let record = self.record(&name).filter(VolumeRecord::exists);
-        let known = record
-            .is_some_and(|r| r.csi.staged.as_deref() == Some(path) || r.csi.targets.contains_key(path) || r.active);
-        if !known {
+        let Some(record) = self.record(&name).filter(|r| {
+            r.exists() && (r.csi.staged.as_deref() == Some(path) || r.csi.targets.contains_key(path) || r.active)
+        }) else {
             return Err(ServiceError::new(OP, name.as_str(), Cause::NotFound));
-        }
-        self.backend.node.stats(path).await.map_err(self.backend_err(OP, &name))
+        };
+        let node = &self.backend.node;
+        // A raw block volume's staging directory holds the file its device is bound on.
+        let at = if record.csi.block && record.csi.staged.as_deref() == Some(path) {
+            path.join(BLOCK_FILE)
+        } else {
+            path.to_path_buf()
+        };
+        let there = node.is_staged(&name, &at).await.map_err(self.backend_err(OP, &name))?;
+        let abnormal = (!there).then(|| {
+            format!("volume {name} is no longer mounted at {}: it was unmounted behind the plugin's back", at.display())
+        });
+        let usage = if record.csi.block && there {
+            Usage::Block { bytes: node.block_size(&at).await.map_err(self.backend_err(OP, &name))? }
+        } else {
+            Usage::FileSystem(node.stats(path).await.map_err(self.backend_err(OP, &name))?)
+        };
+        Ok(NodeStats { usage, abnormal })
     }
 
     /// Grows the file system of volume `raw_name` staged at `staging` to fill its device.
@@ -390,7 +479,10 @@ impl VolumeService {
                     Cause::NotStaged { path: staging.display().to_string() },
                 ));
             }
-            s.backend.node.expand_fs(&name, &record.options, &staging).await.map_err(s.backend_err(OP, &name))?;
+            // A raw block volume has no file system to grow: its device is the volume.
+            if !record.csi.block {
+                s.backend.node.expand_fs(&name, &record.options, &staging).await.map_err(s.backend_err(OP, &name))?;
+            }
             Ok(get_u64(&record.options, "size").unwrap_or(0))
         })
         .await
@@ -491,6 +583,15 @@ fn stage_options(record: &VolumeRecord, how: &StageRequest) -> crate::backend::O
 }
 
 /// `read-only` or `read-write`.
+/// How a volume is staged, in words.
+fn access(block: bool) -> &'static str {
+    if block {
+        "for raw block access"
+    } else {
+        "as a file system"
+    }
+}
+
 fn rw(read_only: bool) -> &'static str {
     if read_only {
         "read-only"

@@ -64,6 +64,9 @@ pub struct OrchestratorClaims {
     /// Where it is published on this host (NodePublishVolume) → read-only.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub targets: BTreeMap<PathBuf, bool>,
+    /// Whether it is staged for raw block access (its device handed out, no file system).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub block: bool,
 }
 
 impl OrchestratorClaims {

@@ -243,9 +243,48 @@ impl Node for BlockNode {
         blocking(&self.os, "stage", move |os| stage_local(os, &plan, &device, &token)).await
     }
 
+    async fn stage_block(&self, name: &VolumeName, ctx: &PublishContext, staging: &Path) -> Result<(), BackendError> {
+        let device = self.devices.device(name, ctx).await?;
+        crate::crashpoint::hit("device found");
+        let (staging, file) = (staging.to_path_buf(), staging.join(super::BLOCK_FILE));
+        blocking(&self.os, "stage", move |os| {
+            if os.mounted_at(&file).map_err(step_error("read mounts for", &file))?.is_some() {
+                return Ok(());
+            }
+            if os.entry(&staging).map_err(step_error("examine", &staging))? == Entry::Missing {
+                os.make_dir(&staging).map_err(step_error("make the directory", &staging))?;
+            }
+            make_file(os, &file)?;
+            os.bind_mount(&device, &file, false).map_err(step_error("bind the device on", &file))?;
+            tracing::info!(device = %device.display(), file = %file.display(), "staged for raw block access");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn publish_block(
+        &self,
+        _name: &VolumeName,
+        staging: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<(), BackendError> {
+        bind(&self.os, &staging.join(super::BLOCK_FILE), target, read_only).await.map(drop)
+    }
+
+    async fn block_size(&self, path: &Path) -> Result<u64, BackendError> {
+        let path = path.to_path_buf();
+        blocking(&self.os, "stats", move |os| os.device_size(&path).map_err(step_error("read the size of", &path)))
+            .await
+    }
+
     async fn unstage(&self, _name: &VolumeName, staging: &Path) -> Result<(), BackendError> {
         let mount_dir = staging.to_path_buf();
         blocking(&self.os, "unstage", move |os| unstage_local(os, &mount_dir)).await
+    }
+
+    async fn unstage_block(&self, _name: &VolumeName, staging: &Path) -> Result<(), BackendError> {
+        unbind(&self.os, &staging.join(super::BLOCK_FILE), true).await
     }
 
     async fn expand_fs(&self, name: &VolumeName, opts: &Options, staging: &Path) -> Result<(), BackendError> {
@@ -306,7 +345,7 @@ impl Node for BlockNode {
     }
 
     async fn unpublish(&self, _name: &VolumeName, target: &Path) -> Result<(), BackendError> {
-        unbind(&self.os, target).await
+        unbind(&self.os, target, true).await
     }
 
     async fn stats(&self, path: &Path) -> Result<VolumeStats, BackendError> {
@@ -319,7 +358,9 @@ impl Node for BlockNode {
     }
 }
 
-/// Bind-mounts `source` on `target` (read-only if asked) unless it is bound there already.
+/// Bind-mounts `source` on `target` (read-only if asked) unless it is bound there already. A
+/// missing target is made: a directory for a directory, else an empty file (a raw block
+/// volume's device).
 pub(crate) async fn bind(
     os: &Arc<dyn BlockOs>,
     source: &Path,
@@ -334,7 +375,11 @@ pub(crate) async fn bind(
         }
         if os.entry(&target).map_err(step_error("examine", &target))? == Entry::Missing {
             // An orchestrator makes the target's parent; the target itself is the plugin's to make.
-            os.make_dir(&target).map_err(step_error("make the directory", &target))?;
+            if os.entry(&source).map_err(step_error("examine", &source))? == Entry::Directory {
+                os.make_dir(&target).map_err(step_error("make the directory", &target))?;
+            } else {
+                make_file(os, &target)?;
+            }
         }
         os.bind_mount(&source, &target, read_only).map_err(step_error("bind-mount", &target))?;
         tracing::info!(source = %source.display(), target = %target.display(), read_only, "published");
@@ -343,18 +388,49 @@ pub(crate) async fn bind(
     .await
 }
 
-/// Unmounts the bind mount at `target`, if there is one.
-pub(crate) async fn unbind(os: &Arc<dyn BlockOs>, target: &Path) -> Result<(), BackendError> {
+/// Makes the empty regular file `path` for a device to be bound on, unless one is there; a
+/// link or anything else in its place is refused.
+fn make_file(os: &dyn BlockOs, path: &Path) -> Result<(), BackendError> {
+    os.create_sparse(path, 0).map_err(step_error("make the file", path))?;
+    let what = match os.entry(path).map_err(step_error("examine", path))? {
+        Entry::File { .. } => return Ok(()),
+        Entry::Symlink => "a symbolic link",
+        Entry::Directory => "a directory",
+        Entry::Missing => "missing",
+        Entry::Other => "a special file",
+    };
+    Err(BackendError::invalid(format!(
+        "{} should be a regular file for a block device to be bound on, but is {what}",
+        path.display()
+    )))
+}
+
+/// Unmounts the bind mount at `target`, if there is one; with `remove`, the empty directory or
+/// file [`bind`] made there goes too (an orchestrator's publish target is the plugin's to make
+/// and to remove; its staging directory is not).
+pub(crate) async fn unbind(os: &Arc<dyn BlockOs>, target: &Path, remove: bool) -> Result<(), BackendError> {
     let target = target.to_path_buf();
-    blocking(os, "unpublish", move |os| {
-        if os.mounted_at(&target).map_err(step_error("read mounts for", &target))?.is_none() {
-            return Ok(());
-        }
-        unmount(os, &target, &target)?;
+    blocking(os, "unpublish", move |os| unbind_local(os, &target, remove)).await
+}
+
+/// [`unbind`] on a blocking thread.
+fn unbind_local(os: &dyn BlockOs, target: &Path, remove: bool) -> Result<(), BackendError> {
+    if os.entry(target).map_err(step_error("examine", target))? == Entry::Symlink {
+        return Err(step_error("unmount", target)(crate::os::OsError::Symlink(target.to_path_buf())));
+    }
+    if os.mounted_at(target).map_err(step_error("read mounts for", target))?.is_some() {
+        unmount(os, target, target)?;
         tracing::info!(target = %target.display(), "unpublished");
-        Ok(())
-    })
-    .await
+    }
+    if !remove {
+        return Ok(());
+    }
+    match os.entry(target).map_err(step_error("examine", target))? {
+        Entry::File { size: 0 } => drop(os.remove_file(target).map_err(step_error("remove", target))?),
+        Entry::Directory => drop(os.remove_empty_dir(target).map_err(step_error("remove", target))?),
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Staging on a blocking thread: everything after the device was found.

@@ -419,6 +419,23 @@ pub struct Instance {
     pub availability_zone: String,
     /// Device names in its block device mapping (root device, attached volumes).
     pub device_names: Vec<String>,
+    /// Its instance type (`m5.large`).
+    pub instance_type: String,
+    /// How many network interfaces it has (on most Nitro types they share the attachment
+    /// slots with EBS volumes).
+    pub network_interfaces: u32,
+}
+
+/// What an instance type allows of EBS attachments (DescribeInstanceTypes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceTypeLimits {
+    /// `EbsInfo.MaximumEbsAttachments`: EBS volumes it takes with one network interface.
+    pub max_attachments: Option<u32>,
+    /// Whether network interfaces and instance-store disks share those slots (limit type
+    /// `shared`; `dedicated` types keep them apart).
+    pub shared: bool,
+    /// Its instance-store NVMe disks.
+    pub instance_store_disks: u32,
 }
 
 /// The sentinel kinds of EC2 errors the backend branches on.
@@ -608,6 +625,12 @@ pub trait Ec2Api: Send + Sync + fmt::Debug {
     /// # Errors
     /// EC2's error (`NotFound` for an unknown instance).
     async fn describe_instance(&self, instance_id: &str) -> Result<Instance, CloudError>;
+
+    /// DescribeInstanceTypes for one instance type.
+    ///
+    /// # Errors
+    /// EC2's error (an unknown type).
+    async fn describe_instance_type(&self, instance_type: &str) -> Result<InstanceTypeLimits, CloudError>;
 
     /// CreateSnapshot with the tags in TagSpecifications.
     ///

@@ -20,8 +20,8 @@ use aws_sdk_ec2::Client;
 
 use super::api::{
     AttachState, CloudError, CloudErrorKind, CopySnapshotRequest, CreateSnapshotRequest, CreateVolumeRequest, Ec2Api,
-    Instance, ModificationState, ModifyVolumeRequest, Snapshot, SnapshotPage, SnapshotQuery, SnapshotState, Volume,
-    VolumeAttachment, VolumeModification, VolumePage, VolumeQuery, VolumeState,
+    Instance, InstanceTypeLimits, ModificationState, ModifyVolumeRequest, Snapshot, SnapshotPage, SnapshotQuery,
+    SnapshotState, Volume, VolumeAttachment, VolumeModification, VolumePage, VolumeQuery, VolumeState,
 };
 
 /// How to reach EC2.
@@ -297,6 +297,39 @@ impl Ec2Api for AwsEc2 {
                 .iter()
                 .filter_map(|m| m.device_name().map(str::to_owned))
                 .collect(),
+            instance_type: instance.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
+            network_interfaces: u32::try_from(instance.network_interfaces().len()).unwrap_or(u32::MAX),
+        })
+    }
+
+    async fn describe_instance_type(&self, instance_type: &str) -> Result<InstanceTypeLimits, CloudError> {
+        let out = self
+            .client
+            .describe_instance_types()
+            .instance_types(aws_sdk_ec2::types::InstanceType::from(instance_type))
+            .send()
+            .await
+            .map_err(cloud_error)?;
+        let info = out.instance_types().first().ok_or_else(|| {
+            CloudError::from_code(
+                "InvalidInstanceType",
+                &format!("The instance type '{instance_type}' is not known"),
+                Some(400),
+            )
+        })?;
+        let ebs = info.ebs_info();
+        let disks = info
+            .instance_storage_info()
+            .map_or(0, |s| s.disks().iter().map(|d| d.count().and_then(|c| u32::try_from(c).ok()).unwrap_or(0)).sum());
+        Ok(InstanceTypeLimits {
+            max_attachments: ebs
+                .and_then(aws_sdk_ec2::types::EbsInfo::maximum_ebs_attachments)
+                .and_then(|n| u32::try_from(n).ok()),
+            shared: !matches!(
+                ebs.and_then(|e| e.attachment_limit_type()),
+                Some(aws_sdk_ec2::types::AttachmentLimitType::Dedicated)
+            ),
+            instance_store_disks: disks,
         })
     }
 

@@ -123,6 +123,14 @@ impl DeviceAllocator {
         Ok(Reservation { device, slots: Arc::clone(&self.slots) })
     }
 
+    /// How many names of the range `used` (the devices of volumes that are not this
+    /// program's) leaves for its volumes.
+    pub fn capacity(&self, used: &[String]) -> u32 {
+        let used: Vec<String> = used.iter().map(|d| normalize(d)).collect();
+        let free = self.names.iter().filter(|n| !used.contains(&normalize(n))).count();
+        u32::try_from(free).unwrap_or(u32::MAX)
+    }
+
     /// Names reserved right now (for tests and logs).
     pub fn in_flight(&self) -> Vec<String> {
         self.slots.lock().expect("device slots poisoned").in_flight.keys().map(|k| format!("/dev/{k}")).collect()

@@ -11,6 +11,7 @@ fn failure_of(kind: CloudErrorKind) -> CloudFailure {
         CloudErrorKind::Throttled => CloudFailure::Throttled,
         CloudErrorKind::Transient => CloudFailure::Unreachable,
         CloudErrorKind::LimitExceeded => CloudFailure::LimitExceeded,
+        CloudErrorKind::NotFound => CloudFailure::NotFound,
         _ => CloudFailure::Refused,
     }
 }

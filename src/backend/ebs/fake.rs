@@ -23,8 +23,8 @@ use async_trait::async_trait;
 
 use super::api::{
     AttachState, CloudError, CopySnapshotRequest, CreateSnapshotRequest, CreateVolumeRequest, Ec2Api, Instance,
-    ModificationState, ModifyVolumeRequest, Snapshot, SnapshotPage, SnapshotQuery, SnapshotState, Volume,
-    VolumeAttachment, VolumeModification, VolumePage, VolumeQuery, VolumeState,
+    InstanceTypeLimits, ModificationState, ModifyVolumeRequest, Snapshot, SnapshotPage, SnapshotQuery, SnapshotState,
+    Volume, VolumeAttachment, VolumeModification, VolumePage, VolumeQuery, VolumeState,
 };
 use crate::os::DeviceHost;
 
@@ -45,6 +45,8 @@ pub enum Op {
     CreateTags,
     /// DescribeInstances.
     DescribeInstances,
+    /// DescribeInstanceTypes.
+    DescribeInstanceTypes,
     /// CreateSnapshot.
     CreateSnapshot,
     /// DescribeSnapshots (one page).
@@ -95,6 +97,8 @@ pub enum Ec2Call {
     CreateTags(String, BTreeMap<String, String>),
     /// DescribeInstances.
     DescribeInstances(String),
+    /// DescribeInstanceTypes of one type.
+    DescribeInstanceTypes(String),
     /// CreateSnapshot.
     CreateSnapshot(CreateSnapshotRequest),
     /// DescribeSnapshots.
@@ -120,6 +124,7 @@ impl Ec2Call {
             Ec2Call::DeleteVolume(_) => Op::DeleteVolume,
             Ec2Call::CreateTags(..) => Op::CreateTags,
             Ec2Call::DescribeInstances(_) => Op::DescribeInstances,
+            Ec2Call::DescribeInstanceTypes(_) => Op::DescribeInstanceTypes,
             Ec2Call::CreateSnapshot(_) => Op::CreateSnapshot,
             Ec2Call::DescribeSnapshots(_) => Op::DescribeSnapshots,
             Ec2Call::DeleteSnapshot(_) => Op::DeleteSnapshot,
@@ -171,6 +176,8 @@ struct FakeSnapshot {
 struct FakeInstance {
     az: String,
     devices: BTreeSet<String>,
+    instance_type: String,
+    network_interfaces: u32,
 }
 
 #[derive(Debug, Default)]
@@ -344,8 +351,21 @@ impl FakeEc2 {
     pub fn add_instance(&self, id: &str, az: &str) {
         self.world().instances.insert(
             id.to_owned(),
-            FakeInstance { az: az.to_owned(), devices: BTreeSet::from(["/dev/sda1".to_owned()]) },
+            FakeInstance {
+                az: az.to_owned(),
+                devices: BTreeSet::from(["/dev/sda1".to_owned()]),
+                instance_type: "m5.large".to_owned(),
+                network_interfaces: 1,
+            },
         );
+    }
+
+    /// Makes instance `id` (added before) of `instance_type` with `network_interfaces`.
+    pub fn set_instance_shape(&self, id: &str, instance_type: &str, network_interfaces: u32) {
+        if let Some(instance) = self.world().instances.get_mut(id) {
+            instance.instance_type = instance_type.to_owned();
+            instance.network_interfaces = network_interfaces;
+        }
     }
 
     /// Adds an available volume with these tags; returns its ID.
@@ -884,7 +904,27 @@ impl Ec2Api for FakeEc2 {
             id: instance_id.to_owned(),
             availability_zone: inst.az.clone(),
             device_names: inst.devices.iter().cloned().collect(),
+            instance_type: inst.instance_type.clone(),
+            network_interfaces: inst.network_interfaces,
         })
+    }
+
+    /// Three types as EC2 describes them: a shared-limit Nitro type, one with an instance-store
+    /// disk, and a dedicated-limit one.
+    async fn describe_instance_type(&self, instance_type: &str) -> Result<InstanceTypeLimits, CloudError> {
+        let _w = self.enter(Ec2Call::DescribeInstanceTypes(instance_type.to_owned()))?;
+        let (max, shared, disks) = match instance_type {
+            "m5.large" => (27, true, 0),
+            "m5d.large" => (27, true, 1),
+            "m7i.48xlarge" => (128, false, 0),
+            other => {
+                return Err(err(
+                    "InvalidInstanceType",
+                    format!("The following supplied instance types do not exist: [{other}]"),
+                ))
+            }
+        };
+        Ok(InstanceTypeLimits { max_attachments: Some(max), shared, instance_store_disks: disks })
     }
 
     async fn create_snapshot(&self, req: &CreateSnapshotRequest) -> Result<Snapshot, CloudError> {

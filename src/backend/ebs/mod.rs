@@ -51,6 +51,7 @@ mod errors;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod identity;
+mod limits;
 mod modify;
 pub mod naming;
 pub mod node;
@@ -238,6 +239,10 @@ impl Controller for EbsController {
 
     async fn local_zone(&self) -> Result<Option<String>, BackendError> {
         self.identity().await.map(|i| Some(i.availability_zone))
+    }
+
+    async fn attach_limit(&self) -> Result<Option<u32>, BackendError> {
+        self.core.attach_limit().await
     }
 
     async fn create(&self, name: &VolumeName, opts: &Options, _resume: bool) -> Result<(), BackendError> {

@@ -158,7 +158,8 @@ async fn ls_shows_rexrays_snapshots_in_its_namespace_every_owned_one_or_the_give
     let err = snap_ops(&h).list_snapshots(&SnapshotFilter::Ids(vec!["snap-00000000000000abc".into()])).await;
     assert!(err.unwrap_err().to_string().contains("InvalidSnapshot.NotFound"));
     let err = snap_ops(&h).list_snapshots(&SnapshotFilter::Ids(vec!["vol-1".into()])).await.unwrap_err();
-    assert!(err.to_string().contains("\"vol-1\" is not an EBS snapshot ID"), "{err}");
+    assert!(err.to_string().contains("\"vol-1\": it is not an EBS snapshot ID"), "{err}");
+    assert_eq!(err.kind(), crate::backend::ErrorKind::NotFound, "a malformed ID names no snapshot");
     assert_eq!(ec2.count(Op::DescribeSnapshots), 1, "a malformed ID makes no call");
 }
 

@@ -78,10 +78,13 @@ fn check_snapshot_id(id: &str) -> Result<(), BackendError> {
     if is_snapshot_id(id) {
         Ok(())
     } else {
-        Err(BackendError::invalid(format!(
-            "{:?} is not an EBS snapshot ID (expected snap-0123456789abcdef0)",
-            crate::name::excerpt(id)
-        )))
+        // A snapshot ID of another form names no snapshot.
+        Err(BackendError::NotFound {
+            what: format!(
+                "snapshot {:?}: it is not an EBS snapshot ID (expected snap-0123456789abcdef0)",
+                crate::name::excerpt(id)
+            ),
+        })
     }
 }
 

@@ -78,6 +78,19 @@ pub(super) fn open_mount_target(path: &Path) -> Result<OwnedFd, OsError> {
         .map_err(|e| dir_open_error(path, e))
 }
 
+/// Opens the directory or regular file `path` as a bind-mount target (a raw block volume's
+/// device is bound on a file): `O_PATH`, never through a link.
+pub(super) fn open_bind_target(path: &Path) -> Result<OwnedFd, OsError> {
+    let fd = rustix::fs::open(path, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+        .map_err(errno_error(format!("open {}", path.display())))?;
+    let stat = rustix::fs::fstat(&fd).map_err(errno_error(format!("examine {}", path.display())))?;
+    match rustix::fs::FileType::from_raw_mode(stat.st_mode) {
+        rustix::fs::FileType::Directory | rustix::fs::FileType::RegularFile => Ok(fd),
+        rustix::fs::FileType::Symlink => Err(is_a_link(path)),
+        _ => Err(OsError::Unexpected(format!("{} is neither a directory nor a regular file", path.display()))),
+    }
+}
+
 /// The magic path of an open descriptor.
 pub(super) fn fd_path(fd: BorrowedFd<'_>) -> PathBuf {
     use std::os::fd::AsRawFd;

@@ -338,7 +338,7 @@ impl BlockOs for LinuxOs {
 
     fn bind_mount(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), OsError> {
         let op = || format!("bind-mount {} on {}", source.display(), target.display());
-        let dir = files::open_mount_target(target)?;
+        let dir = files::open_bind_target(target)?;
         rustix::mount::mount_bind(source, files::fd_path(dir.as_fd()))
             .map_err(|e| OsError::Sys { op: op(), source: e.into() })?;
         if read_only {
