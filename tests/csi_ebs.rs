@@ -70,6 +70,34 @@ fn host(root: &Path, name: &str, moto: &Moto, instance: &str, mode: &str) -> Hos
     Host { csi, links, daemon }
 }
 
+/// Two instances of one moto, a controller daemon on the first and a node daemon on the second,
+/// and the device host backing both.
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    a_id: String,
+    b_id: String,
+    a: Host,
+    b: Host,
+    hv: Hypervisor,
+}
+
+fn cluster(moto: &Moto) -> Cluster {
+    let tmp = tempfile::Builder::new().prefix("rexray-csi-ebs").tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let a_id = moto.run_instance(REGION, AZ);
+    let b_id = moto.run_instance(REGION, AZ);
+    let a = host(&root, "controller", moto, &a_id, "controller");
+    let b = host(&root, "node", moto, &b_id, "node");
+    let hv = Hypervisor::start(
+        &moto.endpoint,
+        REGION,
+        &root.join("sim"),
+        BTreeMap::from([(a_id.clone(), a.links.clone()), (b_id.clone(), b.links.clone())]),
+    );
+    Cluster { _tmp: tmp, root, a_id, b_id, a, b, hv }
+}
+
 fn zone(z: &str) -> Topology {
     Topology { segments: [(rexray::csi::ZONE_KEY.to_owned(), z.to_owned())].into_iter().collect() }
 }
@@ -83,18 +111,7 @@ fn controller_on_one_host_node_on_another_through_csi() {
     let Some(moto) = Moto::for_test(test) else { return };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let api = rt.block_on(moto.api(REGION));
-    let tmp = tempfile::Builder::new().prefix("rexray-csi-ebs").tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    let a_id = moto.run_instance(REGION, AZ);
-    let b_id = moto.run_instance(REGION, AZ);
-    let a = host(&root, "controller", &moto, &a_id, "controller");
-    let b = host(&root, "node", &moto, &b_id, "node");
-    let mut hv = Hypervisor::start(
-        &moto.endpoint,
-        REGION,
-        &root.join("sim"),
-        BTreeMap::from([(a_id.clone(), a.links.clone()), (b_id.clone(), b.links.clone())]),
-    );
+    let Cluster { _tmp, root, a_id, b_id, a, b, mut hv } = cluster(&moto);
 
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rt.block_on(async {
@@ -379,5 +396,95 @@ fn controller_on_one_host_node_on_another_through_csi() {
     assert!(errors.is_empty(), "the device host reported errors: {errors:?}");
     for log in [a.daemon.log_text(), b.daemon.log_text()] {
         assert!(!log.contains("panicked") && !log.contains("secretKey: test"), "{log}");
+    }
+}
+
+/// The two codes a busy node and a full instance answer: `ABORTED` for a call that finds another
+/// operation on its volume in flight past its deadline (and the one in flight, given up on by its
+/// caller, still undoes its claim), and `RESOURCE_EXHAUSTED` for an attach past the instance's
+/// device names, as many as NodeGetInfo's `max_volumes_per_node` said.
+#[test]
+fn busy_volumes_abort_and_a_full_instance_is_resource_exhausted() {
+    let test = "busy_volumes_abort_and_a_full_instance_is_resource_exhausted";
+    if !require(test, prerequisites()) {
+        return;
+    }
+    let Some(moto) = Moto::for_test(test) else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let Cluster { _tmp, root, b_id, a, b, mut hv, .. } = cluster(&moto);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async {
+            let mut ctl = connect(&a.csi).await;
+            let mut node = connect(&b.csi).await;
+            let cap = mount_cap("ext4", Mode::SingleNodeWriter);
+            let limit = node.node.node_get_info(NodeGetInfoRequest {}).await.unwrap().into_inner().max_volumes_per_node;
+            assert_eq!(limit, 11);
+            // Volumes whose device never appears on the node (the device host never plugs them).
+            let names: Vec<String> = (0..=limit).map(|n| format!("{}-{n}", support::NO_DEVICE_PREFIX)).collect();
+            let mut contexts = Vec::new();
+            for (n, name) in names.iter().enumerate() {
+                let create = CreateVolumeRequest {
+                    name: name.clone(),
+                    capacity_range: Some(CapacityRange { required_bytes: GIB, limit_bytes: 0 }),
+                    volume_capabilities: vec![cap.clone()],
+                    ..Default::default()
+                };
+                ctl.controller.create_volume(create).await.unwrap();
+                let publish = ControllerPublishVolumeRequest {
+                    volume_id: name.clone(),
+                    node_id: b_id.clone(),
+                    volume_capability: Some(cap.clone()),
+                    ..Default::default()
+                };
+                let published = ctl.controller.controller_publish_volume(publish).await;
+                if n < 11 {
+                    contexts.push(published.unwrap().into_inner().publish_context);
+                } else {
+                    // The twelfth attach finds every device name taken.
+                    assert_eq!(code(published), Code::ResourceExhausted);
+                }
+            }
+
+            // A NodeStage waits for a device that never comes; another call on that volume
+            // meanwhile, with a short deadline, is ABORTED rather than left waiting.
+            let staging = root.join("node/kubelet/staging");
+            std::fs::create_dir_all(&staging).unwrap();
+            let stage = NodeStageVolumeRequest {
+                volume_id: names[0].clone(),
+                publish_context: contexts[0].clone(),
+                staging_target_path: staging.display().to_string(),
+                volume_capability: Some(cap.clone()),
+                ..Default::default()
+            };
+            let mut slow = tonic::Request::new(stage.clone());
+            slow.set_timeout(std::time::Duration::from_secs(6));
+            let mut waiting = node.node.clone();
+            let in_flight = tokio::spawn(async move { waiting.node_stage_volume(slow).await });
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            let mut hurried = tonic::Request::new(stage.clone());
+            hurried.set_timeout(std::time::Duration::from_secs(2));
+            assert_eq!(code(node.node.node_stage_volume(hurried).await), Code::Aborted);
+            // The server's answer (DEADLINE_EXCEEDED) or the client's own deadline (CANCELLED).
+            let given_up = code(in_flight.await.unwrap());
+            assert!(matches!(given_up, Code::DeadlineExceeded | Code::Cancelled), "{given_up:?}");
+            // The claim went with it: the volume is not staged, so a detach goes through.
+            assert!(!is_mounted(&staging));
+
+            for name in &names {
+                let unpublish = ControllerUnpublishVolumeRequest {
+                    volume_id: name.clone(),
+                    node_id: b_id.clone(),
+                    ..Default::default()
+                };
+                ctl.controller.controller_unpublish_volume(unpublish).await.unwrap();
+                let delete = DeleteVolumeRequest { volume_id: name.clone(), ..Default::default() };
+                ctl.controller.delete_volume(delete).await.unwrap();
+            }
+        });
+    }));
+    hv.stop();
+    if let Err(panic) = outcome {
+        eprintln!("controller log:\n{}\nnode log:\n{}", a.daemon.log_text(), b.daemon.log_text());
+        std::panic::resume_unwind(panic);
     }
 }
