@@ -230,6 +230,74 @@ fn controller_on_one_host_node_on_another_through_csi() {
                 .unwrap()
                 .into_inner();
             assert!(stats.usage.iter().any(|u| u.total > GIB / 2), "{stats:?}");
+            assert!(!stats.volume_condition.unwrap().abnormal);
+
+            // Both daemons are ready; the node stages, grows and reports conditions.
+            for c in [&mut ctl, &mut node] {
+                let ready = c.identity.probe(ProbeRequest {}).await.unwrap().into_inner().ready;
+                assert_eq!(ready, Some(true));
+            }
+            let ncaps = node.node.node_get_capabilities(NodeGetCapabilitiesRequest {}).await.unwrap().into_inner();
+            for want in ["StageUnstageVolume", "ExpandVolume", "GetVolumeStats", "VolumeCondition"] {
+                assert!(format!("{ncaps:?}").contains(want), "{want}: {ncaps:?}");
+            }
+            // Mount and raw block access by one node are confirmed; by many nodes, not.
+            let block = VolumeCapability {
+                access_type: Some(volume_capability::AccessType::Block(volume_capability::BlockVolume {})),
+                access_mode: Some(volume_capability::AccessMode { mode: Mode::SingleNodeWriter.into() }),
+            };
+            let validate = |caps: Vec<VolumeCapability>| ValidateVolumeCapabilitiesRequest {
+                volume_id: vol.volume_id.clone(),
+                volume_capabilities: caps,
+                ..Default::default()
+            };
+            let ok = ctl.controller.validate_volume_capabilities(validate(vec![cap.clone(), block])).await.unwrap();
+            assert!(ok.into_inner().confirmed.is_some());
+            let many = mount_cap("ext4", Mode::MultiNodeMultiWriter);
+            let refused = ctl.controller.validate_volume_capabilities(validate(vec![many])).await.unwrap().into_inner();
+            assert!(refused.confirmed.is_none() && refused.message.contains("one node"), "{refused:?}");
+            // EBS has no pool of its own: GetCapacity is not advertised and reports nothing.
+            let ccaps = ctl.controller.controller_get_capabilities(ControllerGetCapabilitiesRequest {}).await.unwrap();
+            assert!(!format!("{:?}", ccaps.into_inner()).contains("GetCapacity"));
+            let capacity = ctl.controller.get_capacity(GetCapacityRequest::default()).await.unwrap().into_inner();
+            assert_eq!(capacity.available_capacity, 0);
+            // Grown while published: ModifyVolume on the controller, the file system on the node.
+            let expand = ControllerExpandVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                capacity_range: Some(CapacityRange { required_bytes: 2 * GIB, limit_bytes: 0 }),
+                volume_capability: Some(cap.clone()),
+                ..Default::default()
+            };
+            let grown = ctl.controller.controller_expand_volume(expand.clone()).await.unwrap().into_inner();
+            assert_eq!((grown.capacity_bytes, grown.node_expansion_required), (2 * GIB, true));
+            assert_eq!(
+                ctl.controller.controller_expand_volume(expand).await.unwrap().into_inner().capacity_bytes,
+                2 * GIB
+            );
+            let node_grown = node
+                .node
+                .node_expand_volume(NodeExpandVolumeRequest {
+                    volume_id: vol.volume_id.clone(),
+                    volume_path: target.display().to_string(),
+                    staging_target_path: staging.display().to_string(),
+                    // As the kubelet says it: the size the controller grew it to.
+                    capacity_range: Some(CapacityRange { required_bytes: 2 * GIB, limit_bytes: 0 }),
+                    ..Default::default()
+                })
+                .await;
+            match node_grown {
+                Ok(r) => {
+                    assert_eq!(r.into_inner().capacity_bytes, 2 * GIB);
+                    let grown_fs = std::process::Command::new("df").arg("-B1").arg(&target).output().unwrap();
+                    let text = String::from_utf8_lossy(&grown_fs.stdout).into_owned();
+                    let size: i64 =
+                        text.lines().nth(1).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap();
+                    assert!(size > 3 * GIB / 2, "{text}");
+                }
+                // ext4 grows online only with CAP_SYS_RESOURCE, which some hosts withhold.
+                Err(e) if e.message().contains("CAP_SYS_RESOURCE") => {}
+                Err(e) => panic!("NodeExpandVolume: {e:?}"),
+            }
 
             // The controller sees where it is published.
             let got = ctl
@@ -313,7 +381,11 @@ fn controller_on_one_host_node_on_another_through_csi() {
             };
             let snap = ctl.controller.create_snapshot(snap_req.clone()).await.unwrap().into_inner().snapshot.unwrap();
             assert!(snap.snapshot_id.starts_with("snap-"), "{snap:?}");
-            assert_eq!((snap.source_volume_id.as_str(), snap.size_bytes), (vol.volume_id.as_str(), GIB));
+            assert_eq!(
+                (snap.source_volume_id.as_str(), snap.size_bytes),
+                (vol.volume_id.as_str(), 2 * GIB),
+                "the size it was grown to"
+            );
             let again = ctl.controller.create_snapshot(snap_req.clone()).await.unwrap().into_inner().snapshot.unwrap();
             assert_eq!(again.snapshot_id, snap.snapshot_id, "the same name is the same snapshot");
             let mut of_other = snap_req.clone();

@@ -330,6 +330,7 @@ async fn node_lifecycle(setup: &Setup, fs: &str, size_gib: i64) {
                 volume_id: vol.volume_id.clone(),
                 volume_path: target("rw").display().to_string(),
                 staging_target_path: staging.display().to_string(),
+                capacity_range: Some(CapacityRange { required_bytes: (size_gib + 1) * GIB, limit_bytes: 0 }),
                 ..Default::default()
             })
             .await;

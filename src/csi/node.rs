@@ -168,7 +168,14 @@ impl node_server::Node for Node {
             })?,
             given => path(given, "staging_target_path")?,
         };
-        let gib = within(timeout, svc.expand_on_node(id, staging)).await.map_err(|e| status::from_service(&e))?;
+        let size_gib = match req.capacity_range.as_ref() {
+            Some(range) if range.required_bytes > 0 || range.limit_bytes > 0 => {
+                Some(capability::size_gib(Some(range), 1).map_err(Status::out_of_range)?)
+            }
+            _ => None,
+        };
+        let gib =
+            within(timeout, svc.expand_on_node(id, staging, size_gib)).await.map_err(|e| status::from_service(&e))?;
         Ok(Response::new(proto::NodeExpandVolumeResponse { capacity_bytes: bytes(gib) }))
     }
 

@@ -22,7 +22,6 @@ use tracing::{debug, info, warn};
 
 use super::state::{OrchestratorClaims, VolumeRecord};
 use super::{now_rfc3339, Cause, ServiceError, VolumeService};
-use crate::backend::options::get_u64;
 use crate::backend::{NodeId, PublishContext, Scope, VolumeStats, BLOCK_FILE};
 use crate::crashpoint::hit;
 use crate::name::{excerpt, VolumeName};
@@ -462,11 +461,21 @@ impl VolumeService {
         Ok(NodeStats { usage, abnormal })
     }
 
-    /// Grows the file system of volume `raw_name` staged at `staging` to fill its device.
+    /// Grows the file system of volume `raw_name` staged at `staging` to fill its device, once
+    /// the device shows `size_gib` (the size the orchestrator says the controller grew it to;
+    /// `None`: the device as it is). Returns the size in GiB when it is known (else 0).
+    ///
+    /// The node's record of a volume another host's controller made or grew does not know its
+    /// size, so the orchestrator's word is what the device is waited for.
     ///
     /// # Errors
     /// [`Cause::NotFound`], [`Cause::NotStaged`], or the backend's failure.
-    pub async fn expand_on_node(self: &Arc<Self>, raw_name: &str, staging: PathBuf) -> Result<u64, ServiceError> {
+    pub async fn expand_on_node(
+        self: &Arc<Self>,
+        raw_name: &str,
+        staging: PathBuf,
+        size_gib: Option<u64>,
+    ) -> Result<u64, ServiceError> {
         const OP: &str = "NodeExpandVolume";
         let name = Self::validate(OP, raw_name)?;
         self.detached(OP, raw_name, move |s| async move {
@@ -481,9 +490,13 @@ impl VolumeService {
             }
             // A raw block volume has no file system to grow: its device is the volume.
             if !record.csi.block {
-                s.backend.node.expand_fs(&name, &record.options, &staging).await.map_err(s.backend_err(OP, &name))?;
+                let mut opts = record.options.clone();
+                // With no size asked for, the least a volume has (1 GiB) waits for nothing: the
+                // file system grows to fill the device as it is.
+                opts.insert("size".into(), size_gib.unwrap_or(1).to_string());
+                s.backend.node.expand_fs(&name, &opts, &staging).await.map_err(s.backend_err(OP, &name))?;
             }
-            Ok(get_u64(&record.options, "size").unwrap_or(0))
+            Ok(size_gib.unwrap_or(0))
         })
         .await
     }
