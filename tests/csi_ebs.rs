@@ -492,6 +492,14 @@ fn busy_volumes_abort_and_a_full_instance_is_resource_exhausted() {
             let limit = node.node.node_get_info(NodeGetInfoRequest {}).await.unwrap().into_inner().max_volumes_per_node;
             assert_eq!(limit, 11);
             // Volumes whose device never appears on the node (the device host never plugs them).
+            // A limit that cannot be found out (EC2 does not know the type) is reported as none,
+            // and the node still registers.
+            let odd_id = moto.run_instance_of(REGION, AZ, "x9.unknown");
+            let odd = host(&root, "odd-node", &moto, &odd_id, "node");
+            let info = connect(&odd.csi).await.node.node_get_info(NodeGetInfoRequest {}).await.unwrap().into_inner();
+            assert_eq!((info.node_id.as_str(), info.max_volumes_per_node), (odd_id.as_str(), 0));
+            assert!(odd.daemon.log_text().contains("attachment limit is not known"), "{}", odd.daemon.log_text());
+
             let names: Vec<String> = (0..=limit).map(|n| format!("{}-{n}", support::NO_DEVICE_PREFIX)).collect();
             let mut contexts = Vec::new();
             for (n, name) in names.iter().enumerate() {

@@ -205,7 +205,12 @@ impl node_server::Node for Node {
         let controller = &svc.backend().controller;
         let node = controller.local_node().await.map_err(|e| status::from_backend(&e))?;
         let zone = controller.local_zone().await.map_err(|e| status::from_backend(&e))?;
-        let limit = controller.attach_limit().await.map_err(|e| status::from_backend(&e))?;
+        // A limit that cannot be found out (a policy without ec2:DescribeInstanceTypes) must not
+        // keep the node from registering: it is reported as none, and the reason logged.
+        let limit = controller.attach_limit().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %crate::backend::error::chain(&e), "the node's attachment limit is not known; reporting none");
+            None
+        });
         Ok(Response::new(proto::NodeGetInfoResponse {
             node_id: node.0,
             // CSI reads 0 as "no limit", so a host with no slot left says 1.

@@ -122,6 +122,11 @@ impl Moto {
 
     /// Starts an instance in `az` (RunInstances) and returns its ID.
     pub fn run_instance(&self, region: &str, az: &str) -> String {
+        self.run_instance_of(region, az, "t3.micro")
+    }
+
+    /// Starts an instance of `instance_type` in `az`; returns its ID.
+    pub fn run_instance_of(&self, region: &str, az: &str, instance_type: &str) -> String {
         let body = ec2_query(
             &self.endpoint,
             region,
@@ -130,7 +135,7 @@ impl Moto {
                 ("ImageId", "ami-12c6146b"),
                 ("MinCount", "1"),
                 ("MaxCount", "1"),
-                ("InstanceType", "t3.micro"),
+                ("InstanceType", instance_type),
                 ("Placement.AvailabilityZone", az),
             ],
         )
