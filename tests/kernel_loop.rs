@@ -11,6 +11,7 @@ use std::process::Command;
 
 use std::sync::Arc;
 
+use rexray::backend::options::get_u64;
 use rexray::backend::{Backend, BackendError, Environment, Options};
 use rexray::config::{BackendKind, ServiceConfig};
 use rexray::name::VolumeName;
@@ -296,7 +297,7 @@ async fn grows_online(fs: &str) {
     assert!(err.contains("never shrink"), "{err}");
     assert_eq!(b.0.controller.expand(&v, &o, 3).await.unwrap(), 3);
     assert_eq!(std::fs::metadata(w.image("online")).unwrap().len(), 3 * GIB);
-    let grown = b.0.node.expand_fs(&v, &o, &b.0.node.staging_path(&v)).await;
+    let grown = b.0.node.expand_fs(&v, &o, &b.0.node.staging_path(&v), get_u64(&o, "size")).await;
     if fs == "ext4" && !has_cap_sys_resource() {
         // Online ext4 growth needs CAP_SYS_RESOURCE: refused with a message that says so; the
         // file system grows at the next mount instead.
@@ -321,7 +322,7 @@ async fn grows_online(fs: &str) {
     assert_eq!(std::fs::read_to_string(path.join("log")).unwrap(), "before\nafter\n");
     // Again: nothing to do, nothing fails.
     assert_eq!(b.0.controller.expand(&v, &o, 3).await.unwrap(), 3);
-    b.0.node.expand_fs(&v, &o, &b.0.node.staging_path(&v)).await.unwrap();
+    b.0.node.expand_fs(&v, &o, &b.0.node.staging_path(&v), get_u64(&o, "size")).await.unwrap();
     b.deactivate(&v, &o).await.unwrap();
     // The remount sees the grown file system and the data.
     let path = b.activate(&v, &o).await.unwrap();

@@ -350,7 +350,13 @@ impl Node for FakeBackend {
         Ok(VolumeStats::default())
     }
 
-    async fn expand_fs(&self, name: &VolumeName, _opts: &Options, _staging: &Path) -> Result<(), BackendError> {
+    async fn expand_fs(
+        &self,
+        name: &VolumeName,
+        _opts: &Options,
+        _staging: &Path,
+        _size_gib: Option<u64>,
+    ) -> Result<(), BackendError> {
         self.record("grow_fs", name)?;
         if !self.state().staged.contains(name.as_str()) {
             return Err(BackendError::invalid(format!("fake volume {name} is not staged")));

@@ -239,8 +239,14 @@ impl Node for MeasuredNode {
         self.inner.stats(path).await
     }
 
-    async fn expand_fs(&self, name: &VolumeName, opts: &Options, staging: &Path) -> Result<(), BackendError> {
-        timed(self.kind, "node_expand", self.inner.expand_fs(name, opts, staging)).await
+    async fn expand_fs(
+        &self,
+        name: &VolumeName,
+        opts: &Options,
+        staging: &Path,
+        size_gib: Option<u64>,
+    ) -> Result<(), BackendError> {
+        timed(self.kind, "node_expand", self.inner.expand_fs(name, opts, staging, size_gib)).await
     }
 
     async fn forget(&self, name: &VolumeName) {

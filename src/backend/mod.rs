@@ -485,14 +485,21 @@ pub trait Node: Send + Sync + Debug {
     async fn unpublish(&self, name: &VolumeName, target: &Path) -> Result<(), BackendError>;
 
     /// Grows the file system of the volume staged at `staging` to fill its device, after
-    /// [`Controller::expand`], while it stays mounted and in use. Idempotent: a file system that
-    /// fills its device already is left alone.
+    /// [`Controller::expand`], while it stays mounted and in use: once the device shows
+    /// `size_gib` (`None`: the device as it is). Idempotent: a file system that fills its device
+    /// already is left alone.
     ///
     /// # Errors
     /// [`BackendError::Invalid`] where volumes have no file system of their own (vfs) or the
     /// volume is not staged there, or the failing step.
-    async fn expand_fs(&self, name: &VolumeName, opts: &Options, staging: &Path) -> Result<(), BackendError> {
-        let _ = (opts, staging);
+    async fn expand_fs(
+        &self,
+        name: &VolumeName,
+        opts: &Options,
+        staging: &Path,
+        size_gib: Option<u64>,
+    ) -> Result<(), BackendError> {
+        let _ = (opts, staging, size_gib);
         Err(BackendError::invalid(format!("volume {name} has no file system of its own to grow")))
     }
 

@@ -490,11 +490,8 @@ impl VolumeService {
             }
             // A raw block volume has no file system to grow: its device is the volume.
             if !record.csi.block {
-                let mut opts = record.options.clone();
-                // With no size asked for, the least a volume has (1 GiB) waits for nothing: the
-                // file system grows to fill the device as it is.
-                opts.insert("size".into(), size_gib.unwrap_or(1).to_string());
-                s.backend.node.expand_fs(&name, &opts, &staging).await.map_err(s.backend_err(OP, &name))?;
+                let grown = s.backend.node.expand_fs(&name, &record.options, &staging, size_gib).await;
+                grown.map_err(s.backend_err(OP, &name))?;
             }
             Ok(size_gib.unwrap_or(0))
         })

@@ -72,7 +72,7 @@ impl VolumeService {
         // is finished at the next start (both steps are idempotent).
         let grown = if record.active {
             let node = &self.backend.node;
-            let grown = node.expand_fs(name, &record.options, &node.staging_path(name)).await;
+            let grown = node.expand_fs(name, &record.options, &node.staging_path(name), Some(size)).await;
             hit("file system grown");
             grown
         } else {

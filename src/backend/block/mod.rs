@@ -287,9 +287,15 @@ impl Node for BlockNode {
         unbind(&self.os, &staging.join(super::BLOCK_FILE), true).await
     }
 
-    async fn expand_fs(&self, name: &VolumeName, opts: &Options, staging: &Path) -> Result<(), BackendError> {
-        let block = self.block_options(opts)?;
-        let (fs, want) = (block.fs_type, block.size_bytes());
+    async fn expand_fs(
+        &self,
+        name: &VolumeName,
+        opts: &Options,
+        staging: &Path,
+        size_gib: Option<u64>,
+    ) -> Result<(), BackendError> {
+        let fs = self.block_options(opts)?.fs_type;
+        let want = size_gib.unwrap_or(0).saturating_mul(1 << 30);
         let (mount_dir, volume) = (staging.to_path_buf(), name.clone());
         let limit = crate::deadline::cap(DEVICE_GROWTH_WAIT);
         blocking(&self.os, "grow", move |os| {
