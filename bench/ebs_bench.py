@@ -195,7 +195,9 @@ class EbsDaemon:
         self.env = dict(os.environ, REXRAY_HOME=os.path.join(workdir, "home"), AWS_EC2_METADATA_DISABLED="true")
         self.proc = None
 
-    def start(self):
+    def start(self, ready=None):
+        """Starts the daemon and waits until `ready()` (default: a Plugin.Activate through rxbench)."""
+        ready = ready or (lambda: rx_call(self.sock, "Plugin.Activate")[0])
         logf = open(os.path.join(self.dir, "daemon.log"), "a")
         self.proc = subprocess.Popen([self.binary, "service", "start", "-f", "-c", self.config], env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
@@ -203,7 +205,7 @@ class EbsDaemon:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited {self.proc.returncode}: {self.log_tail()}")
-            if os.path.exists(self.sock) and rx_call(self.sock, "Plugin.Activate")[0]:
+            if os.path.exists(self.sock) and ready():
                 return
             time.sleep(0.05)
         raise RuntimeError(f"daemon did not listen: {self.log_tail()}")

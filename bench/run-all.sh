@@ -4,7 +4,7 @@
 #     bash bench/run-all.sh                  # every stage; refreshes BENCHMARKS.md's tables
 #     bash bench/run-all.sh protocol scale   # some stages only (the other tables keep their text)
 #
-# Stages: machine protocol footprint scale loop csi docker ebs (see bench/suite.py). Results go to
+# Stages: machine protocol footprint scale loop csi ebs-latency docker ebs (see bench/suite.py). Results go to
 # bench/target/results/<UTC time>/ (one JSON file per stage, tables.md, suite.log), linked as
 # bench/target/results/latest.
 #
@@ -30,7 +30,7 @@ if [[ $(id -u) != 0 ]]; then
     exit 1
 fi
 
-ALL=(machine protocol footprint scale loop csi docker ebs)
+ALL=(machine protocol footprint scale loop csi ebs-latency docker ebs)
 STAGES=("$@")
 ((${#STAGES[@]})) || STAGES=("${ALL[@]}")
 want() { local s; for s in "${STAGES[@]}"; do [[ $s == "$1" ]] && return 0; done; return 1; }

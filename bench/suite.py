@@ -2,6 +2,7 @@
 """The rexray-rs benchmark suite (issue 7). Normally run through `bash bench/run-all.sh`.
 
     python3 bench/suite.py OUT_DIR STAGE…      STAGE: machine protocol docker loop ebs scale footprint csi
+                                               ebs-latency
 
 Each stage writes OUT_DIR/<stage>.json; bench/report.py turns them into BENCHMARKS.md's tables.
 Everything runs on this machine's Unix sockets and loopback, every loop is bounded in count and
@@ -9,7 +10,8 @@ time, and every daemon, server and container started here is stopped here (try/f
 
 Environment (all optional):
   REXRAY_BIN          daemon binary (default target/release/rexray, copied into OUT_DIR first)
-  REXRAY_EBS_BIN      a binary built with --features ebs, for the ebs stage
+  REXRAY_EBS_BIN      a binary built with --features ebs, for the ebs stages (ebs-latency: else REXRAY_BIN)
+  BENCH_EBS_LATENCY_ROUNDS  Mounts per Δ in the ebs-latency stage (5)
   RXBENCH             the tools binary (default bench/target/release/rxbench)
   BENCH_ROUNDS        protocol rounds per cell (5), BENCH_DURATION seconds per cell (2.0)
   BENCH_RESTART_TIMEOUT  seconds a restart may take to answer its first Get (120)
@@ -644,6 +646,20 @@ def stage_ebs(ctx):
     return {"skipped": f"ebs_bench.py failed (exit {r.returncode}): {r.stderr.strip()[-800:]}"}
 
 
+def stage_ebs_latency(ctx):
+    """bench/ebs_latency.py: Mount and Unmount against the EBS latency emulator."""
+    path = os.path.join(ctx["out"], "ebs-latency.raw.json")
+    rounds = "2" if os.environ.get("BENCH_QUICK") == "1" else os.environ.get("BENCH_EBS_LATENCY_ROUNDS", "5")
+    env = dict(os.environ, REXRAY_EBS_BIN=os.environ.get("REXRAY_EBS_BIN") or ctx["bin"])
+    r = subprocess.run([sys.executable, os.path.join(BENCH, "ebs_latency.py"), "--json", path, "--rounds", rounds],
+                       capture_output=True, text=True, timeout=900, env=env)
+    sys.stderr.write(r.stderr[-4000:])
+    if r.returncode == 0 and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {"skipped": f"ebs_latency.py failed (exit {r.returncode}): {r.stderr.strip()[-800:]}"}
+
+
 STAGES = {
     "machine": stage_machine,
     "protocol": stage_protocol,
@@ -653,6 +669,7 @@ STAGES = {
     "scale": stage_scale,
     "footprint": stage_footprint,
     "csi": stage_csi,
+    "ebs-latency": stage_ebs_latency,
 }
 
 

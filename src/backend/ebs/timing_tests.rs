@@ -16,8 +16,9 @@ use super::watch::GATHER;
 use crate::backend::options::Options;
 use crate::os::fake::CallKind;
 
-/// The most a change may be noticed after it happened: one local look, one batched poll.
-const NOTICED_WITHIN: Duration = LOCAL_LOOK.saturating_add(GATHER).saturating_add(GATHER);
+/// The most a change may be noticed after it happened: one local look, one batched poll (whose
+/// round may gather twice).
+const NOTICED_WITHIN: Duration = LOCAL_LOOK.saturating_add(GATHER.saturating_mul(4));
 
 fn state_polls(ec2: &FakeEc2) -> usize {
     ec2.calls()
@@ -94,6 +95,23 @@ async fn an_attachment_ec2_drops_fails_the_mount_at_once_and_formats_nothing() {
     // The next mount attaches again.
     ec2.set_attach_time(None, false);
     h.backend.activate_here(&name("v"), &o).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_its_device_an_attach_is_still_noticed_by_the_slow_fallback_poll() {
+    // The host never shows the device (udev makes no link): EC2's answer ends the wait, on the
+    // fallback schedule (about 1, 2, 4 s after the AttachVolume), not the 100 ms doubling one.
+    let ec2 = world();
+    let (h, o) = created(&ec2, &["v"]).await;
+    h.devices.set_link_delay(u32::MAX);
+    let delta = Duration::from_secs(2);
+    ec2.set_attach_time(Some(delta), false);
+    let start = Instant::now();
+    h.backend.controller.publish(&name("v"), &o, &crate::backend::NodeId("i-a".into())).await.unwrap();
+    let took = start.elapsed();
+    assert!(took >= delta && took <= delta + Duration::from_millis(600), "noticed after {took:?}");
+    assert!((2..=4).contains(&state_polls(&ec2)), "{} state polls", state_polls(&ec2));
+    assert_eq!(only(&ec2, "v").attachments[0].state, AttachState::Attached);
 }
 
 /// The state polls of `n` concurrent Mounts of detached volumes, each attach taking 2 s.

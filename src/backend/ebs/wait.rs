@@ -3,10 +3,15 @@
 //! - [`StatusWait`]: polls at once, then after `initial`, `2×initial`, `4×initial`, … (each delay
 //!   capped at `max_delay`) until the condition holds or the time is up: `ebs.statusTimeout`, cut
 //!   to the caller's deadline. Waits are bounded by time, never by a count of polls, so a slow
-//!   but healthy attach (30–60 s on real EBS) succeeds. [`StatusWait::run_signalled`] adds a
-//!   cheap local look (is the device on this host yet?) every [`LOCAL_LOOK`]: the moment it says
-//!   the change happened, EC2 is asked to confirm, so the change is noticed within milliseconds
-//!   instead of at the next poll of a doubling schedule.
+//!   but healthy attach (30–60 s on real EBS) succeeds. [`StatusWait::run_signalled`] instead
+//!   takes a cheap local look (is the device on this host yet?) at once and every [`LOCAL_LOOK`]:
+//!   the moment it says the change happened, EC2 is asked to confirm, so the change is noticed
+//!   within milliseconds. EC2 is then polled only as a fallback (a device that never appears, an
+//!   attachment that fails): from [`FALLBACK_FIRST`], doubling.
+//! - The looks and the fallback polls of signalled waits fall on a grid shared by every wait of
+//!   the process ([`LOCAL_LOOK`], [`FALLBACK_GRID`]), so concurrent waits look, notice and poll
+//!   at the same instants and their calls to EC2 join the same batched rounds
+//!   ([`super::watch`]), however far apart they began.
 //! - [`RetryPolicy`]: retries throttled (`RequestLimitExceeded`) and transient EC2 failures with
 //!   exponential backoff and full jitter, within `ebs.maxRetries` and a time budget that keeps a
 //!   call inside Docker's 1–2 minute limits.
@@ -34,6 +39,24 @@ pub const CONFIRM_POLL: Duration = Duration::from_millis(50);
 /// How long EC2 is asked every [`CONFIRM_POLL`] after the local signal; then the schedule goes
 /// on (a device link left from an earlier attachment must not cost a call every 50 ms).
 pub const CONFIRM_WINDOW: Duration = Duration::from_secs(2);
+
+/// The first fallback poll of a signalled wait (at least the wait's own initial delay); later
+/// ones double, at most `max_delay` apart.
+pub const FALLBACK_FIRST: Duration = Duration::from_secs(1);
+
+/// The grid the fallback polls of signalled waits are rounded up to.
+pub const FALLBACK_GRID: Duration = Duration::from_millis(250);
+
+/// The first instant at or after `t` on the process-wide grid of step `step`.
+pub fn on_grid(t: Instant, step: Duration) -> Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = Instant::from_std(*EPOCH.get_or_init(std::time::Instant::now));
+    let step_ns = step.as_nanos().max(1);
+    let since = t.saturating_duration_since(epoch).as_nanos();
+    let steps = since.div_ceil(step_ns);
+    let at = u64::try_from(steps.saturating_mul(step_ns)).unwrap_or(u64::MAX);
+    (epoch + Duration::from_nanos(at)).max(t)
+}
 
 /// The polling schedule of a wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,9 +118,11 @@ impl StatusWait {
         self.run_signalled(f, None::<fn() -> std::future::Ready<bool>>).await
     }
 
-    /// As [`Self::run`], and between polls looks at `signal` every [`LOCAL_LOOK`]: once it says
-    /// yes, `f` runs at once, then every [`CONFIRM_POLL`] for [`CONFIRM_WINDOW`], then on the
-    /// schedule again, until it is ready.
+    /// As [`Self::run`]; with a `signal`, that is looked at once and then every [`LOCAL_LOOK`]
+    /// (on the shared grid), and `f` runs only as a fallback: at [`FALLBACK_FIRST`], doubling, on
+    /// the [`FALLBACK_GRID`]. Once the signal says yes, `f` runs at once, then every
+    /// [`CONFIRM_POLL`] for [`CONFIRM_WINDOW`], then on the fallback schedule again, until it is
+    /// ready.
     ///
     /// # Errors
     /// As [`Self::run`].
@@ -111,10 +136,12 @@ impl StatusWait {
         let start = Instant::now();
         let allowed = crate::deadline::cap(self.timeout);
         let deadline = start + allowed;
-        let mut last: String;
         let mut attempts = 0;
         let mut signalled_at: Option<Instant> = None;
-        let mut next = start;
+        let fallback = StatusWait { initial_delay: self.initial_delay.max(FALLBACK_FIRST), ..*self };
+        let mut next =
+            if signal.is_some() { on_grid(start + fallback.initial_delay, FALLBACK_GRID).min(deadline) } else { start };
+        let mut last = String::new();
         loop {
             if Instant::now() >= next {
                 attempts += 1;
@@ -129,25 +156,34 @@ impl StatusWait {
                 if now >= deadline {
                     break;
                 }
-                let delay = match signalled_at {
-                    Some(at) if now < at + CONFIRM_WINDOW => CONFIRM_POLL,
-                    _ => self.delay_before(attempts),
-                };
+                next = match signalled_at {
+                    Some(at) if now < at + CONFIRM_WINDOW => now + CONFIRM_POLL,
+                    _ if signal.is_some() => on_grid(now + fallback.delay_before(attempts), FALLBACK_GRID),
+                    _ => now + self.delay_before(attempts),
+                }
                 // The last poll happens at the deadline, not after it.
-                next = (now + delay).min(deadline);
+                .min(deadline);
             }
             match signal.as_mut() {
                 Some(look) if signalled_at.is_none() => {
-                    tokio::time::sleep_until((Instant::now() + LOCAL_LOOK).min(next)).await;
                     if look().await {
                         signalled_at = Some(Instant::now());
                         next = Instant::now();
+                        continue;
                     }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(on_grid(now + LOCAL_LOOK / 2, LOCAL_LOOK).min(next)).await;
                 }
                 _ => tokio::time::sleep_until(next).await,
             }
         }
         let cut = crate::deadline::cut_note(self.timeout, allowed);
+        if last.is_empty() {
+            "not seen on this host, and EC2 not asked yet".clone_into(&mut last);
+        }
         Err(WaitError::TimedOut { last, attempts, elapsed: start.elapsed(), cut })
     }
 }
@@ -383,8 +419,70 @@ mod tests {
             .await
             .unwrap();
         assert!(got >= at && got <= at + LOCAL_LOOK, "{got:?}");
-        // 0, 0.1, 0.3, 0.7, 1.5 s, then the confirmation.
-        assert_eq!(polls.load(Ordering::SeqCst), 6);
+        // The fallback polls at about 1 and 2 s (on the grid), then the confirmation; the
+        // doubling schedule alone would have polled at 0, 0.1, 0.3, 0.7 and 1.5 s.
+        let polls = polls.load(Ordering::SeqCst);
+        assert!((2..=3).contains(&polls), "{polls} polls");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_signal_seen_at_the_start_is_confirmed_without_waiting() {
+        let start = Instant::now();
+        let polls = AtomicU32::new(0);
+        wait(100, 120)
+            .run_signalled(
+                || async {
+                    polls.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, ()>(Poll::Ready(()))
+                },
+                Some(|| async { true }),
+            )
+            .await
+            .unwrap();
+        assert!(start.elapsed() < Duration::from_millis(1), "{:?}", start.elapsed());
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_begun_apart_look_and_poll_at_the_same_instants() {
+        // Two waits begun 37 ms apart, within one cell of the fallback grid; both changes
+        // happen at 2.003 s. Their fallback polls and their confirmations fall on the shared
+        // grid, so a batching watcher makes one call of each.
+        let origin = on_grid(Instant::now(), FALLBACK_GRID);
+        let change = origin + Duration::from_millis(2003);
+        let one = |delay: u64| async move {
+            tokio::time::sleep_until(origin + Duration::from_millis(delay)).await;
+            let polled = Mutex::new(Vec::new());
+            wait(100, 120)
+                .run_signalled(
+                    || async {
+                        polled.lock().unwrap().push(Instant::now());
+                        Ok::<_, ()>(if Instant::now() >= change {
+                            Poll::Ready(())
+                        } else {
+                            Poll::Pending("attaching".into())
+                        })
+                    },
+                    Some(|| async { Instant::now() >= change }),
+                )
+                .await
+                .unwrap();
+            polled.into_inner().unwrap()
+        };
+        let (a, b) = tokio::join!(one(10), one(47));
+        assert_eq!(a, b, "poll instants of the two waits");
+        assert!(*a.last().unwrap() <= change + LOCAL_LOOK, "{:?}", *a.last().unwrap() - origin);
+    }
+
+    #[test]
+    fn grid_instants_are_shared_and_never_early() {
+        let t = Instant::now();
+        let step = Duration::from_millis(250);
+        let a = on_grid(t, step);
+        assert!(a >= t && a < t + step);
+        assert_eq!(on_grid(a, step), a);
+        assert_eq!(on_grid(a + Duration::from_nanos(1), step), a + step);
+        assert_eq!(on_grid(a + step - Duration::from_millis(3), step), on_grid(a + Duration::from_millis(7), step));
     }
 
     #[tokio::test(start_paused = true)]

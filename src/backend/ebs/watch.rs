@@ -3,7 +3,9 @@
 //! per round and kind, so 32 volumes moving at once cost about as many EC2 calls as one.
 //!
 //! A look-up joins the pending round; the first of an idle watcher starts a round task, which
-//! gathers for [`GATHER`], takes up to [`MAX_IDS`] pending keys, asks EC2 once per kind with a
+//! gathers for [`GATHER`] (and on, while more look-ups keep arriving, up to [`GATHER_MAX`], so a
+//! burst of Mounts shares one round even when the bursts' own steps spread it out), takes up
+//! to [`MAX_IDS`] pending keys, asks EC2 once per kind with a
 //! filter (`volume-id`, which, unlike `VolumeIds`, does not fail the whole call for one deleted
 //! volume; `tag:Name`, every page) under the shared retry policy, answers every look-up of the
 //! round and starts the next while look-ups are pending. A look-up waits for its answer no
@@ -19,8 +21,12 @@ use super::api::{CloudError, Ec2Api, Instance, Volume, VolumeQuery};
 use super::naming::filter_literal;
 use super::wait::RetryPolicy;
 
-/// How long a round waits for other polls to join before it asks EC2.
+/// How long a round waits for other polls to join before it asks EC2: it asks once no new one
+/// joined for this long.
 pub const GATHER: Duration = Duration::from_millis(2);
+
+/// The longest a round gathers while look-ups keep joining.
+pub const GATHER_MAX: Duration = Duration::from_millis(20);
 
 /// The most keys in one round (EC2's limit on the values of one filter).
 pub const MAX_IDS: usize = 200;
@@ -43,6 +49,8 @@ enum Key {
 #[derive(Debug, Default)]
 struct Rounds {
     pending: BTreeMap<Key, Vec<oneshot::Sender<Answer>>>,
+    /// Look-ups asked so far (to see whether more joined while a round gathered).
+    asked: u64,
     /// Whether a round task runs.
     running: bool,
 }
@@ -86,6 +94,7 @@ impl VolumeWatch {
         let start = {
             let mut rounds = self.rounds.lock().expect("watch poisoned");
             rounds.pending.entry(key).or_default().push(tx);
+            rounds.asked += 1;
             !std::mem::replace(&mut rounds.running, true)
         };
         if start {
@@ -106,10 +115,25 @@ async fn awaited<T>(call: &str, rx: oneshot::Receiver<Result<T, CloudError>>) ->
     }
 }
 
+/// Waits until no look-up joined for [`GATHER`], or for [`GATHER_MAX`] in all.
+async fn gather(rounds: &Mutex<Rounds>) {
+    let start = tokio::time::Instant::now();
+    let asked = || rounds.lock().expect("watch poisoned").asked;
+    let mut seen = asked();
+    loop {
+        tokio::time::sleep(GATHER).await;
+        let now = asked();
+        if now == seen || start.elapsed() + GATHER > GATHER_MAX {
+            return;
+        }
+        seen = now;
+    }
+}
+
 /// Runs rounds while look-ups are pending.
 async fn run_rounds(rounds: Arc<Mutex<Rounds>>, api: Arc<dyn Ec2Api>, retry: Arc<RetryPolicy>) {
     loop {
-        tokio::time::sleep(GATHER).await;
+        gather(&rounds).await;
         let batch: Vec<(Key, Vec<oneshot::Sender<Answer>>)> = {
             let mut r = rounds.lock().expect("watch poisoned");
             if r.pending.is_empty() {
