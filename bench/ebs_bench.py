@@ -84,6 +84,17 @@ class Counts:
         return dict(sorted(d.items()))
 
 
+def send_reply(handler, status, headers, data):
+    """Writes an upstream answer back through a BaseHTTPRequestHandler, with its own length."""
+    handler.send_response(status)
+    for k, v in headers:
+        if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+            handler.send_header(k, v)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 def make_proxy(upstream_port, counts):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -103,14 +114,7 @@ def make_proxy(upstream_port, counts):
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
             conn.request(self.command, self.path, body=body, headers=headers)
             resp = conn.getresponse()
-            data = resp.read()
-            self.send_response(resp.status)
-            for k, v in resp.getheaders():
-                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                    self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_reply(self, resp.status, resp.getheaders(), resp.read())
             conn.close()
 
         do_GET = do_POST = do_PUT = do_DELETE = _forward

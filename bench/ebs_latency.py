@@ -178,8 +178,7 @@ class Emulator:
             for volume in [v for v, p in self.pending.items() if p.status == "creating" and p.until <= now]:
                 del self.pending[volume]
         if action == "DescribeVolumes":
-            keys = {v for k, v in params.items() if k.startswith(("Filter.", "VolumeId.")) and ".Value." in k
-                    or k.startswith("VolumeId.")}
+            keys = {v for k, v in params.items() if ".Value." in k or k.startswith("VolumeId.")}
             kind = "by ID" if params.get("Filter.1.Name") == "volume-id" or "VolumeId.1" in params else (
                 "by name" if params.get("Filter.1.Name") == "tag:Name" else "other")
             self.counts.add(f"DescribeVolumes {kind}")
@@ -317,14 +316,7 @@ class Emulator:
                 params = {k: v[0] for k, v in
                           urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
-                status, hdrs, data = emulator.handle(self.command, self.path, body, headers, params)
-                self.send_response(status)
-                for k, v in hdrs:
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                eb.send_reply(self, *emulator.handle(self.command, self.path, body, headers, params))
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
