@@ -2,7 +2,7 @@
 """How soon the EBS backend notices an attachment or a detachment, and what that costs in EC2
 calls, against an EC2 emulator that models EBS's latency.
 
-    sudo python3 bench/ebs_latency.py [--json FILE] [--rounds 5]
+    sudo python3 bench/ebs_latency.py [--json FILE] [--rounds 5] [--trace]
 
 Set-up, all on 127.0.0.1:
   this script (plugin client)  →  the daemon  →  the latency emulator (this script)  →  moto_server
@@ -11,9 +11,13 @@ The emulator is a proxy that counts every call by its Action and gives moto's an
   - AttachVolume is answered at once (`attaching`) and sent on to moto in the background, as EC2
     takes concurrent calls side by side. DescribeVolumes shows the attachment `attaching` until Δ
     after the call; at that moment the emulator's device host links the volume's loop device
-    (made meanwhile, over <dir>/hv/<volume-id>.img) as udev would:
+    (made when the volume was created, over <dir>/hv/<volume-id>.img) as udev would:
     <dir>/links/nvme-Amazon_Elastic_Block_Store_vol…
-  - DetachVolume likewise: `detaching` for Δd; at that moment the link goes, then the loop device.
+  - DetachVolume likewise: `detaching` for Δd; at that moment the link goes (the loop device
+    stays, as the volume's data does, until the run ends).
+The emulator's threads hand Python's interpreter lock over every 0.2 ms (not every 5 ms), so
+32 calls at once are each taken up, and their Δ started, as they arrive rather than after a
+queue of other threads' time slices.
 So an attachment completes, in EC2's answers and on the host, at one known moment. A Mount's
 overhead is how long after that moment it returns (and, beside it, its whole time less Δ, which
 also holds the look-up and the AttachVolume before Δ's clock starts). EC2 calls are counted per
@@ -75,18 +79,22 @@ class Pending:
 
 
 class DeviceHost:
-    """The emulator's hypervisor: a loop device per attached volume, linked when the attachment
-    completes and unlinked when the detachment does."""
+    """The emulator's hypervisor: a loop device per volume, made when the volume is created (so
+    no losetup runs while attachments are timed), linked when an attachment completes and
+    unlinked when a detachment does."""
 
     def __init__(self, images, links):
         self.images, self.links = images, links
         self.devices = {}  # volume id -> loop device
+        self.made = {}  # volume id -> set once its loop device exists
         self.lock = threading.Lock()
 
     def link_path(self, volume):
         return os.path.join(self.links, device_tool.LINK_PREFIX + volume.replace("-", ""))
 
     def prepare(self, volume, size_gib):
+        with self.lock:
+            made = self.made.setdefault(volume, threading.Event())
         image = os.path.join(self.images, volume + ".img")
         if not os.path.exists(image):
             with open(image, "wb") as f:
@@ -94,8 +102,17 @@ class DeviceHost:
         device = device_tool.run("losetup", "--find", "--show", image)
         with self.lock:
             self.devices[volume] = device
+        made.set()
 
-    def link(self, volume):
+    def link(self, volume, size_gib):
+        """Links the volume's device (made now if the volume was not created through the
+        emulator)."""
+        with self.lock:
+            made = self.made.get(volume)
+        if made is None:
+            self.prepare(volume, size_gib)
+        elif not made.wait(60):
+            raise RuntimeError(f"no loop device for {volume} after 60 s")
         with self.lock:
             device = self.devices[volume]
         os.symlink(device, self.link_path(volume))
@@ -104,18 +121,14 @@ class DeviceHost:
         if os.path.lexists(self.link_path(volume)):
             os.remove(self.link_path(volume))
 
-    def release(self, volume):
+    def shutdown(self):
         with self.lock:
-            device = self.devices.pop(volume, None)
-        if device:
+            devices = dict(self.devices)
+        for volume, device in devices.items():
+            self.unlink(volume)
             for target in device_tool.mounts_of(device):
                 device_tool.run("umount", "-l", target)
             device_tool.run("losetup", "-d", device)
-
-    def shutdown(self):
-        for volume in list(self.devices):
-            self.unlink(volume)
-            self.release(volume)
 
 
 class Emulator:
@@ -132,6 +145,7 @@ class Emulator:
         self.completed = {}  # volume id -> when its last create, attach or detach completed
         self.describes = []  # (time, the volume IDs or Name tags a DescribeVolumes asked for)
         self.attach_calls = []  # when each AttachVolume arrived
+        self.timeline = []  # (when, action, what it named) of every call, for --trace
         self.errors = []
         self.server = None
 
@@ -174,6 +188,9 @@ class Emulator:
         action = params.get("Action", "?")
         self.counts.add(action)
         now = time.monotonic()
+        named = sorted(v for k, v in params.items() if ".Value." in k or k.startswith("VolumeId") or k == "InstanceId.1")
+        with self.lock:
+            self.timeline.append((now, action, named))
         with self.lock:  # a create is over once Δc has passed
             for volume in [v for v, p in self.pending.items() if p.status == "creating" and p.until <= now]:
                 del self.pending[volume]
@@ -200,11 +217,13 @@ class Emulator:
             root, q = parse(data)
             volume = root.findtext(q("volumeId"))
             until = time.monotonic() + self.delta["create"]
+            size = int(params.get("Size", "1"))
             with self.lock:
-                self.sizes[volume] = int(params.get("Size", "1"))
+                self.sizes[volume] = size
                 self.completed[volume] = until
                 if self.delta["create"] > 0:
                     self.pending[volume] = Pending("creating", until)
+            self.background("prepare", volume, lambda: self.host.prepare(volume, size))
             if self.delta["create"] > 0 and root.find(q("status")) is not None:
                 root.find(q("status")).text = "creating"
                 data = serialize(root)
@@ -231,12 +250,11 @@ class Emulator:
                     self.pending.pop(volume, None)
                     self.attached.pop(volume, None)
                 raise RuntimeError(f"moto refused it: {data[:200]!r}")
-            self.host.prepare(volume, size)
             time.sleep(max(0.0, until - time.monotonic()))
             with self.lock:
                 self.pending.pop(volume, None)
                 self.completed[volume] = time.monotonic()
-            self.host.link(volume)
+            self.host.link(volume, size)
 
         self.background("attach", volume, complete)
         return self.synthetic("AttachVolume", volume, instance, device, "attaching")
@@ -261,7 +279,6 @@ class Emulator:
                 self.pending.pop(volume, None)
                 self.completed[volume] = time.monotonic()
             self.host.unlink(volume)
-            self.host.release(volume)
 
         self.background("detach", volume, complete)
         return self.synthetic("DetachVolume", volume, instance, device, "detaching")
@@ -318,7 +335,10 @@ class Emulator:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
                 eb.send_reply(self, *emulator.handle(self.command, self.path, body, headers, params))
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            request_queue_size = 256  # 32 connections at once must not overflow the backlog
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self.server.server_address[1]
@@ -414,8 +434,8 @@ def describe_calls(calls):
 class Bench:
     """One run: the emulator, its device host, the daemon and the measurements."""
 
-    def __init__(self, emu, plugin, ec2):
-        self.emu, self.plugin, self.ec2 = emu, plugin, ec2
+    def __init__(self, emu, plugin, ec2, trace=False):
+        self.emu, self.plugin, self.ec2, self.trace = emu, plugin, ec2, trace
         self.ids = {}
 
     def volume_id(self, name):
@@ -477,7 +497,11 @@ class Bench:
         self.settle()
         with self.emu.lock:
             attaches = [t for t in self.emu.attach_calls if t >= began]
+            timeline = [(round((t - began) * 1000, 1), a, k) for t, a, k in self.emu.timeline if t >= began]
+        trace = {"timeline_ms": timeline, "sent_ms": sorted(round((s - began) * 1000, 1) for s, _ in times),
+                 "answered_ms": sorted(round((a - began) * 1000, 1) for _, a in times)} if self.trace else {}
         return {
+            **trace,
             "mounts": len(names),
             "attach_calls_spread_ms": round((max(attaches) - min(attaches)) * 1000, 1) if attaches else None,
             "overhead": pct([a - s - delta for s, a in times]),
@@ -489,6 +513,7 @@ class Bench:
 
 
 def run(args):
+    sys.setswitchinterval(0.0002)
     binary = os.environ.get("REXRAY_EBS_BIN") or os.path.join(eb.ROOT, "target/release/rexray")
     moto = os.environ.get("MOTO_SERVER") or shutil.which("moto_server")
     if not (os.access(binary, os.X_OK) and moto):
@@ -522,7 +547,7 @@ def run(args):
         with open(daemon.config, "a") as f:
             f.write("  useLargeDeviceRange: true\n")
         daemon.start(ready=plugin.ready)
-        bench = Bench(emu, plugin, ec2)
+        bench = Bench(emu, plugin, ec2, trace=args.trace)
 
         singles = []
         for d in (2.0, 5.0):
@@ -580,6 +605,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--trace", action="store_true",
+                    help="add each concurrent case's timeline of EC2 calls (ms from its start) to the JSON")
     args = ap.parse_args()
     result = run(args)
     if args.json:

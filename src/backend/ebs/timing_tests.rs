@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::api::AttachState;
 use super::fake::{Ec2Call, FakeEc2};
 use super::tests::{host_with, name, only, opts, service, world, Host, AZ};
-use super::wait::LOCAL_LOOK;
+use super::wait::{FALLBACK_GRID, LOCAL_LOOK};
 use super::watch::GATHER;
 use crate::backend::options::Options;
 use crate::os::fake::CallKind;
@@ -100,7 +100,8 @@ async fn an_attachment_ec2_drops_fails_the_mount_at_once_and_formats_nothing() {
 #[tokio::test(start_paused = true)]
 async fn without_its_device_an_attach_is_still_noticed_by_the_slow_fallback_poll() {
     // The host never shows the device (udev makes no link): EC2's answer ends the wait, on the
-    // fallback schedule (about 1, 2, 4 s after the AttachVolume), not the 100 ms doubling one.
+    // fallback schedule (1 s after the AttachVolume rounded up to the 1 s grid, then 1, 2 s
+    // later), not the 100 ms doubling one.
     let ec2 = world();
     let (h, o) = created(&ec2, &["v"]).await;
     h.devices.set_link_delay(u32::MAX);
@@ -109,7 +110,7 @@ async fn without_its_device_an_attach_is_still_noticed_by_the_slow_fallback_poll
     let start = Instant::now();
     h.backend.controller.publish(&name("v"), &o, &crate::backend::NodeId("i-a".into())).await.unwrap();
     let took = start.elapsed();
-    assert!(took >= delta && took <= delta + Duration::from_millis(600), "noticed after {took:?}");
+    assert!(took >= delta && took <= delta + FALLBACK_GRID, "noticed after {took:?}");
     assert!((2..=4).contains(&state_polls(&ec2)), "{} state polls", state_polls(&ec2));
     assert_eq!(only(&ec2, "v").attachments[0].state, AttachState::Attached);
 }

@@ -44,8 +44,11 @@ pub const CONFIRM_WINDOW: Duration = Duration::from_secs(2);
 /// ones double, at most `max_delay` apart.
 pub const FALLBACK_FIRST: Duration = Duration::from_secs(1);
 
-/// The grid the fallback polls of signalled waits are rounded up to.
-pub const FALLBACK_GRID: Duration = Duration::from_millis(250);
+/// The grid the fallback polls of signalled waits are rounded up to: coarse, so the waits of a
+/// burst of Mounts, begun over a few hundred milliseconds, fall into one cell and share each
+/// fallback round (a fallback only finds failures, so rounding up by up to a second costs
+/// nothing a user sees).
+pub const FALLBACK_GRID: Duration = Duration::from_secs(1);
 
 /// The first instant at or after `t` on the process-wide grid of step `step`.
 pub fn on_grid(t: Instant, step: Duration) -> Instant {
@@ -144,6 +147,7 @@ impl StatusWait {
         let mut last = String::new();
         loop {
             if Instant::now() >= next {
+                let due = next;
                 attempts += 1;
                 match f().await.map_err(WaitError::Failed)? {
                     Poll::Ready(v) => return Ok(v),
@@ -158,7 +162,9 @@ impl StatusWait {
                 }
                 next = match signalled_at {
                     Some(at) if now < at + CONFIRM_WINDOW => now + CONFIRM_POLL,
-                    _ if signal.is_some() => on_grid(now + fallback.delay_before(attempts), FALLBACK_GRID),
+                    // From when this poll was due, not from when its round answered (a round
+                    // that gathered past a grid instant must not skip a whole cell).
+                    _ if signal.is_some() => on_grid((due + fallback.delay_before(attempts)).max(now), FALLBACK_GRID),
                     _ => now + self.delay_before(attempts),
                 }
                 // The last poll happens at the deadline, not after it.
@@ -472,6 +478,32 @@ mod tests {
         let (a, b) = tokio::join!(one(10), one(47));
         assert_eq!(a, b, "poll instants of the two waits");
         assert!(*a.last().unwrap() <= change + LOCAL_LOOK, "{:?}", *a.last().unwrap() - origin);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_fallback_poll_does_not_push_the_next_one_a_grid_cell_later() {
+        // Each poll's round takes 5 ms to gather and answer; the fallback polls stay 1 s, then
+        // 2 s apart, on the grid.
+        let polled = Mutex::new(Vec::new());
+        wait(100, 120)
+            .run_signalled(
+                || async {
+                    let n = {
+                        let mut at = polled.lock().unwrap();
+                        at.push(Instant::now());
+                        at.len()
+                    };
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    Ok::<_, ()>(if n == 3 { Poll::Ready(()) } else { Poll::Pending("attaching".into()) })
+                },
+                Some(|| async { false }),
+            )
+            .await
+            .unwrap();
+        let at = polled.into_inner().unwrap();
+        // (tokio's timer fires on whole milliseconds, so "on the grid" is within one.)
+        let near = |d: Duration, want: Duration| d.abs_diff(want) <= Duration::from_millis(1);
+        assert!(near(at[1] - at[0], Duration::from_secs(1)) && near(at[2] - at[1], Duration::from_secs(2)), "{at:?}");
     }
 
     #[test]

@@ -8,8 +8,11 @@
 //! to [`MAX_IDS`] pending keys, asks EC2 once per kind with a
 //! filter (`volume-id`, which, unlike `VolumeIds`, does not fail the whole call for one deleted
 //! volume; `tag:Name`, every page) under the shared retry policy, answers every look-up of the
-//! round and starts the next while look-ups are pending. A look-up waits for its answer no
-//! longer than its request's deadline.
+//! round and starts the next while look-ups are pending. While a burst is under way (the last
+//! round answered more than one look-up), the next round starts no sooner than [`BURST_GAP`]
+//! after it, so the burst's stragglers (attachments completing tens of milliseconds apart) share
+//! a few rounds rather than costing one each; a lone look-up is asked at once. A look-up waits
+//! for its answer no longer than its request's deadline.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +30,9 @@ pub const GATHER: Duration = Duration::from_millis(2);
 
 /// The longest a round gathers while look-ups keep joining.
 pub const GATHER_MAX: Duration = Duration::from_millis(20);
+
+/// The least time between the starts of two rounds while a burst is under way.
+pub const BURST_GAP: Duration = Duration::from_millis(100);
 
 /// The most keys in one round (EC2's limit on the values of one filter).
 pub const MAX_IDS: usize = 200;
@@ -132,7 +138,12 @@ async fn gather(rounds: &Mutex<Rounds>) {
 
 /// Runs rounds while look-ups are pending.
 async fn run_rounds(rounds: Arc<Mutex<Rounds>>, api: Arc<dyn Ec2Api>, retry: Arc<RetryPolicy>) {
+    // When the last round began, if it answered more than one look-up.
+    let mut burst: Option<tokio::time::Instant> = None;
     loop {
+        if let Some(began) = burst.take() {
+            tokio::time::sleep_until(began + BURST_GAP).await;
+        }
         gather(&rounds).await;
         let batch: Vec<(Key, Vec<oneshot::Sender<Answer>>)> = {
             let mut r = rounds.lock().expect("watch poisoned");
@@ -142,6 +153,9 @@ async fn run_rounds(rounds: Arc<Mutex<Rounds>>, api: Arc<dyn Ec2Api>, retry: Arc
             }
             std::iter::from_fn(|| r.pending.pop_first()).take(MAX_IDS).collect()
         };
+        if batch.iter().map(|(_, waiters)| waiters.len()).sum::<usize>() > 1 {
+            burst = Some(tokio::time::Instant::now());
+        }
         let (by_id, by_name): (Vec<_>, Vec<_>) = batch.into_iter().partition(|(key, _)| matches!(key, Key::Id(_)));
         if !by_id.is_empty() {
             crate::metrics::ec2_state_round(by_id.iter().map(|(_, w)| w.len()).sum());
@@ -295,6 +309,43 @@ mod tests {
         assert!(known.unwrap().is_some());
         assert!(unknown.unwrap().is_none());
         assert_eq!(fake.count(Op::DescribeVolumes), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_stragglers_of_a_burst_share_rounds_and_a_lone_look_up_is_asked_at_once() {
+        let fake = Arc::new(FakeEc2::new());
+        let ids: Vec<String> = (0..24).map(|_| fake.add_volume("us-east-1a", 1, &[])).collect();
+        let api: Arc<dyn Ec2Api> = fake.clone();
+        let retry = Arc::new(RetryPolicy::new(3));
+        let watch = VolumeWatch::default();
+        let ask = |id: String, at: tokio::time::Instant| {
+            let (watch, api, retry) = (watch.clone(), Arc::clone(&api), Arc::clone(&retry));
+            async move {
+                tokio::time::sleep_until(at).await;
+                assert_eq!(watch.describe(&api, &retry, &id).await.unwrap().unwrap().id, id);
+                at.elapsed()
+            }
+        };
+        // A lone look-up, and a second one 10 ms later: each its own round, neither waits.
+        let start = tokio::time::Instant::now();
+        let (a, b) = tokio::join!(ask(ids[0].clone(), start), ask(ids[1].clone(), start + Duration::from_millis(10)));
+        assert!(a <= GATHER * 2 && b <= GATHER * 2, "{a:?} {b:?}");
+        assert_eq!(fake.count(Op::DescribeVolumes), 2);
+        // A burst of 8 at once, then 14 stragglers 10 ms apart (attachments completing one
+        // after another over 130 ms): the burst's round, then one round per gap.
+        tokio::time::sleep(BURST_GAP).await;
+        let start = tokio::time::Instant::now();
+        let mut asks = tokio::task::JoinSet::new();
+        for (i, id) in ids[2..].iter().enumerate() {
+            let late = u64::try_from(i.saturating_sub(7)).unwrap() * 10;
+            asks.spawn(ask(id.clone(), start + Duration::from_millis(late)));
+        }
+        let mut longest = Duration::ZERO;
+        while let Some(waited) = asks.join_next().await {
+            longest = longest.max(waited.unwrap());
+        }
+        assert_eq!(fake.count(Op::DescribeVolumes), 2 + 3, "rounds at 2, 102 and 202 ms");
+        assert!(longest <= BURST_GAP + GATHER_MAX, "a look-up waited {longest:?}");
     }
 
     #[tokio::test(start_paused = true)]
