@@ -95,34 +95,48 @@ def send_reply(handler, status, headers, data):
     handler.wfile.write(data)
 
 
-def make_proxy(upstream_port, counts):
+def serve(respond):
+    """A threaded HTTP/1.1 server on 127.0.0.1 (a free port), running until the process ends,
+    that answers every request with respond(command, path, body, headers) -> (status, headers,
+    data). Its backlog takes 32 connections at once (Python's default of 5 would queue them)."""
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def log_message(self, *a):
             pass
 
-        def _forward(self):
+        def _answer(self):
             n = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(n) if n else b""
-            q = urllib.parse.urlparse(self.path).query
-            params = urllib.parse.parse_qs(body.decode("utf-8", "replace")) if body else {}
-            params.update(urllib.parse.parse_qs(q))
-            action = (params.get("Action") or [self.headers.get("X-Amz-Target", "?")])[0]
-            counts.add(action)
-            conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=120)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
-            conn.request(self.command, self.path, body=body, headers=headers)
-            resp = conn.getresponse()
-            send_reply(self, resp.status, resp.getheaders(), resp.read())
-            conn.close()
+            send_reply(self, *respond(self.command, self.path, body, headers))
 
-        do_GET = do_POST = do_PUT = do_DELETE = _forward
+        do_GET = do_POST = do_PUT = do_DELETE = _answer
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(http.server.ThreadingHTTPServer):
+        request_queue_size = 256
+
+    srv = Server(("127.0.0.1", 0), Handler)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
+
+
+def make_proxy(upstream_port, counts):
+    """A proxy to upstream_port that counts every call by its Action."""
+    def forward(command, path, body, headers):
+        params = urllib.parse.parse_qs(body.decode("utf-8", "replace")) if body else {}
+        params.update(urllib.parse.parse_qs(urllib.parse.urlparse(path).query))
+        counts.add((params.get("Action") or [headers.get("X-Amz-Target", "?")])[0])
+        conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=120)
+        try:
+            conn.request(command, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.getheaders(), resp.read()
+        finally:
+            conn.close()
+
+    return serve(forward)
 
 
 # ------------------------------------------------------------------------------------------------

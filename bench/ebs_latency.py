@@ -28,7 +28,6 @@ Needs root, mkfs.xfs (xfsprogs), moto_server on PATH (or MOTO_SERVER), boto3 and
 """
 import argparse
 import http.client
-import http.server
 import json
 import os
 import shutil
@@ -319,28 +318,11 @@ class Emulator:
         return serialize(root) if changed else data
 
     def serve(self):
-        emulator = self
+        def respond(command, path, body, headers):
+            params = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
+            return self.handle(command, path, body, headers, params)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                n = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(n) if n else b""
-                params = {k: v[0] for k, v in
-                          urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
-                eb.send_reply(self, *emulator.handle(self.command, self.path, body, headers, params))
-
-        class Server(http.server.ThreadingHTTPServer):
-            request_queue_size = 256  # 32 connections at once must not overflow the backlog
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = eb.serve(respond)
         return self.server.server_address[1]
 
 
