@@ -122,21 +122,26 @@ def serve(respond):
     return srv
 
 
+def forward(port, command, path, body, headers):
+    """Sends one request on to 127.0.0.1:port: (status, headers, data) of its answer."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request(command, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.getheaders(), resp.read()
+    finally:
+        conn.close()
+
+
 def make_proxy(upstream_port, counts):
     """A proxy to upstream_port that counts every call by its Action."""
-    def forward(command, path, body, headers):
+    def counted(command, path, body, headers):
         params = urllib.parse.parse_qs(body.decode("utf-8", "replace")) if body else {}
         params.update(urllib.parse.parse_qs(urllib.parse.urlparse(path).query))
         counts.add((params.get("Action") or [headers.get("X-Amz-Target", "?")])[0])
-        conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=120)
-        try:
-            conn.request(command, path, body=body, headers=headers)
-            resp = conn.getresponse()
-            return resp.status, resp.getheaders(), resp.read()
-        finally:
-            conn.close()
+        return forward(upstream_port, command, path, body, headers)
 
-    return serve(forward)
+    return serve(counted)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -164,13 +164,7 @@ class Emulator:
     # -- talking to moto -----------------------------------------------------------------------
 
     def forward(self, method, path, body, headers):
-        conn = http.client.HTTPConnection("127.0.0.1", self.moto_port, timeout=120)
-        try:
-            conn.request(method, path, body=body, headers=headers)
-            resp = conn.getresponse()
-            return resp.status, resp.getheaders(), resp.read()
-        finally:
-            conn.close()
+        return eb.forward(self.moto_port, method, path, body, headers)
 
     def background(self, what, volume, fn):
         def go():
